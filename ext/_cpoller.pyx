@@ -1,0 +1,14 @@
+# cython: language_level=3
+"""rdmamsg's Cython completion poller: the hot loop, on raw verbs pointers.
+
+It takes the ibv_* pointers behind pyverbs objects (validated, rawptr.pxi),
+polls CQs in batches into preallocated ibv_wc arrays with the GIL released,
+and posts sends and receive refills in C.
+"""
+from libc.stdint cimport uintptr_t
+from verbs cimport *
+
+include "rawptr.pxi"
+
+#: What the pure-pyverbs fallback must also offer (rdmamsg.transport.backend).
+BACKEND = "cython"

@@ -1,0 +1,182 @@
+# C declarations rdmamsg's Cython code uses: <infiniband/verbs.h> (the parts
+# we touch), the pyverbs object layouts (pyverbs_layout.h) and a few libc bits.
+# All C declarations live here; the .pyx modules only cimport them.
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+
+cdef extern from "<infiniband/verbs.h>" nogil:
+    cdef struct ibv_device:
+        pass
+
+    cdef struct ibv_context:
+        ibv_device *device
+        int cmd_fd
+        int async_fd
+        int num_comp_vectors
+
+    cdef struct ibv_pd:
+        ibv_context *context
+        uint32_t handle
+
+    cdef struct ibv_comp_channel:
+        ibv_context *context
+        int fd
+        int refcnt
+
+    cdef struct ibv_cq:
+        ibv_context *context
+        ibv_comp_channel *channel
+        void *cq_context
+        uint32_t handle
+        int cqe
+
+    cdef struct ibv_mr:
+        ibv_context *context
+        ibv_pd *pd
+        void *addr
+        size_t length
+        uint32_t handle
+        uint32_t lkey
+        uint32_t rkey
+
+    cdef struct ibv_qp:
+        ibv_context *context
+        void *qp_context
+        ibv_pd *pd
+        ibv_cq *send_cq
+        ibv_cq *recv_cq
+        void *srq
+        uint32_t handle
+        uint32_t qp_num
+        int state
+        int qp_type
+
+    cdef struct ibv_sge:
+        uint64_t addr
+        uint32_t length
+        uint32_t lkey
+
+    cdef struct ibv_send_wr_rdma:
+        uint64_t remote_addr
+        uint32_t rkey
+
+    cdef union ibv_send_wr_wr:
+        ibv_send_wr_rdma rdma
+
+    cdef struct ibv_send_wr:
+        uint64_t wr_id
+        ibv_send_wr *next
+        ibv_sge *sg_list
+        int num_sge
+        int opcode
+        unsigned int send_flags
+        uint32_t imm_data          # network byte order
+        ibv_send_wr_wr wr
+
+    cdef struct ibv_recv_wr:
+        uint64_t wr_id
+        ibv_recv_wr *next
+        ibv_sge *sg_list
+        int num_sge
+
+    cdef struct ibv_wc:
+        uint64_t wr_id
+        int status
+        int opcode
+        uint32_t vendor_err
+        uint32_t byte_len
+        uint32_t imm_data          # network byte order
+        uint32_t qp_num
+        uint32_t src_qp
+        unsigned int wc_flags
+
+    enum:
+        IBV_WC_SUCCESS
+        IBV_WC_WR_FLUSH_ERR
+        IBV_WC_SEND
+        IBV_WC_RDMA_WRITE
+        IBV_WC_RDMA_READ
+        IBV_WC_RECV
+        IBV_WC_RECV_RDMA_WITH_IMM
+        IBV_WC_WITH_IMM
+
+    enum:
+        IBV_WR_RDMA_WRITE
+        IBV_WR_RDMA_WRITE_WITH_IMM
+        IBV_WR_SEND
+        IBV_WR_SEND_WITH_IMM
+        IBV_WR_RDMA_READ
+
+    enum:
+        IBV_SEND_FENCE
+        IBV_SEND_SIGNALED
+        IBV_SEND_SOLICITED
+        IBV_SEND_INLINE
+
+    int ibv_poll_cq(ibv_cq *cq, int num_entries, ibv_wc *wc)
+    int ibv_req_notify_cq(ibv_cq *cq, int solicited_only)
+    int ibv_post_send(ibv_qp *qp, ibv_send_wr *wr, ibv_send_wr **bad_wr)
+    int ibv_post_recv(ibv_qp *qp, ibv_recv_wr *wr, ibv_recv_wr **bad_wr)
+    int ibv_get_cq_event(ibv_comp_channel *channel, ibv_cq **cq, void **cq_context)
+    void ibv_ack_cq_events(ibv_cq *cq, unsigned int nevents)
+    const char *ibv_get_device_name(ibv_device *device)
+    const char *ibv_wc_status_str(int status)
+
+
+cdef extern from "pyverbs_layout.h":
+    # The pointer each pyverbs 44 object wraps; see the header for why.
+    ctypedef struct rm_pv_context:
+        ibv_context *context
+        ibv_device *device
+    ctypedef struct rm_pv_pd:
+        ibv_pd *pd
+    ctypedef struct rm_pv_comp_channel:
+        ibv_comp_channel *cc
+    ctypedef struct rm_pv_cq:
+        ibv_cq *cq
+    ctypedef struct rm_pv_qp:
+        ibv_qp *qp
+    ctypedef struct rm_pv_mr:
+        ibv_mr *mr
+    enum:
+        RM_PV_CONTEXT_SIZE
+        RM_PV_PD_SIZE
+        RM_PV_COMP_CHANNEL_SIZE
+        RM_PV_CQ_SIZE
+        RM_PV_QP_SIZE
+        RM_PV_MR_SIZE
+
+
+cdef extern from "<arpa/inet.h>" nogil:
+    uint32_t htonl(uint32_t)
+    uint32_t ntohl(uint32_t)
+
+
+cdef extern from "<poll.h>" nogil:
+    cdef struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    enum:
+        POLLIN
+        POLLERR
+        POLLHUP
+
+
+cdef extern from "<time.h>" nogil:
+    cdef struct timespec:
+        long tv_sec
+        long tv_nsec
+    enum:
+        CLOCK_MONOTONIC
+    int clock_gettime(int clk, timespec *ts)
+
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t *m, void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)

@@ -1,0 +1,153 @@
+"""rdmamsg's exceptions.
+
+Each subclasses the built-in exception a Python programmer already catches:
+verbs failures are ``OSError`` with ``.errno``; a dead peer is
+``ConnectionResetError``; an expired wait is ``TimeoutError``.
+"""
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+__all__ = [
+    "RdmaError",
+    "WorkCompletionError",
+    "ProtocolError",
+    "HandshakeError",
+    "AuthenticationError",
+    "PeerClosedError",
+    "PoolExhaustedError",
+    "PoolTimeoutError",
+    "NoDeviceError",
+    "PollerUnavailableError",
+    "closed_error",
+]
+
+
+class RdmaError(OSError):
+    """A verbs call failed.  ``.call`` names it (``ibv_reg_mr``), ``.errno`` says why."""
+
+    def __init__(self, call: str, err: int, detail: str = "") -> None:
+        msg = f"{call} failed: {os.strerror(err) if err else 'unknown error'}"
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(err, msg)
+        self.call = call
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+    def __reduce__(self):
+        return (type(self), (self.call, self.errno, ""))
+
+
+# ibv_wc_status values, their names, and what usually causes each one.
+_WC_STATUS = {
+    0: ("SUCCESS", "no error"),
+    1: ("LOC_LEN_ERR", "a message was longer than the receive buffer posted for it"),
+    2: ("LOC_QP_OP_ERR", "the QP rejected the work request (bad opcode or too many SGEs)"),
+    3: ("LOC_EEC_OP_ERR", "local EE context error"),
+    4: ("LOC_PROT_ERR", "a buffer is not inside a registered MR or its lkey is wrong"),
+    5: ("WR_FLUSH_ERR", "the QP went to the error state; outstanding work was flushed"),
+    6: ("MW_BIND_ERR", "memory window bind failed"),
+    7: ("BAD_RESP_ERR", "the peer sent an unexpected response"),
+    8: ("LOC_ACCESS_ERR", "local access violation"),
+    9: ("REM_INV_REQ_ERR", "the peer rejected the request (message too long or bad opcode)"),
+    10: ("REM_ACCESS_ERR", "the peer denied access: wrong rkey, revoked grant or out of bounds"),
+    11: ("REM_OP_ERR", "the peer could not complete the operation"),
+    12: ("RETRY_EXC_ERR", "no answer from the peer: it is gone, or the GID/route is wrong"),
+    13: ("RNR_RETRY_EXC_ERR", "the peer had no receive posted for too long (flow control broken)"),
+    14: ("LOC_RDD_VIOL_ERR", "local RDD violation"),
+    15: ("REM_INV_RD_REQ_ERR", "the peer rejected an RDMA read request"),
+    16: ("REM_ABORT_ERR", "the peer aborted the operation"),
+    17: ("INV_EECN_ERR", "invalid EE context number"),
+    18: ("INV_EEC_STATE_ERR", "invalid EE context state"),
+    19: ("FATAL_ERR", "fatal device error"),
+    20: ("RESP_TIMEOUT_ERR", "response timeout"),
+    21: ("GENERAL_ERR", "general error"),
+}
+
+
+def wc_status_name(status: int) -> str:
+    """``IBV_WC_<NAME>`` for an ``ibv_wc_status`` value."""
+    return "IBV_WC_" + _WC_STATUS.get(status, (f"STATUS_{status}", ""))[0]
+
+
+class WorkCompletionError(RdmaError, ConnectionResetError):
+    """A work request completed with an error; the connection is unusable.
+
+    ``.status`` is the ``ibv_wc_status`` value, ``.status_name`` its name
+    and ``.cause`` the usual reason for it.
+    """
+
+    def __init__(self, status: int, opcode: str = "", vendor_err: int = 0) -> None:
+        name, cause = _WC_STATUS.get(status, (f"STATUS_{status}", "unknown status"))
+        self.status = status
+        self.status_name = "IBV_WC_" + name
+        self.cause = cause
+        what = f"{opcode} " if opcode else ""
+        detail = f"{what}completed with {self.status_name}: {cause}"
+        if vendor_err:
+            detail += f" (vendor error {vendor_err:#x})"
+        super().__init__("work completion", _errno.ECONNRESET, detail)
+
+    def __str__(self) -> str:
+        return self.strerror or ""
+
+    def __reduce__(self):
+        return (type(self), (self.status,))
+
+
+class ProtocolError(ConnectionError):
+    """The peer broke the rdmamsg protocol; the connection was closed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_errno.EPROTO, message)
+
+    def __str__(self) -> str:
+        return self.strerror or ""
+
+    def __reduce__(self):
+        return (type(self), (self.strerror,))
+
+
+class HandshakeError(ProtocolError):
+    """The bootstrap handshake failed (wrong version, garbage, refused)."""
+
+
+class AuthenticationError(HandshakeError, PermissionError):
+    """The peer did not prove it holds the shared token."""
+
+
+class PeerClosedError(EOFError):
+    """The peer closed the connection and every message it sent was received."""
+
+
+class PoolExhaustedError(MemoryError):
+    """The memory pool has no free buffer of the size asked for."""
+
+
+class PoolTimeoutError(PoolExhaustedError, TimeoutError):
+    """Waiting for a pool buffer timed out."""
+
+
+class NoDeviceError(OSError):
+    """No usable RDMA device or port; ``python -m rdmamsg doctor`` says why."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_errno.ENODEV, message)
+
+    def __str__(self) -> str:
+        return self.strerror or ""
+
+    def __reduce__(self):
+        return (type(self), (self.strerror,))
+
+
+class PollerUnavailableError(RuntimeError):
+    """The Cython poller cannot be used with these pyverbs objects."""
+
+
+def closed_error(what: str) -> OSError:
+    """The error for using an object after ``close()``, as sockets raise it."""
+    return OSError(_errno.EBADF, f"{what} is closed")

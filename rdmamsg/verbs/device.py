@@ -1,0 +1,222 @@
+"""RDMA devices, ports and GIDs, and the choice of one for an IP address.
+
+Enumeration reads sysfs (``/sys/class/infiniband``), which needs no open
+device; port attributes a device must be asked for (active MTU, LID) come
+from ``ibv_query_port`` through pyverbs.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+
+from ..errors import NoDeviceError, RdmaError
+
+SYSFS = "/sys/class/infiniband"
+
+#: ibv_mtu enum value -> bytes.
+MTU_BYTES = {1: 256, 2: 512, 3: 1024, 4: 2048, 5: 4096}
+MTU_ENUM = {v: k for k, v in MTU_BYTES.items()}
+
+__all__ = ["GidEntry", "PortInfo", "DeviceInfo", "LocalAddress", "list_devices", "resolve_local",
+           "path_mtu", "MTU_BYTES", "MTU_ENUM"]
+
+
+@dataclass(frozen=True)
+class GidEntry:
+    """One populated entry of a port's GID table."""
+
+    index: int
+    gid: str            #: as an IPv6 address, e.g. ``::ffff:10.88.0.1``
+    type: str           #: ``RoCE v2``, ``IB/RoCE v1`` or ``IB``
+    netdev: str | None  #: the network interface behind it (RoCE)
+
+    @property
+    def ip(self) -> str | None:
+        """The IP address this GID stands for (RoCE), or None."""
+        if self.netdev is None:
+            return None
+        addr = ipaddress.IPv6Address(self.gid)
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        if addr.is_link_local:
+            return None
+        return str(addr)
+
+    @property
+    def raw(self) -> bytes:
+        return ipaddress.IPv6Address(self.gid).packed
+
+
+@dataclass(frozen=True)
+class PortInfo:
+    device: str
+    port: int
+    state: str            #: ``ACTIVE``, ``DOWN``, ...
+    link_layer: str       #: ``Ethernet`` (RoCE) or ``InfiniBand``
+    lid: int
+    active_mtu: int       #: bytes
+    max_mtu: int          #: bytes
+    gids: tuple[GidEntry, ...] = field(default=())
+
+    @property
+    def active(self) -> bool:
+        return self.state == "ACTIVE"
+
+    @property
+    def is_roce(self) -> bool:
+        return self.link_layer == "Ethernet"
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    name: str
+    node_guid: str
+    ports: tuple[PortInfo, ...]
+
+
+@dataclass(frozen=True)
+class LocalAddress:
+    """Where a connection's QP lives and how the peer reaches it."""
+
+    device: str
+    port: int
+    gid_index: int
+    gid: bytes       #: 16 bytes; all zero on InfiniBand without a GID
+    lid: int
+    mtu: int         #: the port's active MTU, as the ibv_mtu enum value
+    link_layer: str
+
+    @property
+    def use_grh(self) -> bool:
+        """RoCE always needs a GRH; InfiniBand only when routed (a GID was chosen)."""
+        return self.link_layer == "Ethernet" or any(self.gid)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _gids(dev: str, port: int) -> tuple[GidEntry, ...]:
+    base = f"{SYSFS}/{dev}/ports/{port}"
+    out = []
+    try:
+        names = os.listdir(f"{base}/gids")
+    except OSError:
+        return ()
+    for name in sorted(names, key=int):
+        raw = _read(f"{base}/gids/{name}")
+        gtype = _read(f"{base}/gid_attrs/types/{name}")
+        if not raw or gtype is None:
+            continue  # unpopulated entries read as zero or fail with EINVAL
+        addr = ipaddress.IPv6Address(int(raw.replace(":", ""), 16))
+        if addr == ipaddress.IPv6Address(0):
+            continue
+        ndev = _read(f"{base}/gid_attrs/ndevs/{name}") or None
+        out.append(GidEntry(int(name), str(addr), gtype, ndev))
+    return tuple(out)
+
+
+def _query_ports(dev: str) -> dict[int, tuple[int, int, int]]:
+    """port -> (active_mtu, max_mtu, lid), asked of the device."""
+    from . import _pyverbs as pv
+
+    try:
+        with pv.device.Context(name=dev) as ctx:
+            nports = ctx.query_device().phys_port_cnt
+            res = {}
+            for p in range(1, nports + 1):
+                attr = ctx.query_port(p)
+                res[p] = (MTU_BYTES.get(attr.active_mtu, 0), MTU_BYTES.get(attr.max_mtu, 0), attr.lid)
+            return res
+    except pv.PyverbsRDMAError as exc:
+        raise RdmaError("ibv_open_device/ibv_query_port", exc.error_code or 0, dev) from exc
+
+
+def list_devices() -> list[DeviceInfo]:
+    """Every RDMA device with its ports and their populated GIDs."""
+    try:
+        names = sorted(os.listdir(SYSFS))
+    except OSError:
+        return []
+    devices = []
+    for dev in names:
+        attrs = _query_ports(dev)
+        ports = []
+        for p in sorted(attrs):
+            base = f"{SYSFS}/{dev}/ports/{p}"
+            state = (_read(f"{base}/state") or "?: UNKNOWN").split(":", 1)[-1].strip()
+            active_mtu, max_mtu, lid = attrs[p]
+            ports.append(PortInfo(dev, p, state, _read(f"{base}/link_layer") or "?", lid,
+                                  active_mtu, max_mtu, _gids(dev, p)))
+        devices.append(DeviceInfo(dev, _read(f"{SYSFS}/{dev}/node_guid") or "", tuple(ports)))
+    return devices
+
+
+_NO_DEVICE_HINT = (
+    "no RDMA device found. On a host without RDMA hardware, create a soft-RoCE "
+    "device on a network interface that has an IP address: 'modprobe rdma_rxe && "
+    "rdma link add rxe0 type rxe netdev <ifname>', or run under ci/rxe-vm. "
+    "'python -m rdmamsg doctor' checks the rest."
+)
+
+
+def resolve_local(ip: str | None = None, *, device: str | None = None, port: int | None = None,
+                  gid_index: int | None = None) -> LocalAddress:
+    """Choose device, port and GID for a connection whose local IP is ``ip``.
+
+    On RoCE this is the RoCE v2 GID whose address is ``ip``; on InfiniBand the
+    port's LID (and a GID only if ``gid_index`` is given, for routed fabrics).
+    ``device``, ``port`` and ``gid_index`` override each choice.
+    """
+    devices = list_devices()
+    if not devices:
+        raise NoDeviceError(_NO_DEVICE_HINT)
+    if device is not None:
+        devices = [d for d in devices if d.name == device]
+        if not devices:
+            raise NoDeviceError(f"no RDMA device named {device!r}")
+    candidates = [p for d in devices for p in d.ports if port is None or p.port == port]
+    active = [p for p in candidates if p.active]
+    if not active:
+        states = ", ".join(f"{p.device}:{p.port} {p.state}" for p in candidates) or "none"
+        raise NoDeviceError(f"no ACTIVE RDMA port (ports: {states}); check the link "
+                            "('rdma link show') or run 'python -m rdmamsg doctor'")
+    want = None if ip is None else ipaddress.ip_address(ip)
+    for p in active:
+        if gid_index is not None:
+            return _address(p, _gid_at(p, gid_index))
+        if not p.is_roce:
+            return _address(p, None)
+        for g in p.gids:
+            if g.type != "RoCE v2" or g.ip is None:
+                continue
+            if want is None or ipaddress.ip_address(g.ip) == want:
+                return _address(p, g)
+    have = ", ".join(f"{p.device}:{p.port}[{g.index}]={g.ip}" for p in active for g in p.gids
+                     if g.type == "RoCE v2" and g.ip) or "none"
+    raise NoDeviceError(
+        f"no active RoCE v2 GID has the address {ip}: RoCE v2 GIDs with an IP are {have}. "
+        "Connect through the IP of the RDMA device's network interface, or pass "
+        "device=/gid_index= explicitly")
+
+
+def _address(p: PortInfo, g: GidEntry | None) -> LocalAddress:
+    return LocalAddress(p.device, p.port, g.index if g else 0, g.raw if g else bytes(16), p.lid,
+                        MTU_ENUM[p.active_mtu], p.link_layer)
+
+
+def _gid_at(p: PortInfo, index: int) -> GidEntry:
+    for g in p.gids:
+        if g.index == index:
+            return g
+    raise NoDeviceError(f"{p.device} port {p.port} has no populated GID at index {index}")
+
+
+def path_mtu(local_mtu: int, remote_mtu: int) -> int:
+    """The path MTU (ibv_mtu enum): the smaller of the two ports' active MTUs."""
+    return min(local_mtu, remote_mtu)

@@ -1,0 +1,31 @@
+"""The bed is real: an RC send/recv through pyverbs alone, on the device."""
+from __future__ import annotations
+
+import os
+
+from support.rawverbs import open_side
+
+
+def test_rc_send_recv_between_two_qps_in_one_process(rdma_addr):
+    a, b = open_side(rdma_addr), open_side(rdma_addr)
+    try:
+        a.connect(rdma_addr, b.info(rdma_addr))
+        b.connect(rdma_addr, a.info(rdma_addr))
+        payload = os.urandom(4000)
+        b.post_recv(len(payload))
+        a.post_send(payload)
+        assert a.wait_one().status == 0
+        wc = b.wait_one()
+        assert wc.status == 0 and wc.byte_len == len(payload)
+        assert b.mr.read(len(payload), 0) == payload
+    finally:
+        a.close()
+        b.close()
+
+
+def test_device_is_the_one_asked_for(rdma_addr):
+    want = os.environ.get("RDMAMSG_DEVICE")
+    if want:
+        assert rdma_addr.device == want
+    if rdma_addr.link_layer == "Ethernet":
+        assert rdma_addr.gid[:12] == bytes(10) + b"\xff\xff"   # an IPv4-mapped RoCE v2 GID
