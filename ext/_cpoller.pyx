@@ -5,10 +5,11 @@ It takes the ibv_* pointers behind pyverbs objects (validated, rawptr.pxi),
 polls CQs in batches into preallocated ibv_wc arrays with the GIL released,
 and posts sends and receive refills in C.
 """
-from libc.stdint cimport uintptr_t
-from verbs cimport *
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, uintptr_t
+from cdefs cimport *
 
 include "rawptr.pxi"
+include "credits.pxi"
+include "engine.pxi"
 
-#: What the pure-pyverbs fallback must also offer (rdmamsg.transport.backend).
 BACKEND = "cython"

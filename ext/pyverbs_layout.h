@@ -29,7 +29,7 @@ typedef struct {
 typedef struct {
     rm_pv_cm base;
     struct ibv_context *context;
-    struct ibv_device *device;
+    struct ibv_device *device;   /* set only for provider-opened contexts */
 } rm_pv_context;
 
 typedef struct {

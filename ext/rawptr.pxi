@@ -33,8 +33,6 @@ cdef ibv_context *context_ptr(object ctx) except NULL:
     cdef ibv_context *c = (<rm_pv_context *><PyObject *>ctx).context
     if c == NULL:
         raise PollerUnavailableError("the Context is closed")
-    if c.device != (<rm_pv_context *><PyObject *>ctx).device:
-        _mismatch("Context.device differs from context->device")
     if (<bytes>ibv_get_device_name(c.device)).decode() != ctx.name:
         _mismatch("device name read through the pointer differs from Context.name")
     if c.cmd_fd != ctx.cmd_fd:

@@ -1,0 +1,46 @@
+"""rdmamsg: kernel-bypass, zero-copy messaging over RDMA verbs for Python.
+
+    import rdmamsg
+    with rdmamsg.listen(("10.88.0.1", 7471)) as ln, ln.accept() as ep:
+        print(ep.recv())
+
+    with rdmamsg.connect(("10.88.0.1", 7471)) as ep:
+        ep.send(b"hello")
+
+The layers, bottom up: ``verbs`` (devices, memory pool, CQ, QP), ``protocol``
+(framing, credits, handshake; no I/O), ``transport`` (the pollers), and
+``channel`` (endpoints, listen/connect).
+"""
+from __future__ import annotations
+
+from .channel.bootstrap import Listener, connect, listen
+from .channel.endpoint import Endpoint
+from .channel.options import Options
+from .errors import (
+    AuthenticationError,
+    HandshakeError,
+    NoDeviceError,
+    PeerClosedError,
+    PollerUnavailableError,
+    PoolExhaustedError,
+    PoolTimeoutError,
+    ProtocolError,
+    RdmaError,
+    WorkCompletionError,
+)
+from .transport.backend import poller_in_use
+from .verbs.context import configure_pool
+from .verbs.device import DeviceInfo, GidEntry, LocalAddress, PortInfo, list_devices, resolve_local
+from .verbs.pool import Buffer, MemoryPool
+from .verbs.qp import QueuePair, RemoteQP, Timing
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "listen", "connect", "Listener", "Endpoint", "Options",
+    "list_devices", "resolve_local", "DeviceInfo", "PortInfo", "GidEntry", "LocalAddress",
+    "MemoryPool", "Buffer", "QueuePair", "RemoteQP", "Timing", "configure_pool", "poller_in_use",
+    "RdmaError", "WorkCompletionError", "ProtocolError", "HandshakeError", "AuthenticationError",
+    "PeerClosedError", "PoolExhaustedError", "PoolTimeoutError", "NoDeviceError",
+    "PollerUnavailableError",
+]

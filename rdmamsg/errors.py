@@ -86,10 +86,11 @@ class WorkCompletionError(RdmaError, ConnectionResetError):
         self.status_name = "IBV_WC_" + name
         self.cause = cause
         what = f"{opcode} " if opcode else ""
-        detail = f"{what}completed with {self.status_name}: {cause}"
+        msg = f"{what}completed with {self.status_name}: {cause}"
         if vendor_err:
-            detail += f" (vendor error {vendor_err:#x})"
-        super().__init__("work completion", _errno.ECONNRESET, detail)
+            msg += f" (vendor error {vendor_err:#x})"
+        OSError.__init__(self, _errno.ECONNRESET, msg)
+        self.call = "ibv_poll_cq"
 
     def __str__(self) -> str:
         return self.strerror or ""

@@ -19,6 +19,7 @@ try:
     import pyverbs.pd as pd
     import pyverbs.qp as qp
     import pyverbs.wr as wr
+    from pyverbs.addr import GID, AHAttr, GlobalRoute
     from pyverbs.pyverbs_error import PyverbsError, PyverbsRDMAError
 
     try:
@@ -37,4 +38,4 @@ finally:
             _root.removeHandler(h)
     _root.setLevel(_level)
 
-__all__ = ["cq", "device", "mr", "pd", "qp", "wr", "enums", "PyverbsError", "PyverbsRDMAError"]
+__all__ = ["GID", "AHAttr", "GlobalRoute", "cq", "device", "mr", "pd", "qp", "wr", "enums", "PyverbsError", "PyverbsRDMAError"]

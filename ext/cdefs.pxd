@@ -1,6 +1,6 @@
-# C declarations rdmamsg's Cython code uses: <infiniband/verbs.h> (the parts
-# we touch), the pyverbs object layouts (pyverbs_layout.h) and a few libc bits.
-# All C declarations live here; the .pyx modules only cimport them.
+# Every C declaration rdmamsg's Cython code uses: <infiniband/verbs.h> (the
+# parts we touch), the pyverbs object layouts (pyverbs_layout.h), and the
+# Linux calls the engine waits with.  The .pyx modules only cimport them.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 
@@ -152,16 +152,41 @@ cdef extern from "<arpa/inet.h>" nogil:
     uint32_t ntohl(uint32_t)
 
 
-cdef extern from "<poll.h>" nogil:
-    cdef struct pollfd:
+cdef extern from "<sys/epoll.h>" nogil:
+    cdef union epoll_data_t:
         int fd
-        short events
-        short revents
-    int poll(pollfd *fds, unsigned long nfds, int timeout)
+        uint64_t u64
+    cdef struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
     enum:
-        POLLIN
-        POLLERR
-        POLLHUP
+        EPOLLIN
+        EPOLL_CTL_ADD
+        EPOLL_CTL_DEL
+        EPOLL_CLOEXEC
+
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    enum:
+        EFD_NONBLOCK
+        EFD_CLOEXEC
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t recv(int fd, void *buf, size_t n, int flags)
+    enum:
+        MSG_DONTWAIT
+
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t read(int fd, void *buf, size_t n)
+    ssize_t write(int fd, const void *buf, size_t n)
+    int close(int fd)
+    int usleep(unsigned int usec)
 
 
 cdef extern from "<time.h>" nogil:
@@ -179,4 +204,5 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_init(pthread_mutex_t *m, void *attr)
     int pthread_mutex_destroy(pthread_mutex_t *m)
     int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_trylock(pthread_mutex_t *m)
     int pthread_mutex_unlock(pthread_mutex_t *m)

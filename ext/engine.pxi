@@ -1,0 +1,865 @@
+# The send/recv engine on raw verbs pointers: the hot loop.
+#
+# The algorithm is the one in rdmamsg/transport/_pyengine.py (read that first;
+# backend.py has the contract).  Here it runs in C: completions are polled a
+# batch at a time into a preallocated ibv_wc array, receive refills and sends
+# are posted in C (sends chained, one ibv_post_send per batch), and Python
+# sees one result per call.  Waiting (spin, arm, poll again, epoll) runs with
+# the GIL released.
+#
+# Locking: a pthread mutex guards the engine's state.  It is only ever taken
+# with the GIL released (or by trylock), so a thread holding the mutex that
+# waits for the GIL cannot deadlock against one holding the GIL.
+
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from libc.errno cimport errno, EAGAIN, EINTR
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy
+
+from rdmamsg.errors import PeerClosedError, ProtocolError, RdmaError, WorkCompletionError
+from rdmamsg.errors import closed_error
+
+cdef enum:
+    WC_BATCH = 32
+    POST_BATCH = 32
+    ACK_EVERY = 64
+
+cdef enum:            # errors recorded without the GIL, raised with it
+    E_NONE
+    E_WC
+    E_POLL
+    E_POST_RECV
+    E_POST_SEND
+    E_NO_IMM
+    E_KIND
+    E_CREDITS
+    E_CTRL_PAYLOAD
+    E_SLOT
+    E_PROTO           # raised with the GIL; the message is in err_msg
+
+cdef enum:            # counters, in STAT_KEYS order
+    ST_MSGS_OUT
+    ST_MSGS_IN
+    ST_BYTES_OUT
+    ST_BYTES_IN
+    ST_UPDATES
+    ST_STALLS
+    ST_SLEEPS
+    ST_INLINE
+    ST_N
+
+STAT_KEYS = ("messages_sent", "messages_received", "bytes_sent", "bytes_received",
+             "credit_updates_sent", "credit_stalls", "sleeps", "inline_sends")
+
+cdef uint64_t RECV_TAG = (<uint64_t>1) << 63
+cdef double EOF_GRACE = 0.2
+
+
+cdef inline double mono() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline void put_u64le(char *p, uint64_t v) noexcept nogil:
+    cdef int i
+    for i in range(8):
+        p[i] = <char>((v >> (8 * i)) & 0xff)
+
+
+cdef inline uint64_t get_u64le(const char *p) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(8):
+        v |= (<uint64_t>(<uint8_t>p[i])) << (8 * i)
+    return v
+
+
+cdef double _deadline(object timeout) except? -2.0:
+    if timeout is None:
+        return -1.0
+    if timeout < 0:
+        raise ValueError("timeout must be non-negative or None")
+    return mono() + timeout
+
+
+cdef class Engine:
+    cdef ibv_qp *qp
+    cdef ibv_cq *cq
+    cdef ibv_comp_channel *ch
+    cdef int cc_fd, live_fd, ep_fd, wake_fd
+    cdef object keep
+    cdef pthread_mutex_t mu
+    cdef bint mu_ok
+    cdef int inside
+    # receive side
+    cdef int nrecv
+    cdef char **raddr
+    cdef ibv_recv_wr *rwr
+    cdef ibv_sge *rsge
+    cdef int *rq_slot
+    cdef uint32_t *rq_len
+    cdef uint8_t *rq_kind
+    cdef int rq_head, rq_count
+    cdef int whole_ready
+    cdef object held               # a whole message taken but not delivered
+    cdef object asm_obj            # the bytes a multi-fragment message is built in
+    cdef char *asm_ptr
+    cdef size_t asm_total, asm_off
+    cdef bint asm_active, asm_user
+    # send side
+    cdef int nsend
+    cdef char **saddr
+    cdef uint32_t *slkey
+    cdef int *sfree
+    cdef int nfree
+    cdef int sq_depth
+    cdef int *sq_slot
+    cdef uint64_t seq_next, seq_done
+    cdef int unsignaled, signal_every
+    cdef ibv_send_wr swr[POST_BATCH]
+    cdef ibv_sge ssge[POST_BATCH]
+    cdef int nbatch
+    cdef size_t fragment, max_inline, send_max, recv_max
+    cdef object tail_obj           # what a timed-out send() still has to send
+    cdef credit_t cw
+    # state
+    cdef bint closed, peer_closed, close_sent, live_eof, peer_gone
+    cdef double eof_at, spin_s
+    cdef int err, err_arg, wc_status, wc_vendor
+    cdef bint wc_recv
+    cdef object err_msg
+    cdef int unacked
+    cdef ibv_wc wcs[WC_BATCH]
+    cdef uint64_t st[ST_N]
+
+    name = "cython"
+
+    def __init__(self, cq, qp, recv_bufs, send_bufs, liveness, config):
+        dctx = qp.dctx
+        cdef ibv_context *c = context_ptr(dctx.ctx)
+        cdef ibv_pd *p = pd_ptr(dctx.pd, c)
+        self.ch = channel_ptr(cq.channel, c)
+        self.cq = cq_ptr(cq.cq, c, self.ch)
+        self.qp = qp_ptr(qp.qp, p, self.cq)
+        if self.ch.fd != cq.fd:
+            raise PollerUnavailableError(
+                f"the completion channel's fd is {self.ch.fd}, not {cq.fd} as found from /proc")
+        recv_bufs, send_bufs = list(recv_bufs), list(send_bufs)
+        self.keep = (cq, qp, recv_bufs, send_bufs, liveness)
+        self.cc_fd = cq.fd
+        self.live_fd = liveness.fileno()
+        self.nrecv, self.nsend = len(recv_bufs), len(send_bufs)
+        self.sq_depth = qp.max_send_wr
+        self.fragment = config.fragment
+        self.max_inline = min(config.max_inline, qp.max_inline)
+        self.send_max, self.recv_max = config.send_max, config.recv_max
+        self.spin_s = config.spin_us / 1e6
+        self.signal_every = max(1, min(self.nsend, self.sq_depth) // 4)
+        threshold = config.credit_threshold or max(1, config.peer_depth // 2)
+        cw_init(&self.cw, config.peer_depth, threshold)
+        if self.nrecv < 1 or self.nsend < 1:
+            raise ValueError("the engine needs receive and send buffers")
+        if self.fragment > min(b.size for b in send_bufs) or self.fragment <= FIRST_HDR:
+            raise ValueError(f"fragment of {self.fragment} bytes does not fit the send buffers")
+        self._alloc()
+        cdef int i
+        for i, b in enumerate(recv_bufs):
+            self.raddr[i] = <char *><uintptr_t>b.addr
+            self.rsge[i].addr = b.addr
+            self.rsge[i].length = b.size
+            self.rsge[i].lkey = b.lkey
+            self.rwr[i].wr_id = RECV_TAG | <uint64_t>i
+            self.rwr[i].sg_list = &self.rsge[i]
+            self.rwr[i].num_sge = 1
+        for i, b in enumerate(send_bufs):
+            self.saddr[i] = <char *><uintptr_t>b.addr
+            self.slkey[i] = b.lkey
+            self.sfree[i] = i
+        self.nfree = self.nsend
+        self._open_fds()
+        if pthread_mutex_init(&self.mu, NULL) != 0:
+            raise MemoryError("pthread_mutex_init failed")
+        self.mu_ok = True
+
+    cdef _alloc(self):
+        self.raddr = <char **>calloc(self.nrecv, sizeof(char *))
+        self.rwr = <ibv_recv_wr *>calloc(self.nrecv, sizeof(ibv_recv_wr))
+        self.rsge = <ibv_sge *>calloc(self.nrecv, sizeof(ibv_sge))
+        self.rq_slot = <int *>calloc(self.nrecv, sizeof(int))
+        self.rq_len = <uint32_t *>calloc(self.nrecv, sizeof(uint32_t))
+        self.rq_kind = <uint8_t *>calloc(self.nrecv, sizeof(uint8_t))
+        self.saddr = <char **>calloc(self.nsend, sizeof(char *))
+        self.slkey = <uint32_t *>calloc(self.nsend, sizeof(uint32_t))
+        self.sfree = <int *>calloc(self.nsend, sizeof(int))
+        self.sq_slot = <int *>calloc(self.sq_depth, sizeof(int))
+        if (self.raddr == NULL or self.rwr == NULL or self.rsge == NULL or self.rq_slot == NULL
+                or self.rq_len == NULL or self.rq_kind == NULL or self.saddr == NULL
+                or self.slkey == NULL or self.sfree == NULL or self.sq_slot == NULL):
+            self._free_arrays()
+            raise MemoryError("engine arrays")
+
+    cdef _open_fds(self):
+        cdef epoll_event ev
+        self.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        self.ep_fd = epoll_create1(EPOLL_CLOEXEC)
+        if self.wake_fd < 0 or self.ep_fd < 0:
+            raise RdmaError("epoll_create1/eventfd", errno)
+        for fd in (self.cc_fd, self.live_fd, self.wake_fd):
+            ev.events = EPOLLIN
+            ev.data.fd = fd
+            if epoll_ctl(self.ep_fd, EPOLL_CTL_ADD, fd, &ev) != 0:
+                raise RdmaError("epoll_ctl", errno)
+
+    cdef void _free_arrays(self) noexcept:
+        free(self.raddr); free(self.rwr); free(self.rsge)
+        free(self.rq_slot); free(self.rq_len); free(self.rq_kind)
+        free(self.saddr); free(self.slkey); free(self.sfree); free(self.sq_slot)
+        self.raddr = NULL; self.rwr = NULL; self.rsge = NULL
+        self.rq_slot = NULL; self.rq_len = NULL; self.rq_kind = NULL
+        self.saddr = NULL; self.slkey = NULL; self.sfree = NULL; self.sq_slot = NULL
+
+    def __dealloc__(self):
+        self._free_arrays()
+        if self.mu_ok:
+            pthread_mutex_destroy(&self.mu)
+
+    # -- the lock --------------------------------------------------------------
+
+    cdef inline void _lock(self) noexcept:
+        if pthread_mutex_trylock(&self.mu) != 0:
+            with nogil:
+                pthread_mutex_lock(&self.mu)
+
+    cdef inline void _unlock(self) noexcept:
+        pthread_mutex_unlock(&self.mu)
+
+    # -- posting (mutex held; no GIL needed) --------------------------------------
+
+    cdef int _repost(self, int slot) noexcept nogil:
+        cdef ibv_recv_wr *bad
+        self.rwr[slot].next = NULL
+        cdef int rc = ibv_post_recv(self.qp, &self.rwr[slot], &bad)
+        if rc:
+            self._set_err(E_POST_RECV, rc)
+            return -1
+        self.cw.unreturned += 1
+        return 0
+
+    cdef void _queue(self, int kind, char *addr, uint32_t length, uint32_t lkey, int slot,
+                     bint inline) noexcept nogil:
+        if self.nbatch == POST_BATCH:
+            self._flush()
+        cdef ibv_send_wr *wr = &self.swr[self.nbatch]
+        cdef ibv_sge *sge = &self.ssge[self.nbatch]
+        sge.addr = <uintptr_t>addr
+        sge.length = length
+        sge.lkey = lkey
+        wr.wr_id = self.seq_next
+        wr.next = NULL
+        wr.sg_list = sge
+        wr.num_sge = 1 if length else 0
+        wr.opcode = IBV_WR_SEND_WITH_IMM
+        cdef bint signaled = kind == K_CLOSE or self.unsignaled + 1 >= self.signal_every
+        self.unsignaled = 0 if signaled else self.unsignaled + 1
+        wr.send_flags = (IBV_SEND_SIGNALED if signaled else 0) | (IBV_SEND_INLINE if inline else 0)
+        wr.imm_data = htonl(imm_pack(kind, cw_spend(&self.cw)))
+        if self.nbatch:
+            self.swr[self.nbatch - 1].next = wr
+        self.sq_slot[self.seq_next % self.sq_depth] = slot
+        self.seq_next += 1
+        self.nbatch += 1
+
+    cdef int _flush(self) noexcept nogil:
+        cdef ibv_send_wr *bad
+        if self.nbatch == 0:
+            return 0
+        cdef int rc = ibv_post_send(self.qp, &self.swr[0], &bad)
+        self.nbatch = 0
+        if rc:
+            self._set_err(E_POST_SEND, rc)
+            return -1
+        return 0
+
+    cdef inline bint _sq_room(self) noexcept nogil:
+        return self.seq_next - self.seq_done < <uint64_t>self.sq_depth
+
+    cdef void _maybe_update(self) noexcept nogil:
+        if (cw_update_due(&self.cw) and self._sq_room() and not self.close_sent
+                and self.err == E_NONE):
+            self._queue(K_CREDIT, NULL, 0, 0, -1, False)
+            self.st[ST_UPDATES] += 1
+
+    # -- completions -----------------------------------------------------------
+
+    cdef void _set_err(self, int code, int arg) noexcept nogil:
+        if self.err == E_NONE:
+            self.err = code
+            self.err_arg = arg
+
+    cdef int _progress(self) noexcept nogil:
+        """Poll one batch and act on it: how many completions (an error counts)."""
+        self._flush()
+        cdef int n = ibv_poll_cq(self.cq, WC_BATCH, self.wcs)
+        cdef int i
+        if n < 0:
+            self._set_err(E_POLL, -n)
+            return 1
+        for i in range(n):
+            self._handle(&self.wcs[i])
+        if n:
+            self._maybe_update()
+            self._flush()
+        return n
+
+    cdef void _handle(self, ibv_wc *wc) noexcept nogil:
+        cdef uint32_t imm
+        cdef int kind, credits, slot
+        if wc.status != IBV_WC_SUCCESS:
+            if not (wc.wr_id & RECV_TAG):
+                self._sent_through(wc.wr_id)
+            if self.err == E_NONE or (self.err == E_WC and self.wc_status == IBV_WC_WR_FLUSH_ERR
+                                      and wc.status != IBV_WC_WR_FLUSH_ERR):
+                self.err = E_WC
+                self.wc_status = wc.status
+                self.wc_vendor = wc.vendor_err
+                self.wc_recv = (wc.wr_id & RECV_TAG) != 0
+            return
+        if not (wc.wr_id & RECV_TAG):
+            self._sent_through(wc.wr_id)
+            return
+        slot = <int>(wc.wr_id & ~RECV_TAG)
+        if slot >= self.nrecv:
+            self._set_err(E_SLOT, slot)
+            return
+        if not (wc.wc_flags & IBV_WC_WITH_IMM):
+            self._set_err(E_NO_IMM, 0)
+            return
+        imm = ntohl(wc.imm_data)
+        kind = imm & KIND_MASK
+        credits = imm >> KIND_BITS
+        if kind > K_CLOSE:
+            self._set_err(E_KIND, kind)
+            return
+        if cw_returned(&self.cw, credits) < 0:
+            self._set_err(E_CREDITS, credits)
+            return
+        if kind == K_CREDIT or kind == K_CLOSE:
+            if wc.byte_len:
+                self._set_err(E_CTRL_PAYLOAD, kind)
+                return
+            if kind == K_CLOSE:
+                self.peer_closed = True
+            self._repost(slot)
+            return
+        cdef int at = (self.rq_head + self.rq_count) % self.nrecv
+        self.rq_slot[at] = slot
+        self.rq_len[at] = wc.byte_len
+        self.rq_kind[at] = <uint8_t>kind
+        self.rq_count += 1
+        if kind == K_WHOLE or kind == K_LAST:
+            self.whole_ready += 1
+
+    cdef void _sent_through(self, uint64_t seq) noexcept nogil:
+        cdef int slot
+        if seq < self.seq_done or seq >= self.seq_next:
+            return
+        while self.seq_done <= seq:
+            slot = self.sq_slot[self.seq_done % self.sq_depth]
+            if slot >= 0:
+                self.sfree[self.nfree] = slot
+                self.nfree += 1
+            self.seq_done += 1
+
+    # -- waiting ---------------------------------------------------------------
+
+    cdef int _block(self, double deadline) except -1:
+        """Wait for progress (GIL and mutex held on entry and exit).  0 once
+        ``deadline`` has passed with nothing happening."""
+        cdef int r
+        self.inside += 1
+        with nogil:
+            r = self._wait(deadline)
+        self.inside -= 1
+        if self.closed:
+            raise closed_error("endpoint")
+        return r
+
+    cdef int _wait(self, double deadline) noexcept nogil:
+        cdef double spin_end = mono() + self.spin_s
+        cdef double now
+        cdef int timeout_ms, nev, i
+        cdef epoll_event evs[4]
+        while True:
+            if self._progress():
+                return 1
+            if mono() >= spin_end:
+                break
+            pthread_mutex_unlock(&self.mu)     # let another thread in between spins
+            pthread_mutex_lock(&self.mu)
+        ibv_req_notify_cq(self.cq, 0)
+        if self._progress():
+            return 1
+        now = mono()
+        if self.live_eof and not self.peer_gone and not self.peer_closed:
+            if now - self.eof_at > EOF_GRACE:
+                self.peer_gone = True
+                return 1
+        if deadline < 0:
+            timeout_ms = -1
+        elif deadline <= now:
+            timeout_ms = 0
+        else:
+            timeout_ms = <int>((deadline - now) * 1000) + 1
+        if self.live_eof and not self.peer_gone and (timeout_ms < 0 or timeout_ms > 200):
+            timeout_ms = <int>(EOF_GRACE * 1000)
+        self.st[ST_SLEEPS] += 1
+        pthread_mutex_unlock(&self.mu)
+        nev = epoll_wait(self.ep_fd, evs, 4, timeout_ms)
+        pthread_mutex_lock(&self.mu)
+        if self.closed:
+            return 1
+        for i in range(nev if nev > 0 else 0):
+            if evs[i].data.fd == self.cc_fd:
+                self._drain_events()
+            elif evs[i].data.fd == self.live_fd:
+                self._check_live()
+        if nev > 0 or deadline < 0:
+            return 1
+        return mono() < deadline
+
+    cdef void _drain_events(self) noexcept nogil:
+        cdef ibv_cq *ev_cq
+        cdef void *ev_ctx
+        while ibv_get_cq_event(self.ch, &ev_cq, &ev_ctx) == 0:
+            self.unacked += 1
+        if self.unacked >= ACK_EVERY:
+            ibv_ack_cq_events(self.cq, self.unacked)
+            self.unacked = 0
+
+    cdef void _check_live(self) noexcept nogil:
+        cdef char buf[64]
+        cdef ssize_t r
+        if self.live_eof:
+            return
+        r = recv(self.live_fd, buf, 64, MSG_DONTWAIT)
+        if r > 0 or (r < 0 and (errno == EAGAIN or errno == EINTR)):
+            return
+        self.live_eof = True
+        self.eof_at = mono()
+        epoll_ctl(self.ep_fd, EPOLL_CTL_DEL, self.live_fd, NULL)
+
+    # -- errors ----------------------------------------------------------------
+
+    cdef object _error(self):
+        if self.err == E_WC:
+            return WorkCompletionError(self.wc_status, "receive" if self.wc_recv else "send",
+                                       self.wc_vendor)
+        if self.err == E_POLL:
+            return RdmaError("ibv_poll_cq", self.err_arg)
+        if self.err == E_POST_RECV:
+            return RdmaError("ibv_post_recv", self.err_arg)
+        if self.err == E_POST_SEND:
+            return RdmaError("ibv_post_send", self.err_arg)
+        if self.err == E_NO_IMM:
+            return ProtocolError("a receive completed without rdmamsg's immediate")
+        if self.err == E_KIND:
+            return ProtocolError(f"unknown fragment kind {self.err_arg}")
+        if self.err == E_CREDITS:
+            return ProtocolError(f"peer returned {self.err_arg} credits, more than it could owe")
+        if self.err == E_CTRL_PAYLOAD:
+            return ProtocolError(f"control fragment (kind {self.err_arg}) with a payload")
+        if self.err == E_SLOT:
+            return ProtocolError(f"a receive completed for unknown buffer {self.err_arg}")
+        return ProtocolError(self.err_msg)
+
+    cdef int _proto(self, str msg) except -1:
+        if self.err == E_NONE:
+            self.err = E_PROTO
+            self.err_msg = msg
+        raise self._error()
+
+    cdef int _raise_broken(self) except -1:
+        if self.err != E_NONE:
+            raise self._error()
+        if self.peer_gone:
+            raise ConnectionResetError("the peer is gone: its process ended or its host is "
+                                       "unreachable (the bootstrap TCP connection closed)")
+        return 0
+
+    cdef int _check_open(self) except -1:
+        if self.closed:
+            raise closed_error("endpoint")
+        return 0
+
+    cdef int _check_send(self) except -1:
+        self._check_open()
+        self._raise_broken()
+        if self.peer_closed:
+            raise BrokenPipeError("the peer closed the connection")
+        if self.close_sent:
+            raise BrokenPipeError("this endpoint was shut down for sending")
+        return 0
+
+    cdef int _check_recv(self) except -1:
+        self._check_open()
+        if self.err != E_NONE:
+            raise self._error()
+        if self.peer_closed and self.rq_count == 0:
+            if self.asm_active:
+                self._proto("the peer closed in the middle of a message")
+            raise PeerClosedError("the peer closed the connection; every message it sent "
+                                  "has been received")
+        if self.peer_gone:
+            raise ConnectionResetError("the peer is gone: its process ended or its host is "
+                                       "unreachable (the bootstrap TCP connection closed)")
+        return 0
+
+    # -- send --------------------------------------------------------------------
+
+    def post_receives(self):
+        """Post every receive buffer (before the peer may send)."""
+        cdef int i
+        self._lock()
+        try:
+            self._check_open()
+            for i in range(self.nrecv):
+                if self._repost(i) < 0:
+                    raise self._error()
+            self.cw.unreturned = 0     # the initial depth already counts them
+        finally:
+            self._unlock()
+
+    def send(self, data, timeout=None):
+        """Send one whole message (any C-contiguous buffer)."""
+        cdef Py_buffer view
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            if <size_t>view.len > self.send_max:
+                raise ValueError(f"message of {view.len} bytes exceeds the peer's limit of "
+                                 f"{self.send_max}")
+            deadline = _deadline(timeout)
+            self._lock()
+            try:
+                self._check_send()
+                if self.tail_obj is not None:
+                    tail = self.tail_obj
+                    self._send_buf(PyBytes_AS_STRING(tail), len(tail), True, deadline)
+                self._send_buf(<char *>view.buf, view.len, False, deadline)
+                self.st[ST_MSGS_OUT] += 1
+                self.st[ST_BYTES_OUT] += view.len
+            finally:
+                self._flush()
+                self._unlock()
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef int _send_buf(self, char *ptr, size_t n, bint continuing, double deadline) except -1:
+        cdef size_t off = 0, dlen
+        cdef int kind, slot
+        cdef bint need_slot
+        cdef char *dst
+        self.tail_obj = None
+        while True:
+            if not continuing and off == 0:
+                if n <= self.fragment:
+                    kind, dlen = K_WHOLE, n
+                else:
+                    kind, dlen = K_FIRST, self.fragment - FIRST_HDR
+            elif n - off > self.fragment:
+                kind, dlen = K_MIDDLE, self.fragment
+            else:
+                kind, dlen = K_LAST, n - off
+            need_slot = not (kind == K_WHOLE and n <= self.max_inline)
+            while not (cw_can_send(&self.cw) and self._sq_room() and
+                       (self.nfree > 0 or not need_slot)):
+                if not cw_can_send(&self.cw):
+                    self.st[ST_STALLS] += 1
+                if self._progress():
+                    continue
+                self._raise_broken()
+                if self.peer_closed:
+                    raise BrokenPipeError("the peer closed the connection")
+                if not self._block(deadline):
+                    if kind == K_WHOLE or kind == K_FIRST:
+                        raise TimeoutError("send timed out waiting for the peer to take messages")
+                    self.tail_obj = PyBytes_FromStringAndSize(ptr + off, n - off)
+                    raise TimeoutError("send timed out part-way through a message; the rest "
+                                       "is sent ahead of the next message")
+            if not need_slot:
+                self._queue(kind, ptr, <uint32_t>n, 0, -1, n > 0)
+                self.st[ST_INLINE] += 1
+            else:
+                self.nfree -= 1
+                slot = self.sfree[self.nfree]
+                dst = self.saddr[slot]
+                if kind == K_FIRST:
+                    put_u64le(dst, n)
+                    memcpy(dst + FIRST_HDR, ptr, dlen)
+                    self._queue(kind, dst, <uint32_t>(dlen + FIRST_HDR), self.slkey[slot], slot,
+                                False)
+                else:
+                    memcpy(dst, ptr + off, dlen)
+                    self._queue(kind, dst, <uint32_t>dlen, self.slkey[slot], slot, False)
+            off += dlen
+            if kind == K_WHOLE or kind == K_LAST:
+                break
+        if self._flush() < 0:
+            raise self._error()
+        return 0
+
+    # -- receive -------------------------------------------------------------------
+
+    cdef inline void _pop(self) noexcept nogil:
+        cdef int slot = self.rq_slot[self.rq_head]
+        self.rq_head = (self.rq_head + 1) % self.nrecv
+        self.rq_count -= 1
+        self._repost(slot)
+
+    cdef size_t _first_total(self, int kind, const char *src, uint32_t ln) except? 0:
+        cdef uint64_t total
+        if kind != K_FIRST:
+            self._proto(f"fragment kind {kind} cannot start a message")
+        if ln < FIRST_HDR:
+            self._proto(f"FIRST fragment of {ln} bytes has no length header")
+        total = get_u64le(src)
+        if total > self.recv_max:
+            self._proto(f"peer announced a {total}-byte message; the limit is {self.recv_max}")
+        if total <= ln - FIRST_HDR:
+            self._proto(f"FIRST fragment announces {total} bytes but carries {ln - FIRST_HDR}")
+        return total
+
+    cdef object _take(self, char *user, size_t cap):
+        """The next whole message: bytes (user NULL) or its length copied into
+        ``user``; None while none is complete.  Mutex and GIL held."""
+        cdef int slot, kind
+        cdef uint32_t ln
+        cdef size_t total
+        cdef char *src
+        if self.held is not None and not self.asm_active:
+            msg = self.held
+            if user != NULL:
+                if <size_t>len(msg) > cap:
+                    raise ValueError(f"the next message has {len(msg)} bytes; the buffer "
+                                     f"holds {cap}")
+                memcpy(user, PyBytes_AS_STRING(msg), len(msg))
+                msg = len(msg)
+            self.held = None
+            return msg
+        while self.rq_count > 0:
+            slot = self.rq_slot[self.rq_head]
+            ln = self.rq_len[self.rq_head]
+            kind = self.rq_kind[self.rq_head]
+            src = self.raddr[slot]
+            if not self.asm_active:
+                if kind == K_WHOLE:
+                    if user != NULL and ln > cap:
+                        raise ValueError(f"the next message has {ln} bytes; the buffer holds {cap}")
+                    if user != NULL:
+                        memcpy(user, src, ln)
+                        msg = ln
+                    else:
+                        msg = PyBytes_FromStringAndSize(src, ln)
+                    self._pop()
+                    self._delivered(ln)
+                    return msg
+                total = self._first_total(kind, src, ln)
+                if user != NULL and total > cap:
+                    raise ValueError(f"the next message has {total} bytes; the buffer holds {cap}")
+                if user != NULL:
+                    self.asm_ptr, self.asm_user = user, True
+                else:
+                    self.asm_obj = PyBytes_FromStringAndSize(NULL, total)
+                    self.asm_ptr, self.asm_user = PyBytes_AS_STRING(self.asm_obj), False
+                memcpy(self.asm_ptr, src + FIRST_HDR, ln - FIRST_HDR)
+                self.asm_off, self.asm_total, self.asm_active = ln - FIRST_HDR, total, True
+                self._pop()
+                continue
+            if kind != K_MIDDLE and kind != K_LAST:
+                self._proto(f"fragment kind {kind} inside an unfinished message")
+            if self.asm_off + ln > self.asm_total:
+                self._proto(f"fragments overrun the announced {self.asm_total}-byte message")
+            memcpy(self.asm_ptr + self.asm_off, src, ln)
+            self.asm_off += ln
+            self._pop()
+            if kind == K_MIDDLE:
+                continue
+            if self.asm_off != self.asm_total:
+                self._proto(f"message ended at {self.asm_off} of {self.asm_total} bytes")
+            self.asm_active = False
+            total = self.asm_total
+            self._delivered(total)
+            if self.asm_user:
+                return total
+            msg, self.asm_obj = self.asm_obj, None
+            if user == NULL:
+                return msg
+            if <size_t>len(msg) > cap:          # begun by recv(), finished by recv_into()
+                self.held = msg
+                raise ValueError(f"the next message has {len(msg)} bytes; the buffer holds {cap}")
+            memcpy(user, PyBytes_AS_STRING(msg), total)
+            return total
+        self._maybe_update()
+        self._flush()
+        return None
+
+    cdef void _delivered(self, size_t n) noexcept nogil:
+        self.whole_ready -= 1
+        self.st[ST_MSGS_IN] += 1
+        self.st[ST_BYTES_IN] += n
+        self._maybe_update()
+        self._flush()
+
+    cdef int _detach_user(self) except -1:
+        # A message half-built in a caller's buffer moves into our own bytes
+        # before the call returns, since the caller's buffer is theirs again.
+        if self.asm_active and self.asm_user:
+            obj = PyBytes_FromStringAndSize(NULL, self.asm_total)
+            memcpy(PyBytes_AS_STRING(obj), self.asm_ptr, self.asm_off)
+            self.asm_obj, self.asm_ptr, self.asm_user = obj, PyBytes_AS_STRING(obj), False
+        return 0
+
+    def recv(self, timeout=None):
+        """The next whole message, as bytes."""
+        cdef double deadline = _deadline(timeout)
+        self._lock()
+        try:
+            self._check_open()
+            while True:
+                msg = self._take(NULL, 0)
+                if msg is not None:
+                    return msg
+                self._check_recv()
+                if self._progress():
+                    continue
+                if not self._block(deadline):
+                    raise TimeoutError("no message arrived in time")
+        finally:
+            self._unlock()
+
+    def recv_into(self, buffer, timeout=None):
+        """The next whole message into ``buffer``; its length.  A message that
+        does not fit raises ValueError and stays queued."""
+        cdef Py_buffer view
+        PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE)
+        cdef double deadline
+        try:
+            deadline = _deadline(timeout)
+            self._lock()
+            try:
+                self._check_open()
+                while True:
+                    got = self._take(<char *>view.buf, view.len)
+                    if got is not None:
+                        return got
+                    self._check_recv()
+                    if self._progress():
+                        continue
+                    if not self._block(deadline):
+                        raise TimeoutError("no message arrived in time")
+            finally:
+                self._detach_user()
+                self._unlock()
+        finally:
+            PyBuffer_Release(&view)
+
+    # -- the rest of the contract -------------------------------------------------
+
+    def poll(self):
+        """Progress without blocking; leaves the CQ armed.  Whole messages ready."""
+        self._lock()
+        try:
+            self._check_open()
+            with nogil:
+                self._drain_events()
+                self._check_live()
+                while self._progress():
+                    pass
+                ibv_req_notify_cq(self.cq, 0)
+                while self._progress():
+                    pass
+                if (self.live_eof and not self.peer_gone and not self.peer_closed
+                        and mono() - self.eof_at > EOF_GRACE):
+                    self.peer_gone = True
+            return self.whole_ready + (self.held is not None)
+        finally:
+            self._unlock()
+
+    def wait(self, timeout=None):
+        """Block until there may be progress; False on time-out."""
+        cdef double deadline = _deadline(timeout)
+        self._lock()
+        try:
+            self._check_open()
+            if self.whole_ready or self.held is not None:
+                return True
+            return bool(self._block(deadline))
+        finally:
+            self._unlock()
+
+    def fileno(self):
+        self._check_open()
+        return self.ep_fd
+
+    def shutdown(self, timeout=2.0):
+        """Send CLOSE after everything queued, then wait (up to ``timeout``)
+        for our sends to complete.  Quietly gives up if the peer is gone."""
+        cdef double deadline = _deadline(timeout)
+        self._lock()
+        try:
+            if (self.closed or self.close_sent or self.err != E_NONE or self.peer_gone):
+                return
+            try:
+                if self.tail_obj is not None:
+                    tail = self.tail_obj
+                    self._send_buf(PyBytes_AS_STRING(tail), len(tail), True, deadline)
+                while not (cw_can_send(&self.cw) and self._sq_room()):
+                    if self.err != E_NONE or self.peer_gone or self.live_eof:
+                        return
+                    if not self._progress() and not self._block(deadline):
+                        return
+                self._queue(K_CLOSE, NULL, 0, 0, -1, False)
+                self.close_sent = True
+                self._flush()
+                while self.seq_done < self.seq_next:
+                    if self.err != E_NONE or self.peer_gone or self.live_eof:
+                        return
+                    if not self._progress() and not self._block(deadline):
+                        return
+            except (TimeoutError, OSError):
+                return
+        finally:
+            self._unlock()
+
+    def stats(self):
+        cdef int i
+        out = {STAT_KEYS[i]: self.st[i] for i in range(ST_N)}
+        out["poller"] = self.name
+        return out
+
+    def close(self):
+        """Stop: wake any waiter, ack CQ events, free our state.  Idempotent."""
+        cdef uint64_t one = 1
+        cdef int spins = 0
+        if self.closed or not self.mu_ok:
+            return
+        self._lock()
+        self.closed = True
+        write(self.wake_fd, &one, 8)
+        self._unlock()
+        with nogil:
+            while self.inside > 0 and spins < 2000:
+                usleep(1000)
+                spins += 1
+        self._lock()
+        try:
+            if self.unacked:
+                ibv_ack_cq_events(self.cq, self.unacked)
+                self.unacked = 0
+            close(self.ep_fd)
+            close(self.wake_fd)
+            self._free_arrays()
+            self.keep = None
+        finally:
+            self._unlock()

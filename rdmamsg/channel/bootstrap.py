@@ -1,0 +1,227 @@
+"""listen() and connect(): the TCP bootstrap that connects two RC QPs.
+
+The messages and their checks are in protocol/handshake.py; this module does
+the I/O and builds the connection.  The local IP of the TCP connection picks
+the RDMA device and GID (verbs/device.resolve_local).  A failed handshake on
+the server side is refused with a reason, logged, and the listener carries on.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import warnings
+
+from ..errors import AuthenticationError, HandshakeError, NoDeviceError, ProtocolError, closed_error
+from ..protocol import handshake as hs
+from ..transport.backend import EngineConfig, make_engine
+from ..verbs.device import resolve_local
+from ..verbs.qp import RemoteQP, Timing
+from .endpoint import Endpoint, Parts
+from .options import Options
+
+log = logging.getLogger("rdmamsg")
+
+Address = tuple[str, int]
+
+
+class _Wire:
+    """Framed, deadline-bounded handshake I/O on a TCP socket."""
+
+    def __init__(self, sock: socket.socket, deadline: float | None) -> None:
+        self.sock, self.deadline = sock, deadline
+        self.decoder = hs.FrameDecoder()
+        self.queue: list[dict] = []
+
+    def _arm(self) -> None:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the handshake timed out")
+            self.sock.settimeout(left)
+        else:
+            self.sock.settimeout(None)
+
+    def send(self, msg: dict) -> None:
+        self._arm()
+        self.sock.sendall(hs.encode(msg))
+
+    def recv(self) -> dict:
+        while not self.queue:
+            self._arm()
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                raise TimeoutError("the handshake timed out") from None
+            if not data:
+                raise HandshakeError("the peer closed the connection during the handshake")
+            self.queue.extend(self.decoder.feed(data))
+        return self.queue.pop(0)
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """The liveness channel: notice a dead host within seconds, not hours."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 2)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 5000)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _finish(parts: Parts, sock: socket.socket, peer: hs.QPInfo, opts: Options, timing: Timing):
+    """Make the engine (posting every receive), then take the QP to RTS."""
+    fragment = min(parts.send_bufs[0].size, peer.bufsize)
+    config = EngineConfig(peer_depth=peer.depth, fragment=fragment, send_max=peer.max_message,
+                          recv_max=opts.max_message, max_inline=opts.max_inline,
+                          spin_us=opts.spin_us)
+    engine = make_engine(cq=parts.cq, qp=parts.qp, recv_bufs=parts.recv_bufs,
+                         send_bufs=parts.send_bufs, liveness=sock, config=config)
+    try:
+        engine.post_receives()
+        parts.qp.connect(RemoteQP(peer.qpn, peer.psn, peer.gid, peer.lid, peer.mtu), timing)
+    except BaseException:
+        engine.close()
+        raise
+    return engine
+
+
+def connect(address: Address, timeout: float | None = None, token: str | bytes | None = None, *,
+            options: Options | None = None, timing: Timing = Timing(), device: str | None = None,
+            gid_index: int | None = None, **kwargs) -> Endpoint:
+    """Connect to an rdmamsg listener; the bootstrap uses TCP ``address``.
+
+    ``token``: a shared secret both sides must hold (an HMAC challenge).
+    ``device``/``gid_index`` override the choice made from the local IP;
+    other keyword arguments are Options fields (recv_depth, buffer_size...).
+    """
+    opts = Options.from_kwargs(options, kwargs)
+    tok = hs.token_bytes(token)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    sock = socket.create_connection(address, timeout=timeout)
+    parts = engine = None
+    try:
+        local = resolve_local(sock.getsockname()[0], device=device, gid_index=gid_index)
+        wire = _Wire(sock, deadline)
+        server_nonce = hs.check_hello(wire.recv(), tok)
+        parts = Parts(local, opts)
+        client_nonce = hs.new_nonce()
+        wire.send(hs.conn(parts.info(opts), server_nonce, client_nonce, tok))
+        peer = hs.check_accept(wire.recv(), server_nonce, client_nonce, tok)
+        engine = _finish(parts, sock, peer, opts, timing)
+        wire.send(hs.ready())
+        _keepalive(sock)
+        sock.setblocking(False)
+        return Endpoint(parts, engine, sock, peer, opts)
+    except BaseException:
+        if engine is not None:
+            engine.close()
+        if parts is not None:
+            parts.release()
+        sock.close()
+        raise
+
+
+class Listener:
+    """Accepts rdmamsg connections on a TCP address (``rdmamsg.listen``)."""
+
+    def __init__(self, address: Address, token: str | bytes | None = None, *,
+                 backlog: int = 128, options: Options | None = None, timing: Timing = Timing(),
+                 device: str | None = None, gid_index: int | None = None, **kwargs) -> None:
+        self._opts = Options.from_kwargs(options, kwargs)
+        self._token = hs.token_bytes(token)
+        self._timing, self._device, self._gid_index = timing, device, gid_index
+        self._sock = socket.create_server(address, backlog=backlog)
+        self._closed = False
+        self.refused = 0                                  #: handshakes refused so far
+        self.last_refusal: BaseException | None = None    #: why the last one was
+
+    @property
+    def address(self) -> Address:
+        """The bound (host, port), with the real port if 0 was asked for."""
+        return self._sock.getsockname()[:2]
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def accept(self, timeout: float | None = None) -> Endpoint:
+        """The next connection whose handshake succeeds.  Refused handshakes
+        (wrong token or version, garbage, time-outs) are logged and skipped."""
+        if self._closed:
+            raise closed_error("listener")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            self._sock.settimeout(left)
+            try:
+                conn, peer_addr = self._sock.accept()
+            except socket.timeout:
+                raise TimeoutError("no connection arrived in time") from None
+            try:
+                return self._handshake(conn)
+            except (HandshakeError, ProtocolError, NoDeviceError, TimeoutError, OSError) as exc:
+                self.refused += 1
+                self.last_refusal = exc
+                log.warning("rdmamsg: refused a connection from %s:%s: %s", *peer_addr[:2], exc)
+
+    def _handshake(self, conn: socket.socket) -> Endpoint:
+        opts, tok = self._opts, self._token
+        wire = _Wire(conn, time.monotonic() + opts.handshake_timeout)
+        parts = engine = None
+        try:
+            server_nonce = hs.new_nonce()
+            wire.send(hs.hello(server_nonce, tok is not None))
+            try:
+                client, client_nonce = hs.check_conn(wire.recv(), server_nonce, tok)
+                local = resolve_local(conn.getsockname()[0], device=self._device,
+                                      gid_index=self._gid_index)
+            except (ProtocolError, NoDeviceError) as exc:
+                _refuse(wire, exc)
+                raise
+            parts = Parts(local, opts)
+            engine = _finish(parts, conn, client, opts, self._timing)
+            wire.send(hs.accept(parts.info(opts), server_nonce, client_nonce, tok))
+            hs.check_ready(wire.recv())
+            _keepalive(conn)
+            conn.setblocking(False)
+            return Endpoint(parts, engine, conn, client, opts)
+        except BaseException:
+            if engine is not None:
+                engine.close()
+            if parts is not None:
+                parts.release()
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._sock.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Listener":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            warnings.warn(f"unclosed rdmamsg.Listener on {self.address}", ResourceWarning,
+                          stacklevel=1)
+            self.close()
+
+
+def _refuse(wire: _Wire, exc: BaseException) -> None:
+    try:
+        wire.send(hs.refuse(str(exc), auth=isinstance(exc, AuthenticationError)))
+    except OSError:
+        pass
+
+
+def listen(address: Address, token: str | bytes | None = None, **kwargs) -> Listener:
+    """A Listener on TCP ``address``; ``accept()`` gives Endpoints."""
+    return Listener(address, token, **kwargs)

@@ -1,0 +1,206 @@
+"""Endpoint: one connected RC queue pair carrying whole messages (send/recv).
+
+An Endpoint owns, and closes in this order: its engine (the poller), its QP,
+its CQ, its pool buffers, its share of the device context, and the bootstrap
+TCP socket, which stays open as the liveness channel.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from typing import Any
+
+from ..errors import ProtocolError, closed_error
+from ..protocol.handshake import QPInfo
+from ..verbs.context import DeviceContext
+from ..verbs.cq import CompletionQueue
+from ..verbs.device import LocalAddress
+from ..verbs.qp import QueuePair
+from .options import Options
+
+
+class Parts:
+    """The verbs resources of one connection, released together."""
+
+    def __init__(self, local: LocalAddress, opts: Options) -> None:
+        self.local = local
+        self.dctx = DeviceContext.acquire(local.device)
+        self.cq = self.qp = None
+        self.recv_bufs: list = []
+        self.send_bufs: list = []
+        try:
+            sq = max(16, 2 * opts.send_depth)
+            self.cq = CompletionQueue(self.dctx, opts.recv_depth + sq + 8)
+            self.qp = QueuePair(self.dctx, self.cq, local, max_send_wr=sq,
+                                max_recv_wr=opts.recv_depth, max_inline=opts.max_inline)
+            pool = self.dctx.pool
+            self.recv_bufs = pool.acquire_many(opts.buffer_size, opts.recv_depth)
+            self.send_bufs = pool.acquire_many(opts.buffer_size, opts.send_depth)
+        except BaseException:
+            self.release()
+            raise
+
+    def info(self, opts: Options, extra: dict | None = None) -> QPInfo:
+        return QPInfo(qpn=self.qp.qp_num, psn=self.qp.psn, gid=self.local.gid, lid=self.local.lid,
+                      mtu=self.local.mtu, depth=len(self.recv_bufs),
+                      bufsize=self.recv_bufs[0].size, max_message=opts.max_message,
+                      extra=extra or {})
+
+    def release(self) -> None:
+        """Close QP and CQ, give back buffers and the device context.  Idempotent."""
+        if self.dctx is None:
+            return
+        if os.getpid() == self.dctx._pid:
+            if self.qp is not None:
+                self.qp.close()
+            if self.cq is not None:
+                self.cq.close()
+            for b in self.recv_bufs + self.send_bufs:
+                self.dctx.pool.release(b)
+        self.recv_bufs, self.send_bufs = [], []
+        dctx, self.dctx = self.dctx, None
+        dctx.release()
+
+
+class Endpoint:
+    """A connection that carries whole messages, in order, with nothing lost.
+
+    Made by ``rdmamsg.connect`` or ``Listener.accept``.  Thread-safe: calls
+    from several threads are serialised inside the engine.
+    """
+
+    def __init__(self, parts: Parts, engine, sock: socket.socket, peer: QPInfo,
+                 opts: Options) -> None:
+        self._parts, self._engine, self._sock = parts, engine, sock
+        self._peer, self._opts = peer, opts
+        self._pid = os.getpid()
+        self._closed = False
+        self.laddr = sock.getsockname()
+        self.raddr = sock.getpeername()
+
+    # -- data ----------------------------------------------------------------
+
+    def send(self, data, timeout: float | None = None) -> None:
+        """Send ``data`` (bytes, bytearray, memoryview, numpy array...) as one message.
+
+        Blocks while the peer has no receive buffer free (flow control), up
+        to ``timeout`` seconds.  Raises ConnectionResetError if the peer is
+        gone, BrokenPipeError if it closed, ValueError if ``data`` is longer
+        than the peer accepts.
+        """
+        try:
+            self._engine.send(data, timeout)
+        except ProtocolError:
+            self._abort()
+            raise
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        """The next whole message.  PeerClosedError (an EOFError) once the
+        peer has closed and every message it sent was received."""
+        try:
+            return self._engine.recv(timeout)
+        except ProtocolError:
+            self._abort()
+            raise
+
+    def recv_into(self, buffer, timeout: float | None = None) -> int:
+        """Receive the next message into ``buffer``; its length.  A message
+        longer than ``buffer`` raises ValueError and stays queued."""
+        try:
+            return self._engine.recv_into(buffer, timeout)
+        except ProtocolError:
+            self._abort()
+            raise
+
+    def poll(self) -> int:
+        """Make progress without blocking; the number of whole messages ready."""
+        try:
+            return self._engine.poll()
+        except ProtocolError:
+            self._abort()
+            raise
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until a message may be ready; False on time-out."""
+        return self._engine.wait(timeout)
+
+    def fileno(self) -> int:
+        """An fd that becomes readable when there may be progress (selectors);
+        then call poll() or recv(timeout=0)."""
+        return self._engine.fileno()
+
+    # -- information -----------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def local(self) -> LocalAddress:
+        return self._parts.local
+
+    @property
+    def max_message(self) -> int:
+        """The largest message the peer accepts."""
+        return self._peer.max_message
+
+    @property
+    def poller(self) -> str:
+        return self._engine.name
+
+    def stats(self) -> dict[str, Any]:
+        return self._engine.stats()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self.laddr} -> {self.raddr}"
+        return f"<rdmamsg.Endpoint {state} poller={self._engine.name}>"
+
+    # -- ending ------------------------------------------------------------------
+
+    def _abort(self) -> None:
+        """The peer broke the protocol: drop the connection now."""
+        if not self._closed and self._parts.qp is not None:
+            try:
+                self._parts.qp.to_error()
+            except OSError:
+                pass
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self, linger: float | None = None) -> None:
+        """Close in order: an orderly CLOSE after everything already sent
+        (waiting up to ``linger`` seconds for it to complete), then free
+        everything.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if os.getpid() != self._pid:
+            return  # inherited across fork: the parent still owns all of it
+        try:
+            self._engine.shutdown(self._opts.linger if linger is None else linger)
+        finally:
+            self._engine.close()
+            self._parts.release()
+            self._sock.close()
+
+    def __enter__(self) -> "Endpoint":
+        if self._closed:
+            raise closed_error("endpoint")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        if getattr(self, "_pid", None) != os.getpid():
+            return
+        warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1)
+        try:
+            self.close(linger=0)
+        except Exception:
+            pass

@@ -1,0 +1,48 @@
+"""Per-connection settings."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Options:
+    """Settings for one connection; each side chooses its own.
+
+    Memory per connection is about ``(recv_depth + send_depth) * buffer_size``
+    of registered pool memory (2 MiB with the defaults).
+    """
+
+    recv_depth: int = 64              #: receives kept posted: the peer's credits
+    send_depth: int = 64              #: send buffers (messages in flight)
+    buffer_size: int = 16384          #: bytes per buffer; longer messages are fragmented
+    max_message: int = 64 << 20       #: largest message this side accepts
+    max_inline: int = 256             #: messages up to this size are sent inline
+    spin_us: int = 50                 #: busy-poll this long before sleeping on the fd
+    linger: float = 2.0               #: close() waits this long for sends to complete
+    handshake_timeout: float = 10.0   #: limit for one bootstrap handshake
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.recv_depth <= 1 << 15:
+            raise ValueError("recv_depth must be 2..32768")
+        if not 1 <= self.send_depth <= 1 << 15:
+            raise ValueError("send_depth must be 1..32768")
+        if self.buffer_size < 64 or self.buffer_size & (self.buffer_size - 1):
+            raise ValueError("buffer_size must be a power of two, at least 64")
+        if self.max_message < 0:
+            raise ValueError("max_message must be non-negative")
+        if self.max_inline < 0 or self.spin_us < 0 or self.linger < 0:
+            raise ValueError("max_inline, spin_us and linger must be non-negative")
+        if self.handshake_timeout <= 0:
+            raise ValueError("handshake_timeout must be positive")
+
+    @classmethod
+    def from_kwargs(cls, options: "Options | None", kwargs: dict) -> "Options":
+        """``options`` with ``kwargs`` applied; unknown names are a TypeError."""
+        known = {f.name for f in fields(cls)}
+        bad = set(kwargs) - known
+        if bad:
+            raise TypeError(f"unknown option(s): {', '.join(sorted(bad))}")
+        base = options or cls()
+        if not kwargs:
+            return base
+        return cls(**{**{f.name: getattr(base, f.name) for f in fields(cls)}, **kwargs})

@@ -1,0 +1,488 @@
+"""The pure-pyverbs engine: the fallback poller, same contract as the Cython one.
+
+How this works.  Receives are posted once per buffer and reposted as soon as
+the message in them has been copied out; each receive's wr_id is RECV_TAG |
+buffer index.  Sends take a buffer from the free list (or none, for a
+zero-length fragment), carry the frames.py immediate, and are signaled every
+``signal_every`` posts; a send completion frees every buffer up to its
+wr_id, since an RC queue completes in order.  Waiting is spin, then arm the
+CQ, poll once more (the race), then sleep in epoll on the completion channel
+and the liveness socket.  The TCP socket from the handshake carries nothing
+afterwards: its EOF means the peer is gone, unless its CLOSE came first.
+
+pyverbs' SendWR/SGE leak their C buffers unless closed, and double-free if
+closed twice, so each is closed exactly once, right after posting.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import select
+import socket
+import threading
+import time
+
+from ..errors import PeerClosedError, ProtocolError, RdmaError, WorkCompletionError, closed_error
+from ..protocol import frames
+from ..protocol.credits import CreditWindow
+from ..verbs import _pyverbs as pv
+from .backend import EngineConfig
+
+e = pv.enums
+RECV_TAG = 1 << 63
+EOF_GRACE = 0.2        # after the peer's EOF, how long its CLOSE may still be in flight
+WC_BATCH = 32
+
+
+class Engine:
+    name = "python"
+
+    def __init__(self, cq, qp, recv_bufs, send_bufs, liveness: socket.socket, config: EngineConfig):
+        self._cq, self._qp = cq, qp
+        self._cfg = config
+        self._rbufs = list(recv_bufs)
+        self._sbufs = list(send_bufs)
+        self._free = list(range(len(self._sbufs)))
+        self._sq_depth = qp.max_send_wr
+        self._slot_of: dict[int, int] = {}
+        self._seq_next = self._seq_done = 0
+        self._signal_every = max(1, min(len(self._sbufs), self._sq_depth) // 4)
+        self._unsignaled = 0
+        self._credits = CreditWindow(config.peer_depth, config.credit_threshold)
+        self._ready: collections.deque = collections.deque()
+        self._whole_ready = 0
+        self._reasm = frames.Reassembler(config.recv_max, max(b.size for b in self._rbufs))
+        self._held: bytes | None = None     # a message taken but not yet delivered
+        self._tail: tuple[bytes, int] | None = None  # (message, offset) a timed-out send left
+        self._recv_wrs = []
+        for i, b in enumerate(self._rbufs):
+            sge = pv.wr.SGE(b.addr, b.size, b.lkey)
+            self._recv_wrs.append(pv.wr.RecvWR(wr_id=RECV_TAG | i, num_sge=1, sg=[sge]))
+            sge.close()
+        self._live = liveness
+        self._live_eof = False
+        self._eof_at = 0.0
+        self._peer_gone = False
+        self._peer_closed = False
+        self._close_sent = False
+        self._error: BaseException | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._ep = select.epoll()
+        self._ep.register(cq.fd, select.EPOLLIN)
+        self._ep.register(liveness.fileno(), select.EPOLLIN)
+        self._ep.register(self._wake, select.EPOLLIN)
+        self._inside = 0
+        self._spin = config.spin_us / 1e6
+        self._stats = dict.fromkeys(("messages_sent", "messages_received", "bytes_sent",
+                                     "bytes_received", "credit_updates_sent", "credit_stalls",
+                                     "sleeps", "inline_sends"), 0)
+
+    # -- posting ---------------------------------------------------------------
+
+    def post_receives(self) -> None:
+        with self._lock:
+            for i in range(len(self._rbufs)):
+                self._repost(i)
+            self._credits.unreturned = 0   # the initial depth is already the peer's credit
+
+    def _repost(self, slot: int) -> None:
+        try:
+            self._qp.qp.post_recv(self._recv_wrs[slot])
+        except pv.PyverbsRDMAError as exc:
+            self._fail(RdmaError("ibv_post_recv", exc.error_code or 0))
+            raise self._error from exc
+        self._credits.reposted()
+
+    def _sq_room(self) -> bool:
+        return self._seq_next - self._seq_done < self._sq_depth
+
+    def _post(self, kind: int, slot: int, length: int) -> None:
+        """Post one SEND_WITH_IMM from send buffer ``slot`` (-1: no payload)."""
+        imm = frames.pack_imm(kind, self._credits.spend())
+        signaled = kind == frames.CLOSE or self._unsignaled + 1 >= self._signal_every
+        self._unsignaled = 0 if signaled else self._unsignaled + 1
+        buf = self._sbufs[slot] if slot >= 0 else None
+        sge = pv.wr.SGE(buf.addr if buf else 0, length, buf.lkey if buf else 0)
+        wr = pv.wr.SendWR(wr_id=self._seq_next, opcode=e.IBV_WR_SEND_WITH_IMM, num_sge=1,
+                          sg=[sge], imm_data=socket.htonl(imm),
+                          send_flags=e.IBV_SEND_SIGNALED if signaled else 0)
+        if length == 0:
+            wr.num_sge = 0
+        try:
+            self._qp.qp.post_send(wr)
+        except pv.PyverbsRDMAError as exc:
+            self._fail(RdmaError("ibv_post_send", exc.error_code or 0))
+            raise self._error from exc
+        finally:
+            wr.close()
+            sge.close()
+        self._slot_of[self._seq_next] = slot
+        self._seq_next += 1
+
+    def _post_credit_update(self) -> None:
+        if self._credits.update_due() and self._sq_room() and not self._close_sent:
+            self._post(frames.CREDIT, -1, 0)
+            self._stats["credit_updates_sent"] += 1
+
+    # -- completions -----------------------------------------------------------
+
+    def _progress(self) -> int:
+        """Poll a batch of completions and act on them; how many there were."""
+        try:
+            n, wcs = self._cq.cq.poll(WC_BATCH)
+        except pv.PyverbsRDMAError as exc:
+            self._fail(RdmaError("ibv_poll_cq", exc.error_code or 0))
+            return 1
+        for wc in wcs:
+            if wc.status != e.IBV_WC_SUCCESS:
+                self._wc_failed(wc)
+            elif wc.wr_id & RECV_TAG:
+                self._received(wc)
+            else:
+                self._sent_through(wc.wr_id)
+        if n:
+            self._post_credit_update()
+        return n
+
+    def _wc_failed(self, wc) -> None:
+        if not wc.wr_id & RECV_TAG:
+            self._sent_through(wc.wr_id)
+        if self._error is None or (isinstance(self._error, WorkCompletionError)
+                                   and self._error.status == e.IBV_WC_WR_FLUSH_ERR):
+            what = "receive" if wc.wr_id & RECV_TAG else "send"
+            self._error = WorkCompletionError(wc.status, what, wc.vendor_err)
+
+    def _received(self, wc) -> None:
+        slot = wc.wr_id & ~RECV_TAG
+        if slot >= len(self._rbufs) or not wc.wc_flags & e.IBV_WC_WITH_IMM:
+            return self._fail(ProtocolError("a receive completed without rdmamsg's immediate"))
+        try:
+            kind, credits = frames.unpack_imm(socket.ntohl(wc.imm_data))
+            self._credits.returned(credits)
+        except ProtocolError as exc:
+            return self._fail(exc)
+        if kind in (frames.CREDIT, frames.CLOSE):
+            if wc.byte_len:
+                return self._fail(ProtocolError(f"{frames.KIND_NAMES[kind]} fragment with a payload"))
+            if kind == frames.CLOSE:
+                self._peer_closed = True
+            self._repost(slot)
+            return
+        self._ready.append((slot, wc.byte_len, kind))
+        if kind in (frames.WHOLE, frames.LAST):
+            self._whole_ready += 1
+
+    def _sent_through(self, seq: int) -> None:
+        if not self._seq_done <= seq < self._seq_next:
+            return
+        while self._seq_done <= seq:
+            slot = self._slot_of.pop(self._seq_done)
+            if slot >= 0:
+                self._free.append(slot)
+            self._seq_done += 1
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+
+    # -- waiting ---------------------------------------------------------------
+
+    def _wait_locked(self, deadline: float | None) -> bool:
+        """Wait for progress with the lock held (released while sleeping).
+        False once ``deadline`` has passed with nothing happening."""
+        spin_end = time.monotonic() + self._spin
+        while True:
+            if self._progress():
+                return True
+            if time.monotonic() >= spin_end:
+                break
+        self._cq.cq.req_notify()
+        if self._progress():
+            return True
+        if self._live_eof and not self._peer_gone:
+            if time.monotonic() - self._eof_at > EOF_GRACE:
+                self._peer_gone = True
+                return True
+        timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if self._live_eof and not self._peer_gone:
+            timeout = EOF_GRACE if timeout < 0 else min(timeout, EOF_GRACE)
+        self._stats["sleeps"] += 1
+        self._inside += 1
+        self._lock.release()
+        try:
+            events = self._ep.poll(timeout)
+        finally:
+            self._lock.acquire()
+            self._inside -= 1
+        if self._closed:
+            raise closed_error("endpoint")
+        for fd, _ in events:
+            if fd == self._cq.fd:
+                self._drain_events()
+            elif fd == self._live.fileno():
+                self._check_live()
+        if events or deadline is None:
+            return True
+        return time.monotonic() < deadline
+
+    def _drain_events(self) -> None:
+        while True:
+            r, _, _ = select.select([self._cq.fd], [], [], 0)
+            if not r:
+                return
+            try:
+                self._cq.channel.get_cq_event(self._cq.cq)
+            except pv.PyverbsRDMAError:
+                return
+            self._cq.cq.ack_events(1)
+
+    def _check_live(self) -> None:
+        if self._live_eof:
+            return
+        try:
+            data = self._live.recv(64, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._live_eof = True
+            self._eof_at = time.monotonic()
+            self._ep.unregister(self._live.fileno())
+
+    # -- state checks ------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise closed_error("endpoint")
+
+    def _raise_broken(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._peer_gone:
+            raise ConnectionResetError("the peer is gone: its process ended or its host is "
+                                       "unreachable (the bootstrap TCP connection closed)")
+
+    def _check_send(self) -> None:
+        self._check_open()
+        self._raise_broken()
+        if self._peer_closed:
+            raise BrokenPipeError("the peer closed the connection")
+        if self._close_sent:
+            raise BrokenPipeError("this endpoint was shut down for sending")
+
+    # -- send --------------------------------------------------------------------
+
+    def send(self, data, timeout: float | None = None) -> None:
+        mv = _bytes_view(data)
+        n = mv.nbytes
+        if n > self._cfg.send_max:
+            raise ValueError(f"message of {n} bytes exceeds the peer's limit of {self._cfg.send_max}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._check_send()
+            if self._tail is not None:
+                self._send_from(*self._tail, continuing=True, deadline=deadline)
+            self._send_from(mv, 0, continuing=False, deadline=deadline)
+            self._stats["messages_sent"] += 1
+            self._stats["bytes_sent"] += n
+
+    def _send_from(self, mv, start: int, *, continuing: bool, deadline: float | None) -> None:
+        frag = self._cfg.fragment
+        n = len(mv)
+        if continuing:
+            pieces = _continuation(start, n, frag)
+        else:
+            pieces = frames.plan(n, frag)
+        self._tail = None
+        for kind, off, length in pieces:
+            while not (self._credits.can_send() and self._sq_room() and self._free):
+                self._stats["credit_stalls"] += not self._credits.can_send()
+                self._raise_broken()
+                if self._peer_closed:
+                    raise BrokenPipeError("the peer closed the connection")
+                if not self._wait_locked(deadline):
+                    if kind in (frames.WHOLE, frames.FIRST):
+                        raise TimeoutError("send timed out waiting for the peer to take messages")
+                    self._tail = (bytes(mv), off)
+                    raise TimeoutError("send timed out part-way through a message; the rest is "
+                                       "sent ahead of the next message")
+            slot = self._free.pop()
+            view = self._sbufs[slot].view
+            if kind == frames.FIRST:
+                frames.FIRST_HEADER.pack_into(view, 0, n)
+                view[8:8 + length] = mv[off:off + length]
+                self._post(kind, slot, length + 8)
+            else:
+                view[:length] = mv[off:off + length]
+                self._post(kind, slot, length)
+
+    # -- receive -------------------------------------------------------------------
+
+    def _take(self) -> bytes | None:
+        """The next whole message from received fragments, or None."""
+        if self._held is not None:
+            msg, self._held = self._held, None
+            return msg
+        while self._ready:
+            slot, length, kind = self._ready[0]
+            try:
+                msg = self._reasm.feed(kind, self._rbufs[slot].view[:length])
+            except ProtocolError as exc:
+                self._fail(exc)
+                raise
+            self._ready.popleft()
+            self._repost(slot)
+            if msg is not None:
+                self._whole_ready -= 1
+                self._stats["messages_received"] += 1
+                self._stats["bytes_received"] += len(msg)
+                self._post_credit_update()
+                return msg
+        self._post_credit_update()
+        return None
+
+    def _check_recv(self) -> None:
+        """Raise if no further message can arrive."""
+        self._check_open()
+        if self._error is not None:
+            raise self._error
+        if self._peer_closed and not self._ready:
+            if self._reasm.in_progress:
+                raise ProtocolError("the peer closed in the middle of a message")
+            raise PeerClosedError("the peer closed the connection; every message it sent "
+                                  "has been received")
+        if self._peer_gone:
+            raise ConnectionResetError("the peer is gone: its process ended or its host is "
+                                       "unreachable (the bootstrap TCP connection closed)")
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._check_open()
+            while True:
+                msg = self._take()
+                if msg is not None:
+                    return msg
+                self._check_recv()
+                if not self._wait_locked(deadline):
+                    raise TimeoutError("no message arrived in time")
+
+    def recv_into(self, buffer, timeout: float | None = None) -> int:
+        mv = _bytes_view(buffer)
+        if mv.readonly:
+            raise TypeError("recv_into needs a writable buffer")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._check_open()
+            while True:
+                need = self._next_length()
+                if need is not None and need > mv.nbytes:
+                    raise ValueError(f"the next message has {need} bytes; the buffer holds "
+                                     f"{mv.nbytes}")
+                msg = self._take()
+                if msg is not None:
+                    mv[:len(msg)] = msg
+                    return len(msg)
+                self._check_recv()
+                if not self._wait_locked(deadline):
+                    raise TimeoutError("no message arrived in time")
+
+    def _next_length(self) -> int | None:
+        if self._held is not None:
+            return len(self._held)
+        if self._reasm.in_progress or not self._ready:
+            return None
+        slot, length, kind = self._ready[0]
+        try:
+            return self._reasm.expected_length(kind, self._rbufs[slot].view[:length])
+        except ProtocolError as exc:
+            self._fail(exc)
+            raise
+
+    # -- the rest of the contract -------------------------------------------------
+
+    def poll(self) -> int:
+        with self._lock:
+            self._check_open()
+            self._drain_events()
+            self._check_live()
+            while self._progress():
+                pass
+            self._cq.cq.req_notify()
+            while self._progress():
+                pass
+            return self._whole_ready + (self._held is not None)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._check_open()
+            if self._whole_ready or self._held is not None:
+                return True
+            return self._wait_locked(deadline)
+
+    def fileno(self) -> int:
+        self._check_open()
+        return self._ep.fileno()
+
+    def shutdown(self, timeout: float | None = 2.0) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            if self._closed or self._close_sent or self._error or self._peer_gone:
+                return
+            try:
+                if self._tail is not None:
+                    self._send_from(*self._tail, continuing=True, deadline=deadline)
+                while not (self._credits.can_send() and self._sq_room()):
+                    if self._error or self._peer_gone or self._live_eof:
+                        return
+                    if not self._wait_locked(deadline):
+                        return
+                self._post(frames.CLOSE, -1, 0)
+                self._close_sent = True
+                while self._seq_done < self._seq_next:
+                    if self._error or self._peer_gone or self._live_eof:
+                        return
+                    if not self._wait_locked(deadline):
+                        return
+            except (TimeoutError, OSError):
+                return
+
+    def stats(self) -> dict:
+        with self._lock:
+            out = dict(self._stats)
+        out["poller"] = self.name
+        return out
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        os.eventfd_write(self._wake, 1)
+        deadline = time.monotonic() + 2.0
+        while self._inside and time.monotonic() < deadline:
+            time.sleep(0.001)
+        with self._lock:
+            for wr in self._recv_wrs:
+                wr.close()
+            self._recv_wrs = []
+            self._ep.close()
+            os.close(self._wake)
+
+
+def _bytes_view(data) -> memoryview:
+    mv = memoryview(data)
+    if not mv.c_contiguous:
+        raise BufferError("rdmamsg needs a C-contiguous buffer")
+    return mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
+
+
+def _continuation(start: int, n: int, frag: int):
+    off = start
+    while n - off > frag:
+        yield frames.MIDDLE, off, frag
+        off += frag
+    yield frames.LAST, off, n - off

@@ -1,0 +1,86 @@
+"""The poller backends and the contract both keep.
+
+An engine drives one connected RC QP: it posts sends and receive refills,
+polls the CQ in batches, applies credit flow control, and blocks (spin, then
+sleep on an fd) when it must wait.  Two engines keep the same contract:
+
+  cython   rdmamsg.transport._cpoller.Engine, built from ext/: the hot loop on
+           raw verbs pointers, the GIL released while polling and waiting.
+  python   rdmamsg.transport._pyengine.Engine: pure pyverbs, the fallback.
+
+``RDMAMSG_POLLER`` chooses: ``python``, ``cython`` (and fail if it cannot
+run), or ``auto`` (the default: cython, else python with a warning).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+from ..errors import PollerUnavailableError
+
+#: What an engine offers; both backends implement all of it.
+ENGINE_API = (
+    "post_receives",   # () -> None: post every receive buffer
+    "send",            # (data, timeout) -> None: one whole message, fragmented as needed
+    "recv",            # (timeout) -> bytes: the next whole message
+    "recv_into",       # (buffer, timeout) -> int: the next message into a caller's buffer
+    "poll",            # () -> int: progress without blocking; whole messages ready
+    "wait",            # (timeout) -> bool: block until there may be progress
+    "fileno",          # () -> int: readable when there may be progress (for selectors)
+    "shutdown",        # (timeout) -> None: orderly CLOSE, then wait for our sends to complete
+    "close",           # () -> None: stop; the caller then destroys the QP and CQ
+    "stats",           # () -> dict: counters (see STAT_KEYS)
+)
+
+STAT_KEYS = ("messages_sent", "messages_received", "bytes_sent", "bytes_received",
+             "credit_updates_sent", "credit_stalls", "sleeps", "inline_sends")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    peer_depth: int          #: receives the peer keeps posted: our initial credits
+    fragment: int            #: bytes per fragment: min(our buffer, the peer's buffer)
+    send_max: int            #: largest message the peer accepts
+    recv_max: int            #: largest message we accept
+    max_inline: int          #: inline sends up to this size (0: never)
+    spin_us: int = 50        #: busy-poll this long before sleeping on the fd
+    credit_threshold: int | None = None   #: return credits once this many are owed
+
+
+_choice: str | None = None
+
+
+def poller_mode() -> str:
+    mode = os.environ.get("RDMAMSG_POLLER", "auto").lower()
+    if mode not in ("auto", "cython", "python"):
+        raise ValueError(f"RDMAMSG_POLLER={mode!r}: use auto, cython or python")
+    return mode
+
+
+def make_engine(*, cq, qp, recv_bufs, send_bufs, liveness, config: EngineConfig):
+    """An engine for a connected QP: the Cython one unless told otherwise or it
+    cannot run, in which case the pure-pyverbs one, with the same contract."""
+    global _choice
+    mode = poller_mode()
+    if mode != "python":
+        try:
+            from ._cpoller import Engine as CEngine
+
+            eng = CEngine(cq, qp, recv_bufs, send_bufs, liveness, config)
+            _choice = "cython"
+            return eng
+        except (ImportError, PollerUnavailableError) as exc:
+            if mode == "cython":
+                raise PollerUnavailableError(f"RDMAMSG_POLLER=cython but: {exc}") from exc
+            warnings.warn(f"rdmamsg: the Cython poller cannot run ({exc}); using the "
+                          "pure-pyverbs poller, which is slower", RuntimeWarning, stacklevel=3)
+    from ._pyengine import Engine as PyEngine
+
+    _choice = "python"
+    return PyEngine(cq, qp, recv_bufs, send_bufs, liveness, config)
+
+
+def poller_in_use() -> str | None:
+    """The backend of the last engine made: ``cython``, ``python``, or None."""
+    return _choice
