@@ -10,6 +10,11 @@
 # Locking: a pthread mutex guards the engine's state.  It is only ever taken
 # with the GIL released (or by trylock), so a thread holding the mutex that
 # waits for the GIL cannot deadlock against one holding the GIL.
+#
+# Waiting threads: one at a time (the leader) sleeps in epoll; the others
+# wait on a condition variable.  Whoever processes completions broadcasts it,
+# and so does the leader when it wakes.  Otherwise one thread could take the
+# completion event that another armed for and is about to sleep on.
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
@@ -76,6 +81,14 @@ cdef inline uint64_t get_u64le(const char *p) noexcept nogil:
     return v
 
 
+cdef int _get_buffer(object obj, Py_buffer *view, int flags) except -1:
+    try:
+        PyObject_GetBuffer(obj, view, flags)
+    except ValueError as exc:           # numpy's word for "not contiguous"
+        raise BufferError(f"rdmamsg needs a C-contiguous buffer ({exc})") from None
+    return 0
+
+
 cdef double _deadline(object timeout) except? -2.0:
     if timeout is None:
         return -1.0
@@ -91,7 +104,8 @@ cdef class Engine:
     cdef int cc_fd, live_fd, ep_fd, wake_fd
     cdef object keep
     cdef pthread_mutex_t mu
-    cdef bint mu_ok
+    cdef pthread_cond_t cond
+    cdef bint mu_ok, leader
     cdef int inside
     # receive side
     cdef int nrecv
@@ -179,8 +193,13 @@ cdef class Engine:
             self.sfree[i] = i
         self.nfree = self.nsend
         self._open_fds()
-        if pthread_mutex_init(&self.mu, NULL) != 0:
-            raise MemoryError("pthread_mutex_init failed")
+        cdef pthread_condattr_t ca
+        pthread_condattr_init(&ca)
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)
+        if pthread_mutex_init(&self.mu, NULL) != 0 or pthread_cond_init(&self.cond, &ca) != 0:
+            pthread_condattr_destroy(&ca)
+            raise MemoryError("pthread_mutex_init/pthread_cond_init failed")
+        pthread_condattr_destroy(&ca)
         self.mu_ok = True
 
     cdef _alloc(self):
@@ -223,6 +242,7 @@ cdef class Engine:
     def __dealloc__(self):
         self._free_arrays()
         if self.mu_ok:
+            pthread_cond_destroy(&self.cond)
             pthread_mutex_destroy(&self.mu)
 
     # -- the lock --------------------------------------------------------------
@@ -311,6 +331,7 @@ cdef class Engine:
         if n:
             self._maybe_update()
             self._flush()
+            pthread_cond_broadcast(&self.cond)
         return n
 
     cdef void _handle(self, ibv_wc *wc) noexcept nogil:
@@ -391,6 +412,7 @@ cdef class Engine:
         cdef double now
         cdef int timeout_ms, nev, i
         cdef epoll_event evs[4]
+        cdef timespec ts
         while True:
             if self._progress():
                 return 1
@@ -398,6 +420,15 @@ cdef class Engine:
                 break
             pthread_mutex_unlock(&self.mu)     # let another thread in between spins
             pthread_mutex_lock(&self.mu)
+        if self.leader:
+            # Another thread sleeps in epoll; it broadcasts when it wakes.
+            if deadline < 0:
+                pthread_cond_wait(&self.cond, &self.mu)
+            else:
+                ts.tv_sec = <long>deadline
+                ts.tv_nsec = <long>((deadline - ts.tv_sec) * 1e9)
+                pthread_cond_timedwait(&self.cond, &self.mu, &ts)
+            return 1 if deadline < 0 else mono() < deadline
         ibv_req_notify_cq(self.cq, 0)
         if self._progress():
             return 1
@@ -405,6 +436,7 @@ cdef class Engine:
         if self.live_eof and not self.peer_gone and not self.peer_closed:
             if now - self.eof_at > EOF_GRACE:
                 self.peer_gone = True
+                pthread_cond_broadcast(&self.cond)
                 return 1
         if deadline < 0:
             timeout_ms = -1
@@ -415,9 +447,12 @@ cdef class Engine:
         if self.live_eof and not self.peer_gone and (timeout_ms < 0 or timeout_ms > 200):
             timeout_ms = <int>(EOF_GRACE * 1000)
         self.st[ST_SLEEPS] += 1
+        self.leader = True
         pthread_mutex_unlock(&self.mu)
         nev = epoll_wait(self.ep_fd, evs, 4, timeout_ms)
         pthread_mutex_lock(&self.mu)
+        self.leader = False
+        pthread_cond_broadcast(&self.cond)
         if self.closed:
             return 1
         for i in range(nev if nev > 0 else 0):
@@ -534,7 +569,7 @@ cdef class Engine:
     def send(self, data, timeout=None):
         """Send one whole message (any C-contiguous buffer)."""
         cdef Py_buffer view
-        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        _get_buffer(data, &view, PyBUF_SIMPLE)
         try:
             if <size_t>view.len > self.send_max:
                 raise ValueError(f"message of {view.len} bytes exceeds the peer's limit of "
@@ -742,7 +777,7 @@ cdef class Engine:
         """The next whole message into ``buffer``; its length.  A message that
         does not fit raises ValueError and stays queued."""
         cdef Py_buffer view
-        PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE)
+        _get_buffer(buffer, &view, PyBUF_WRITABLE)
         cdef double deadline
         try:
             deadline = _deadline(timeout)
@@ -847,6 +882,7 @@ cdef class Engine:
         self._lock()
         self.closed = True
         write(self.wake_fd, &one, 8)
+        pthread_cond_broadcast(&self.cond)
         self._unlock()
         with nogil:
             while self.inside > 0 and spins < 2000:

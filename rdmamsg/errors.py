@@ -33,12 +33,13 @@ class RdmaError(OSError):
             msg += f" ({detail})"
         super().__init__(err, msg)
         self.call = call
+        self.detail = detail
 
     def __str__(self) -> str:
         return self.strerror or super().__str__()
 
     def __reduce__(self):
-        return (type(self), (self.call, self.errno, ""))
+        return (type(self), (self.call, self.errno, self.detail))
 
 
 # ibv_wc_status values, their names, and what usually causes each one.
@@ -83,6 +84,8 @@ class WorkCompletionError(RdmaError, ConnectionResetError):
     def __init__(self, status: int, opcode: str = "", vendor_err: int = 0) -> None:
         name, cause = _WC_STATUS.get(status, (f"STATUS_{status}", "unknown status"))
         self.status = status
+        self.opcode = opcode
+        self.vendor_err = vendor_err
         self.status_name = "IBV_WC_" + name
         self.cause = cause
         what = f"{opcode} " if opcode else ""
@@ -96,7 +99,7 @@ class WorkCompletionError(RdmaError, ConnectionResetError):
         return self.strerror or ""
 
     def __reduce__(self):
-        return (type(self), (self.status,))
+        return (type(self), (self.status, self.opcode, self.vendor_err))
 
 
 class ProtocolError(ConnectionError):

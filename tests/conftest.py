@@ -61,6 +61,20 @@ def pytest_runtest_makereport(item, call):
         rep.longrepr = f"skipped inside the test bed, which counts as a failure: {reason}"
 
 
+@pytest.fixture(autouse=True)
+def no_leaks(request):
+    """Every device test must give back its QPs, CQs, MRs, PDs and fds."""
+    if _tier(request.node) is None or not (in_bed() or _has_active_port()):
+        yield
+        return
+    from support.bed import resource_counts
+
+    before = resource_counts()
+    yield
+    after = resource_counts()
+    assert after == before, f"verbs resources or fds leaked: before {before}, after {after}"
+
+
 @pytest.fixture(scope="session")
 def rdma_addr():
     """The device, port and GID under test: RDMAMSG_DEVICE, else the first

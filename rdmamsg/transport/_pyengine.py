@@ -7,7 +7,9 @@ zero-length fragment), carry the frames.py immediate, and are signaled every
 ``signal_every`` posts; a send completion frees every buffer up to its
 wr_id, since an RC queue completes in order.  Waiting is spin, then arm the
 CQ, poll once more (the race), then sleep in epoll on the completion channel
-and the liveness socket.  The TCP socket from the handshake carries nothing
+and the liveness socket.  Only one thread (the leader) sleeps in epoll; others
+wait on a condition that completions and the leader's waking notify, so no
+thread sleeps on an event another thread already took.  The TCP socket from the handshake carries nothing
 afterwards: its EOF means the peer is gone, unless its CLOSE came first.
 
 pyverbs' SendWR/SGE leak their C buffers unless closed, and double-free if
@@ -68,6 +70,8 @@ class Engine:
         self._error: BaseException | None = None
         self._closed = False
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._leader = False
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._ep = select.epoll()
         self._ep.register(cq.fd, select.EPOLLIN)
@@ -144,6 +148,7 @@ class Engine:
                 self._sent_through(wc.wr_id)
         if n:
             self._post_credit_update()
+            self._cond.notify_all()
         return n
 
     def _wc_failed(self, wc) -> None:
@@ -198,24 +203,38 @@ class Engine:
                 return True
             if time.monotonic() >= spin_end:
                 break
+        if self._leader:
+            # Another thread sleeps in epoll and notifies when it wakes.
+            self._inside += 1
+            try:
+                self._cond.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            finally:
+                self._inside -= 1
+            if self._closed:
+                raise closed_error("endpoint")
+            return deadline is None or time.monotonic() < deadline
         self._cq.cq.req_notify()
         if self._progress():
             return True
         if self._live_eof and not self._peer_gone:
             if time.monotonic() - self._eof_at > EOF_GRACE:
                 self._peer_gone = True
+                self._cond.notify_all()
                 return True
         timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
         if self._live_eof and not self._peer_gone:
             timeout = EOF_GRACE if timeout < 0 else min(timeout, EOF_GRACE)
         self._stats["sleeps"] += 1
         self._inside += 1
+        self._leader = True
         self._lock.release()
         try:
             events = self._ep.poll(timeout)
         finally:
             self._lock.acquire()
+            self._leader = False
             self._inside -= 1
+            self._cond.notify_all()
         if self._closed:
             raise closed_error("endpoint")
         for fd, _ in events:
@@ -458,10 +477,12 @@ class Engine:
         return out
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        os.eventfd_write(self._wake, 1)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            os.eventfd_write(self._wake, 1)
+            self._cond.notify_all()
         deadline = time.monotonic() + 2.0
         while self._inside and time.monotonic() < deadline:
             time.sleep(0.001)
@@ -476,7 +497,7 @@ class Engine:
 def _bytes_view(data) -> memoryview:
     mv = memoryview(data)
     if not mv.c_contiguous:
-        raise BufferError("rdmamsg needs a C-contiguous buffer")
+        raise BufferError("rdmamsg needs a C-contiguous buffer (this one is strided)")
     return mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
 
 

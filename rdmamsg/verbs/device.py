@@ -1,13 +1,14 @@
 """RDMA devices, ports and GIDs, and the choice of one for an IP address.
 
-Enumeration reads sysfs (``/sys/class/infiniband``), which needs no open
-device; port attributes a device must be asked for (active MTU, LID) come
-from ``ibv_query_port`` through pyverbs.
+Devices are found in sysfs (``/sys/class/infiniband``); port attributes come
+from ``ibv_query_port`` and the populated GIDs from one ``ibv_query_gid_table``
+call (reading sysfs entry by entry is the fallback: rxe has 1024 of them).
 """
 from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from dataclasses import dataclass, field
 
 from ..errors import NoDeviceError, RdmaError
@@ -101,13 +102,17 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _gids(dev: str, port: int) -> tuple[GidEntry, ...]:
+def _gid_text(addr: ipaddress.IPv6Address) -> str:
+    return f"::ffff:{addr.ipv4_mapped}" if addr.ipv4_mapped else str(addr)
+
+
+def _gids_sysfs(dev: str, port: int) -> list[GidEntry]:
     base = f"{SYSFS}/{dev}/ports/{port}"
     out = []
     try:
         names = os.listdir(f"{base}/gids")
     except OSError:
-        return ()
+        return []
     for name in sorted(names, key=int):
         raw = _read(f"{base}/gids/{name}")
         gtype = _read(f"{base}/gid_attrs/types/{name}")
@@ -117,24 +122,52 @@ def _gids(dev: str, port: int) -> tuple[GidEntry, ...]:
         if addr == ipaddress.IPv6Address(0):
             continue
         ndev = _read(f"{base}/gid_attrs/ndevs/{name}") or None
-        out.append(GidEntry(int(name), str(addr), gtype, ndev))
-    return tuple(out)
+        out.append(GidEntry(int(name), _gid_text(addr), gtype, ndev))
+    return out
 
 
-def _query_ports(dev: str) -> dict[int, tuple[int, int, int]]:
-    """port -> (active_mtu, max_mtu, lid), asked of the device."""
+_GID_TYPES = {1: "RoCE v1", 2: "RoCE v2"}
+
+
+def _gid_table(ctx, nports: int, table_len: int, layers: dict) -> dict[int, list[GidEntry]]:
+    """port -> its populated GIDs, from one ibv_query_gid_table call."""
+    out: dict[int, list[GidEntry]] = {p: [] for p in range(1, nports + 1)}
+    for e in ctx.query_gid_table(table_len):
+        addr = ipaddress.IPv6Address(int(e.gid_str().replace(":", ""), 16))
+        if addr == ipaddress.IPv6Address(0) or e.port_num not in out:
+            continue
+        ib = layers.get(e.port_num) == "InfiniBand"
+        gtype = _GID_TYPES.get(e.gid_type, "IB" if ib else "IB/RoCE v1")
+        try:
+            ndev = socket.if_indextoname(e.ndev_ifindex) if e.ndev_ifindex else None
+        except OSError:
+            ndev = None
+        out[e.port_num].append(GidEntry(e.gid_index, _gid_text(addr), gtype, ndev))
+    return out
+
+
+def _query_ports(dev: str) -> list[PortInfo]:
+    """The device's ports, asked of the device."""
     from . import _pyverbs as pv
 
     try:
         with pv.device.Context(name=dev) as ctx:
             nports = ctx.query_device().phys_port_cnt
-            res = {}
-            for p in range(1, nports + 1):
-                attr = ctx.query_port(p)
-                res[p] = (MTU_BYTES.get(attr.active_mtu, 0), MTU_BYTES.get(attr.max_mtu, 0), attr.lid)
-            return res
+            attrs = {p: ctx.query_port(p) for p in range(1, nports + 1)}
+            layers = {p: _read(f"{SYSFS}/{dev}/ports/{p}/link_layer") or "?" for p in attrs}
+            try:
+                gids = _gid_table(ctx, nports, sum(a.gid_tbl_len for a in attrs.values()), layers)
+            except pv.PyverbsError:
+                gids = {p: _gids_sysfs(dev, p) for p in attrs}
     except pv.PyverbsRDMAError as exc:
         raise RdmaError("ibv_open_device/ibv_query_port", exc.error_code or 0, dev) from exc
+    ports = []
+    for p, attr in attrs.items():
+        state = (_read(f"{SYSFS}/{dev}/ports/{p}/state") or "?: UNKNOWN").split(":", 1)[-1].strip()
+        ports.append(PortInfo(dev, p, state, layers[p], attr.lid, MTU_BYTES.get(attr.active_mtu, 0),
+                              MTU_BYTES.get(attr.max_mtu, 0),
+                              tuple(sorted(gids[p], key=lambda g: g.index))))
+    return ports
 
 
 def list_devices() -> list[DeviceInfo]:
@@ -143,18 +176,8 @@ def list_devices() -> list[DeviceInfo]:
         names = sorted(os.listdir(SYSFS))
     except OSError:
         return []
-    devices = []
-    for dev in names:
-        attrs = _query_ports(dev)
-        ports = []
-        for p in sorted(attrs):
-            base = f"{SYSFS}/{dev}/ports/{p}"
-            state = (_read(f"{base}/state") or "?: UNKNOWN").split(":", 1)[-1].strip()
-            active_mtu, max_mtu, lid = attrs[p]
-            ports.append(PortInfo(dev, p, state, _read(f"{base}/link_layer") or "?", lid,
-                                  active_mtu, max_mtu, _gids(dev, p)))
-        devices.append(DeviceInfo(dev, _read(f"{SYSFS}/{dev}/node_guid") or "", tuple(ports)))
-    return devices
+    return [DeviceInfo(dev, _read(f"{SYSFS}/{dev}/node_guid") or "", tuple(_query_ports(dev)))
+            for dev in names]
 
 
 _NO_DEVICE_HINT = (

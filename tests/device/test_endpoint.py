@@ -1,0 +1,219 @@
+"""The send/recv channel on the device (runs once per poller)."""
+import gc
+import hashlib
+import os
+import selectors
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import rdmamsg
+from rdmamsg.errors import PeerClosedError
+from support.peers import counter, endpoint_pair, run_in_thread
+
+IP = os.environ.get("RDMAMSG_SELF", "")
+SIZES = [0, 1, 63, 64, 255, 256, 257, 4096, 16375, 16376, 16377, 16384, 16385, 65536,
+         1 << 20, (1 << 20) + 3, 16 << 20]
+
+
+@pytest.fixture
+def pair():
+    with endpoint_pair(IP) as p:
+        yield p
+
+
+def echo(ep, n):
+    for _ in range(n):
+        ep.send(ep.recv(timeout=60))
+
+
+def test_integrity_across_sizes_both_ways(pair):
+    c, s = pair
+    srv = run_in_thread(echo, s, len(SIZES))
+    for n in SIZES:
+        data = os.urandom(n)
+        c.send(data)
+        assert c.recv(timeout=60) == data, n
+    srv.result()
+
+
+def test_100k_small_messages_in_order(pair):
+    c, s = pair
+    n = 100_000
+
+    def receive():
+        for i in range(n):
+            m = s.recv(timeout=60)
+            assert m == counter(i, 8 + i % 57), i
+
+    rx = run_in_thread(receive)
+    for i in range(n):
+        c.send(counter(i, 8 + i % 57))
+    rx.result(timeout=600)
+    st = c.stats()
+    assert st["messages_sent"] == n and s.stats()["messages_received"] == n
+
+
+def test_bytes_like_objects(pair):
+    c, s = pair
+    arr = np.arange(10_000, dtype=np.float64).reshape(100, 100)
+    for obj, want in [(bytearray(b"ba"), b"ba"), (memoryview(b"mv"), b"mv"),
+                      (arr, arr.tobytes()), (memoryview(arr)[10:20], arr[10:20].tobytes())]:
+        c.send(obj)
+        assert s.recv(timeout=30) == want
+    with pytest.raises(BufferError):
+        c.send(arr[:, ::2])       # not contiguous
+    with pytest.raises(TypeError):
+        c.send("text")
+
+
+def test_recv_into_and_a_buffer_too_small(pair):
+    c, s = pair
+    big = os.urandom(100_000)
+    c.send(big)
+    c.send(b"small")
+    small = bytearray(10)
+    with pytest.raises(ValueError, match="100000 bytes"):
+        s.recv_into(small, timeout=30)
+    buf = np.zeros(200_000, dtype=np.uint8)
+    assert s.recv_into(buf, timeout=30) == len(big)
+    assert buf[:len(big)].tobytes() == big
+    assert s.recv_into(small, timeout=30) == 5 and small[:5] == b"small"
+
+
+def test_messages_above_the_limit_are_refused_before_sending():
+    with endpoint_pair(IP, max_message=1000) as (c, s):
+        with pytest.raises(ValueError, match="limit of 1000"):
+            c.send(bytes(1001))
+        c.send(bytes(1000))
+        assert len(s.recv(timeout=30)) == 1000
+
+
+def test_timeouts(pair):
+    c, s = pair
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        s.recv(timeout=0.3)
+    assert 0.25 < time.monotonic() - t0 < 5
+
+
+def test_send_timeout_under_back_pressure_loses_nothing():
+    with endpoint_pair(IP, recv_depth=4, buffer_size=4096) as (c, s):
+        sent = 0
+        with pytest.raises(TimeoutError):
+            while True:
+                c.send(counter(sent, 3000), timeout=0.5)
+                sent += 1
+        big = os.urandom(50_000)          # multi-fragment: may stop part-way
+        with pytest.raises(TimeoutError):
+            c.send(big, timeout=0.3)
+        got = [s.recv(timeout=30) for _ in range(sent)]
+        assert got == [counter(i, 3000) for i in range(sent)]
+        c.send(b"after")                  # also pushes out the rest of `big`
+        rest = s.recv(timeout=30)
+        if rest == big:
+            rest = s.recv(timeout=30)
+        assert rest == b"after"
+
+
+def test_orderly_close_delivers_everything_then_eof(pair):
+    c, s = pair
+    for i in range(50):
+        c.send(counter(i, 1000))
+    c.close()
+    assert [s.recv(timeout=30) for _ in range(50)] == [counter(i, 1000) for i in range(50)]
+    with pytest.raises(PeerClosedError):
+        s.recv(timeout=30)
+    with pytest.raises(BrokenPipeError):
+        s.send(b"x")
+    with pytest.raises(OSError) as err:
+        c.send(b"x")
+    assert err.value.errno == 9
+
+
+def test_close_is_idempotent_and_context_managers_work():
+    with rdmamsg.listen((IP, 0)) as ln:
+        h = run_in_thread(ln.accept, 30)
+        with rdmamsg.connect(ln.address, timeout=30) as c:
+            with h.result() as s:
+                c.send(b"hi")
+                assert s.recv(timeout=30) == b"hi"
+        c.close()
+        s.close()
+        assert c.closed and s.closed
+
+
+def test_leaked_endpoint_warns():
+    with rdmamsg.listen((IP, 0)) as ln:
+        h = run_in_thread(ln.accept, 30)
+        c = rdmamsg.connect(ln.address, timeout=30)
+        s = h.result()
+        with pytest.warns(ResourceWarning, match="unclosed"):
+            del c
+            gc.collect()
+        s.close()
+
+
+def test_selectors_with_fileno(pair):
+    c, s = pair
+    sel = selectors.DefaultSelector()
+    sel.register(s, selectors.EVENT_READ)
+    s.poll()
+    assert sel.select(timeout=0.2) == [] or s.poll() == 0
+    threading.Timer(0.2, c.send, args=(b"wake",)).start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if sel.select(timeout=1) and s.poll():
+            break
+    assert s.recv(timeout=0) == b"wake"
+    sel.close()
+
+
+def test_both_directions_at_once_from_many_threads(pair):
+    c, s = pair
+    n = 2000
+
+    def pump(src, dst, tag):
+        for i in range(n):
+            src.send(tag + counter(i, 200))
+
+    def drain(ep, tag):
+        for i in range(n):
+            assert ep.recv(timeout=60) == tag + counter(i, 200)
+
+    jobs = [run_in_thread(pump, c, s, b"c"), run_in_thread(pump, s, c, b"s"),
+            run_in_thread(drain, s, b"c"), run_in_thread(drain, c, b"s")]
+    for j in jobs:
+        j.result(timeout=300)
+
+
+def test_200_endpoints_leave_nothing_behind():
+    from support.bed import resource_counts
+
+    base = resource_counts()
+    for i in range(100):
+        with endpoint_pair(IP, recv_depth=4, send_depth=4) as (c, s):
+            c.send(b"%d" % i)
+            assert s.recv(timeout=30) == b"%d" % i
+    assert resource_counts() == base
+
+
+def test_digest_of_a_stream(pair):
+    c, s = pair
+    h1, h2 = hashlib.sha256(), hashlib.sha256()
+    rng = np.random.default_rng(1)
+    sizes = rng.integers(0, 200_000, 200)
+
+    def receive():
+        for _ in sizes:
+            h2.update(s.recv(timeout=60))
+
+    rx = run_in_thread(receive)
+    for n in sizes:
+        data = rng.bytes(int(n))
+        h1.update(data)
+        c.send(data)
+    rx.result(timeout=300)
+    assert h1.digest() == h2.digest()

@@ -1,0 +1,76 @@
+"""Connected endpoints for device tests, and peers in child processes."""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import rdmamsg
+
+
+@contextlib.contextmanager
+def endpoint_pair(ip: str, token=None, client_kw=None, **kw):
+    """(client, server) endpoints connected through a listener on ``ip``."""
+    with rdmamsg.listen((ip, 0), token=token, **kw) as ln:
+        box: dict = {}
+
+        def accept():
+            try:
+                box["ep"] = ln.accept(timeout=60)
+            except BaseException as exc:  # reported below
+                box["err"] = exc
+
+        t = threading.Thread(target=accept)
+        t.start()
+        try:
+            client = rdmamsg.connect(ln.address, timeout=60, token=token, **{**kw, **(client_kw or {})})
+        finally:
+            t.join()
+        if "err" in box:
+            client.close()
+            raise box["err"]
+        server = box["ep"]
+        try:
+            yield client, server
+        finally:
+            client.close()
+            server.close()
+
+
+def run_in_thread(fn, *args):
+    """Start fn(*args) in a thread; .result() joins it and re-raises its error."""
+    box: dict = {}
+
+    def body():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:
+            box["err"] = exc
+
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+
+    class Handle:
+        def result(self, timeout=120):
+            t.join(timeout)
+            if t.is_alive():
+                raise TimeoutError(f"{fn.__name__} did not finish")
+            if "err" in box:
+                raise box["err"]
+            return box.get("value")
+
+    return Handle()
+
+
+def spawn(code: str, *args) -> subprocess.Popen:
+    """Run ``code`` in a new Python process (argv[1:] = args); stdout is piped."""
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+                            stdout=subprocess.PIPE, env=dict(os.environ), text=True)
+
+
+def counter(i: int, size: int = 64) -> bytes:
+    """Message i: its number, repeated to ``size`` bytes (checkable in order)."""
+    return (i.to_bytes(8, "little") * (size // 8 + 1))[:size]
