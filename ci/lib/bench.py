@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Benchmark rdmamsg against perftest on the same device, in the same boot.
+
+Run by ci/bench inside the soft-RoCE VM (or on a host with an ACTIVE port).
+For each shape it runs perftest, then rdmamsg (python -m rdmamsg bench) with
+the Cython poller and with the pure-pyverbs one, and reports rdmamsg/perftest
+ratios.  Throughput ratios compare message rates at the same size (so units
+cannot differ); latency compares median one-way times (perftest's t_typical).
+It reports and never fails on numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import rdmamsg
+
+PERFTEST_PORT = 18600
+BENCH_PORT = {"cython": 18700, "python": 18701}
+
+
+def human(size: int) -> str:
+    for unit, n in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= n and size % n == 0:
+            return f"{size // n} {unit}"
+    return f"{size} B"
+
+
+def perftest(tool: str, size: int, addr, ip: str, extra: list[str]) -> dict:
+    global PERFTEST_PORT
+    PERFTEST_PORT += 1
+    base = [tool, "-d", addr.device, "-i", str(addr.port), "-x", str(addr.gid_index),
+            "-s", str(size), "-p", str(PERFTEST_PORT), "-F", *extra]
+    srv = subprocess.Popen(base, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(3)   # under TCG the server needs a few seconds before the client
+    try:
+        cli = subprocess.run(base + [ip], capture_output=True, text=True, timeout=180)
+    finally:
+        try:
+            srv.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+    for line in cli.stdout.splitlines():
+        cols = line.split()
+        if cols and cols[0] == str(size) and len(cols) >= 5:
+            if "lat" in tool:   # #bytes #iter t_min t_max t_typical t_avg ...
+                return {"typical_us": float(cols[4]), "avg_us": float(cols[5])}
+            # #bytes #iterations BW-peak BW-average[MB/s, 2^20] MsgRate[Mpps]
+            return {"MiB_per_s": float(cols[3]), "msg_per_s": float(cols[4]) * 1e6}
+    raise RuntimeError(f"{tool} -s {size} printed no result:\n{cli.stdout}\n{cli.stderr}")
+
+
+def ours(test: str, size: int, ip: str, poller: str, duration: float, iters: int) -> dict:
+    cmd = [sys.executable, "-m", "rdmamsg", "bench", "--client", ip, "--port",
+           str(BENCH_PORT[poller]), "--test", test, "--size", str(size), "--json",
+           "--duration", str(duration), "--iters", str(iters)]
+    env = dict(os.environ, RDMAMSG_POLLER=poller)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    if out.returncode:
+        raise RuntimeError(f"rdmamsg bench failed:\n{out.stdout}\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--iters", type=int, default=5000)
+    ap.add_argument("--pollers", default="cython,python")
+    args = ap.parse_args()
+    ip = os.environ.get("RDMAMSG_SELF")
+    addr = rdmamsg.resolve_local(ip, device=os.environ.get("RDMAMSG_DEVICE"))
+    pollers = args.pollers.split(",")
+    servers = []
+    for p in pollers:
+        env = dict(os.environ, RDMAMSG_POLLER=p)
+        servers.append(subprocess.Popen(
+            [sys.executable, "-m", "rdmamsg", "bench", "--server", "--bind", ip, "--port",
+             str(BENCH_PORT[p])], env=env, stdout=subprocess.DEVNULL))
+    time.sleep(2)
+    rows = []
+    targets = {}
+    try:
+        for size in (64, 4096, 65536, 1 << 20):
+            base = perftest("ib_send_bw", size, addr, ip, ["-D", str(int(args.duration))])
+            for p in pollers:
+                r = ours("send_bw", size, ip, p, args.duration, args.iters)
+                tag = "" if p == "cython" else " [python poller]"
+                if size == 64:
+                    name, unit = f"send_bw {human(size)} message rate{tag}", "Kmsg/s"
+                    mine, theirs = r["msg_per_s"] / 1e3, base["msg_per_s"] / 1e3
+                    targets[name] = ">= 0.5"
+                else:
+                    name, unit = f"send_bw {human(size)}{tag}", "MiB/s"
+                    mine = r["msg_per_s"] * size / (1 << 20)
+                    theirs = base["msg_per_s"] * size / (1 << 20)
+                    if size >= 65536:
+                        targets[name] = ">= 0.9"
+                rows.append({"name": name, "unit": unit, "rdmamsg": round(mine, 3),
+                             "baseline": round(theirs, 3), "ratio": round(mine / theirs, 3)})
+                print(f"  measured {name}: {mine:.2f} vs perftest {theirs:.2f} {unit}", flush=True)
+        base = perftest("ib_send_lat", 64, addr, ip, ["-n", str(args.iters)])
+        for p in pollers:
+            r = ours("send_lat", 64, ip, p, args.duration, args.iters)
+            tag = "" if p == "cython" else " [python poller]"
+            name = f"send_lat 64 B one-way median{tag}"
+            targets[name] = "<= 2.0"
+            rows.append({"name": name, "unit": "us", "rdmamsg": round(r["median_us"], 2),
+                         "baseline": base["typical_us"],
+                         "ratio": round(r["median_us"] / base["typical_us"], 3)})
+            print(f"  measured {name}: {r['median_us']:.1f} vs perftest {base['typical_us']:.1f} us",
+                  flush=True)
+    finally:
+        for s in servers:
+            s.terminate()
+            s.wait()
+    print()
+    print(f"{'benchmark (rdmamsg / perftest, same boot)':<44} {'unit':>7} {'rdmamsg':>10} "
+          f"{'perftest':>10} {'ratio':>7}  target")
+    for r in rows:
+        print(f"{r['name']:<44} {r['unit']:>7} {r['rdmamsg']:>10.2f} {r['baseline']:>10.2f} "
+              f"{r['ratio']:>7.2f}  {targets.get(r['name'], '')}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+        print(f"\nrows written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

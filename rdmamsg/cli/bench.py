@@ -1,0 +1,150 @@
+"""``python -m rdmamsg bench``: a perftest for rdmamsg itself.
+
+    python -m rdmamsg bench --server [--bind IP] [--port N]
+    python -m rdmamsg bench --client HOST [--port N] [--test send_bw,send_lat]
+                            [--size 64,4096,...] [--duration S | --iters N] [--json]
+
+The server runs every test a client asks for, one connection per test.  The
+client's first message names the test (msgpack); then:
+
+  send_bw   the client sends ``size``-byte messages for the duration; an empty
+            message ends the run; the server replies with what it counted, timed
+            from the first message to the last as it received them.
+  send_lat  ping-pong of ``size``-byte messages; one-way latency is half the
+            round trip (as perftest's ib_send_lat reports it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import msgpack
+
+from ..channel.bootstrap import connect, listen
+
+TESTS = ("send_bw", "send_lat")
+DEFAULT_PORT = 18515 + 1   # beside perftest's default port
+
+
+def _serve_one(ep) -> None:
+    spec = msgpack.unpackb(ep.recv(timeout=60))
+    size = spec["size"]
+    buf = bytearray(max(size, 1))
+    if spec["test"] == "send_bw":
+        n = nbytes = 0
+        first = last = 0.0
+        while True:
+            got = ep.recv_into(buf, timeout=60)
+            if got == 0:
+                break
+            last = time.perf_counter()
+            if n == 0:
+                first = last
+            n += 1
+            nbytes += got
+        ep.send(msgpack.packb({"messages": n, "bytes": nbytes, "seconds": last - first}))
+    elif spec["test"] == "send_lat":
+        for _ in range(spec["iters"]):
+            got = ep.recv_into(buf, timeout=60)
+            ep.send(memoryview(buf)[:got])
+    else:
+        ep.send(msgpack.packb({"error": f"unknown test {spec['test']!r}"}))
+
+
+def serve(bind: str, port: int, once: bool = False) -> None:
+    with listen((bind, port)) as ln:
+        print(f"rdmamsg bench server on {ln.address[0]}:{ln.address[1]}", flush=True)
+        while True:
+            with ln.accept() as ep:
+                try:
+                    _serve_one(ep)
+                except (ConnectionError, EOFError, TimeoutError) as exc:
+                    print(f"bench server: client went away: {exc}", file=sys.stderr)
+            if once:
+                return
+
+
+def send_bw(host: str, port: int, size: int, duration: float, **opts) -> dict:
+    payload = bytes(size)
+    with connect((host, port), timeout=60, **opts) as ep:
+        ep.send(msgpack.packb({"test": "send_bw", "size": size}))
+        end = time.perf_counter() + duration
+        sent = 0
+        while True:
+            for _ in range(64):
+                ep.send(payload)
+            sent += 64
+            if time.perf_counter() >= end:
+                break
+        ep.send(b"")
+        r = msgpack.unpackb(ep.recv(timeout=120))
+        poller = ep.poller
+    secs = r["seconds"] or float("nan")
+    return {"test": "send_bw", "size": size, "messages": r["messages"], "seconds": secs,
+            "MB_per_s": r["bytes"] / secs / 1e6, "msg_per_s": r["messages"] / secs,
+            "poller": poller}
+
+
+def send_lat(host: str, port: int, size: int, iters: int, **opts) -> dict:
+    payload = bytes(size)
+    buf = bytearray(max(size, 1))
+    samples = []
+    with connect((host, port), timeout=60, **opts) as ep:
+        ep.send(msgpack.packb({"test": "send_lat", "size": size, "iters": iters}))
+        clock = time.perf_counter_ns
+        for _ in range(iters):
+            t0 = clock()
+            ep.send(payload)
+            ep.recv_into(buf, timeout=60)
+            samples.append(clock() - t0)
+        poller = ep.poller
+    one_way = sorted(s / 2000 for s in samples[iters // 10:])   # skip the warm-up tenth
+    return {"test": "send_lat", "size": size, "iters": iters,
+            "median_us": statistics.median(one_way), "min_us": one_way[0],
+            "p99_us": one_way[int(len(one_way) * 0.99) - 1], "poller": poller}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rdmamsg bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    role = ap.add_mutually_exclusive_group(required=True)
+    role.add_argument("--server", action="store_true")
+    role.add_argument("--client", metavar="HOST")
+    ap.add_argument("--bind", default="0.0.0.0")
+    ap.add_argument("--port", type=int, default=DEFAULT_PORT)
+    ap.add_argument("--once", action="store_true", help="server: serve one test, then exit")
+    ap.add_argument("--test", default="send_bw,send_lat")
+    ap.add_argument("--size", default="64,4096,65536,1048576")
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per bandwidth test")
+    ap.add_argument("--iters", type=int, default=5000, help="round trips per latency test")
+    ap.add_argument("--spin-us", type=int, default=None, help="busy-poll before sleeping")
+    ap.add_argument("--json", action="store_true", help="print JSON lines, not a table")
+    args = ap.parse_args(argv)
+    if args.server:
+        serve(args.bind, args.port, args.once)
+        return 0
+    opts = {} if args.spin_us is None else {"spin_us": args.spin_us}
+    tests = args.test.split(",")
+    bad = set(tests) - set(TESTS)
+    if bad:
+        ap.error(f"unknown test(s) {', '.join(sorted(bad))}; choose from {', '.join(TESTS)}")
+    rows = []
+    for test in tests:
+        for size in (int(s) for s in args.size.split(",")):
+            if test == "send_bw":
+                r = send_bw(args.client, args.port, size, args.duration, **opts)
+            else:
+                r = send_lat(args.client, args.port, size, args.iters, **opts)
+            rows.append(r)
+            if args.json:
+                print(json.dumps(r), flush=True)
+            elif test == "send_bw":
+                print(f"send_bw  {size:>9} B  {r['MB_per_s']:10.2f} MB/s  "
+                      f"{r['msg_per_s']:10.0f} msg/s  ({r['poller']})", flush=True)
+            else:
+                print(f"send_lat {size:>9} B  median {r['median_us']:8.1f} us  "
+                      f"p99 {r['p99_us']:8.1f} us  ({r['poller']})", flush=True)
+    return 0
