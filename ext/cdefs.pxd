@@ -113,6 +113,14 @@ cdef extern from "<infiniband/verbs.h>" nogil:
         IBV_SEND_SOLICITED
         IBV_SEND_INLINE
 
+    cdef struct ibv_qp_attr:
+        int qp_state
+
+    enum:
+        IBV_QP_STATE
+        IBV_QPS_ERR
+
+    int ibv_modify_qp(ibv_qp *qp, ibv_qp_attr *attr, int attr_mask)
     int ibv_poll_cq(ibv_cq *cq, int num_entries, ibv_wc *wc)
     int ibv_req_notify_cq(ibv_cq *cq, int solicited_only)
     int ibv_post_send(ibv_qp *qp, ibv_send_wr *wr, ibv_send_wr **bad_wr)
@@ -178,8 +186,10 @@ cdef extern from "<sys/eventfd.h>" nogil:
 
 cdef extern from "<sys/socket.h>" nogil:
     ssize_t recv(int fd, void *buf, size_t n, int flags)
+    int shutdown(int fd, int how)
     enum:
         MSG_DONTWAIT
+        SHUT_RDWR
 
 
 cdef extern from "<unistd.h>" nogil:

@@ -4,14 +4,17 @@
 
 cdef enum:
     K_WHOLE = 0
-    K_FIRST = 1
+    K_FIRST = 1         # its immediate carries the message length, not credits
     K_MIDDLE = 2
     K_LAST = 3
     K_CREDIT = 4
     K_CLOSE = 5
+    K_FIRST_LONG = 6    # its data starts with the length (8 bytes, little endian)
     KIND_BITS = 4
     KIND_MASK = 15
     FIRST_HDR = 8
+
+cdef uint32_t MAX_IMM_VALUE = (1u << (32 - KIND_BITS)) - 1
 
 
 cdef struct credit_t:
@@ -28,19 +31,20 @@ cdef inline void cw_init(credit_t *c, int depth, int threshold) noexcept nogil:
     c.threshold = threshold
 
 
-cdef inline bint cw_can_send(credit_t *c) noexcept nogil:
+cdef inline bint cw_can_send(credit_t *c, bint returning) noexcept nogil:
     # The last credit only goes on a fragment that hands credits back.
-    return c.credits >= 2 or (c.credits == 1 and c.unreturned > 0)
+    return c.credits >= 2 or (c.credits == 1 and returning and c.unreturned > 0)
 
 
 cdef inline bint cw_update_due(credit_t *c) noexcept nogil:
     return c.unreturned >= c.threshold and c.credits >= 1
 
 
-cdef inline int cw_spend(credit_t *c) noexcept nogil:
-    cdef int owed = c.unreturned
+cdef inline int cw_spend(credit_t *c, bint returning) noexcept nogil:
+    cdef int owed = c.unreturned if returning else 0
     c.credits -= 1
-    c.unreturned = 0
+    if returning:
+        c.unreturned = 0
     return owed
 
 
@@ -52,8 +56,8 @@ cdef inline int cw_returned(credit_t *c, int n) noexcept nogil:
     return 0
 
 
-cdef inline uint32_t imm_pack(int kind, int credits) noexcept nogil:
-    return (<uint32_t>credits << KIND_BITS) | <uint32_t>kind
+cdef inline uint32_t imm_pack(int kind, uint32_t value) noexcept nogil:
+    return (value << KIND_BITS) | <uint32_t>kind
 
 
 cdef class CreditWindowC:
@@ -72,16 +76,16 @@ cdef class CreditWindowC:
     def unreturned(self):
         return self.c.unreturned
 
-    def can_send(self):
-        return cw_can_send(&self.c)
+    def can_send(self, returning=True):
+        return cw_can_send(&self.c, returning)
 
     def update_due(self):
         return cw_update_due(&self.c)
 
-    def spend(self):
+    def spend(self, returning=True):
         if self.c.credits < 1:
             raise RuntimeError("no credit to spend")
-        return cw_spend(&self.c)
+        return cw_spend(&self.c, returning)
 
     def returned(self, int n):
         if cw_returned(&self.c, n) < 0:
@@ -91,6 +95,6 @@ cdef class CreditWindowC:
         self.c.unreturned += n
 
 
-def pack_imm(int kind, int credits):
+def pack_imm(int kind, uint32_t value):
     """frames.pack_imm, as the C engine computes it."""
-    return imm_pack(kind, credits)
+    return imm_pack(kind, value)

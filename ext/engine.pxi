@@ -22,6 +22,8 @@ from libc.errno cimport errno, EAGAIN, EINTR
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
+import collections
+
 from rdmamsg.errors import PeerClosedError, ProtocolError, RdmaError, WorkCompletionError
 from rdmamsg.errors import closed_error
 
@@ -59,6 +61,12 @@ STAT_KEYS = ("messages_sent", "messages_received", "bytes_sent", "bytes_received
 
 cdef uint64_t RECV_TAG = (<uint64_t>1) << 63
 cdef double EOF_GRACE = 0.2
+cdef double GIL_SPIN = 50e-6     # of the spin, how long with the GIL held
+cdef double IDLE_SPIN = 50e-6    # the spin after an idle stretch
+cdef double ACTIVE_WINDOW = 5e-3 # a completion this recent: the connection is busy
+cdef enum:
+    CLOCK_EVERY = 64           # polls between clock reads while spinning: a clock
+                               # read can cost more than a poll (HPET, VMs)
 
 
 cdef inline double mono() noexcept nogil:
@@ -103,6 +111,8 @@ cdef class Engine:
     cdef ibv_comp_channel *ch
     cdef int cc_fd, live_fd, ep_fd, wake_fd
     cdef object keep
+    cdef list rviews               # each receive buffer's memoryview (for recv_view)
+    cdef int lent                  # receive buffers lent out as MessageViews
     cdef pthread_mutex_t mu
     cdef pthread_cond_t cond
     cdef bint mu_ok, leader
@@ -115,6 +125,7 @@ cdef class Engine:
     cdef int *rq_slot
     cdef uint32_t *rq_len
     cdef uint8_t *rq_kind
+    cdef uint32_t *rq_val          # the immediate's value (FIRST: the length)
     cdef int rq_head, rq_count
     cdef int whole_ready
     cdef object held               # a whole message taken but not delivered
@@ -136,11 +147,14 @@ cdef class Engine:
     cdef ibv_sge ssge[POST_BATCH]
     cdef int nbatch
     cdef size_t fragment, max_inline, send_max, recv_max
+    cdef size_t zc_fragment, zc_min  # zero-copy sends: fragment size, threshold
+    cdef object regcache           # caller memory registered for zero-copy sends
+    cdef object zc_pending         # (last seq, Registration) of zero-copy sends in flight
     cdef object tail_obj           # what a timed-out send() still has to send
     cdef credit_t cw
     # state
-    cdef bint closed, peer_closed, close_sent, live_eof, peer_gone
-    cdef double eof_at, spin_s
+    cdef bint closed, peer_closed, close_sent, live_eof, peer_gone, aborted
+    cdef double eof_at, spin_s, last_active
     cdef int err, err_arg, wc_status, wc_vendor
     cdef bint wc_recv
     cdef object err_msg
@@ -150,7 +164,7 @@ cdef class Engine:
 
     name = "cython"
 
-    def __init__(self, cq, qp, recv_bufs, send_bufs, liveness, config):
+    def __init__(self, cq, qp, recv_bufs, send_bufs, liveness, config, regcache=None):
         dctx = qp.dctx
         cdef ibv_context *c = context_ptr(dctx.ctx)
         cdef ibv_pd *p = pd_ptr(dctx.pd, c)
@@ -162,6 +176,7 @@ cdef class Engine:
                 f"the completion channel's fd is {self.ch.fd}, not {cq.fd} as found from /proc")
         recv_bufs, send_bufs = list(recv_bufs), list(send_bufs)
         self.keep = (cq, qp, recv_bufs, send_bufs, liveness)
+        self.rviews = [b.view for b in recv_bufs]
         self.cc_fd = cq.fd
         self.live_fd = liveness.fileno()
         self.nrecv, self.nsend = len(recv_bufs), len(send_bufs)
@@ -169,6 +184,9 @@ cdef class Engine:
         self.fragment = config.fragment
         self.max_inline = min(config.max_inline, qp.max_inline)
         self.send_max, self.recv_max = config.send_max, config.recv_max
+        self.zc_fragment, self.zc_min = config.zc_fragment, config.zerocopy_min
+        self.regcache = regcache if config.zerocopy_min > 0 else None
+        self.zc_pending = collections.deque()
         self.spin_s = config.spin_us / 1e6
         self.signal_every = max(1, min(self.nsend, self.sq_depth) // 4)
         threshold = config.credit_threshold or max(1, config.peer_depth // 2)
@@ -209,12 +227,14 @@ cdef class Engine:
         self.rq_slot = <int *>calloc(self.nrecv, sizeof(int))
         self.rq_len = <uint32_t *>calloc(self.nrecv, sizeof(uint32_t))
         self.rq_kind = <uint8_t *>calloc(self.nrecv, sizeof(uint8_t))
+        self.rq_val = <uint32_t *>calloc(self.nrecv, sizeof(uint32_t))
         self.saddr = <char **>calloc(self.nsend, sizeof(char *))
         self.slkey = <uint32_t *>calloc(self.nsend, sizeof(uint32_t))
         self.sfree = <int *>calloc(self.nsend, sizeof(int))
         self.sq_slot = <int *>calloc(self.sq_depth, sizeof(int))
         if (self.raddr == NULL or self.rwr == NULL or self.rsge == NULL or self.rq_slot == NULL
-                or self.rq_len == NULL or self.rq_kind == NULL or self.saddr == NULL
+                or self.rq_len == NULL or self.rq_kind == NULL or self.rq_val == NULL
+                or self.saddr == NULL
                 or self.slkey == NULL or self.sfree == NULL or self.sq_slot == NULL):
             self._free_arrays()
             raise MemoryError("engine arrays")
@@ -233,10 +253,10 @@ cdef class Engine:
 
     cdef void _free_arrays(self) noexcept:
         free(self.raddr); free(self.rwr); free(self.rsge)
-        free(self.rq_slot); free(self.rq_len); free(self.rq_kind)
+        free(self.rq_slot); free(self.rq_len); free(self.rq_kind); free(self.rq_val)
         free(self.saddr); free(self.slkey); free(self.sfree); free(self.sq_slot)
         self.raddr = NULL; self.rwr = NULL; self.rsge = NULL
-        self.rq_slot = NULL; self.rq_len = NULL; self.rq_kind = NULL
+        self.rq_slot = NULL; self.rq_len = NULL; self.rq_kind = NULL; self.rq_val = NULL
         self.saddr = NULL; self.slkey = NULL; self.sfree = NULL; self.sq_slot = NULL
 
     def __dealloc__(self):
@@ -268,7 +288,8 @@ cdef class Engine:
         return 0
 
     cdef void _queue(self, int kind, char *addr, uint32_t length, uint32_t lkey, int slot,
-                     bint inline) noexcept nogil:
+                     bint inline, uint32_t value=0, bint signal=False) noexcept nogil:
+        """Add one SEND_WITH_IMM to the batch; ``value`` is FIRST's length."""
         if self.nbatch == POST_BATCH:
             self._flush()
         cdef ibv_send_wr *wr = &self.swr[self.nbatch]
@@ -281,10 +302,14 @@ cdef class Engine:
         wr.sg_list = sge
         wr.num_sge = 1 if length else 0
         wr.opcode = IBV_WR_SEND_WITH_IMM
-        cdef bint signaled = kind == K_CLOSE or self.unsignaled + 1 >= self.signal_every
+        cdef bint signaled = signal or kind == K_CLOSE or self.unsignaled + 1 >= self.signal_every
         self.unsignaled = 0 if signaled else self.unsignaled + 1
         wr.send_flags = (IBV_SEND_SIGNALED if signaled else 0) | (IBV_SEND_INLINE if inline else 0)
-        wr.imm_data = htonl(imm_pack(kind, cw_spend(&self.cw)))
+        if kind == K_FIRST:
+            cw_spend(&self.cw, False)
+        else:
+            value = cw_spend(&self.cw, True)
+        wr.imm_data = htonl(imm_pack(kind, value))
         if self.nbatch:
             self.swr[self.nbatch - 1].next = wr
         self.sq_slot[self.seq_next % self.sq_depth] = slot
@@ -332,6 +357,7 @@ cdef class Engine:
             self._maybe_update()
             self._flush()
             pthread_cond_broadcast(&self.cond)
+            self.last_active = mono()
         return n
 
     cdef void _handle(self, ibv_wc *wc) noexcept nogil:
@@ -360,10 +386,10 @@ cdef class Engine:
         imm = ntohl(wc.imm_data)
         kind = imm & KIND_MASK
         credits = imm >> KIND_BITS
-        if kind > K_CLOSE:
+        if kind > K_FIRST_LONG:
             self._set_err(E_KIND, kind)
             return
-        if cw_returned(&self.cw, credits) < 0:
+        if kind != K_FIRST and cw_returned(&self.cw, credits) < 0:
             self._set_err(E_CREDITS, credits)
             return
         if kind == K_CREDIT or kind == K_CLOSE:
@@ -378,6 +404,7 @@ cdef class Engine:
         self.rq_slot[at] = slot
         self.rq_len[at] = wc.byte_len
         self.rq_kind[at] = <uint8_t>kind
+        self.rq_val[at] = credits
         self.rq_count += 1
         if kind == K_WHOLE or kind == K_LAST:
             self.whole_ready += 1
@@ -395,10 +422,31 @@ cdef class Engine:
 
     # -- waiting ---------------------------------------------------------------
 
+    cdef inline double _spin_budget(self, double now) noexcept nogil:
+        """Hybrid polling: spin up to spin_us while completions keep coming,
+        briefly after an idle stretch (no CPU burnt on idle connections)."""
+        if now - self.last_active < ACTIVE_WINDOW:
+            return self.spin_s
+        return IDLE_SPIN if self.spin_s > IDLE_SPIN else self.spin_s
+
     cdef int _block(self, double deadline) except -1:
         """Wait for progress (GIL and mutex held on entry and exit).  0 once
-        ``deadline`` has passed with nothing happening."""
-        cdef int r
+        ``deadline`` has passed with nothing happening.
+
+        The first GIL_SPIN seconds spin with the GIL held: giving it up and
+        taking it back costs more than a short wait does, and Python lets a
+        thread hold the GIL for milliseconds between switches anyway.  The
+        rest of the spin, and the sleep, run without it."""
+        cdef int r, i
+        cdef double now = mono()
+        cdef double spin = self._spin_budget(now)
+        cdef double end = now + (GIL_SPIN if spin > GIL_SPIN else spin)
+        while True:
+            for i in range(CLOCK_EVERY):
+                if self._progress():
+                    return 1
+            if mono() >= end:
+                break
         self.inside += 1
         with nogil:
             r = self._wait(deadline)
@@ -408,14 +456,16 @@ cdef class Engine:
         return r
 
     cdef int _wait(self, double deadline) noexcept nogil:
-        cdef double spin_end = mono() + self.spin_s
+        cdef double spin_end = mono()
+        spin_end += self._spin_budget(spin_end)
         cdef double now
         cdef int timeout_ms, nev, i
         cdef epoll_event evs[4]
         cdef timespec ts
         while True:
-            if self._progress():
-                return 1
+            for i in range(CLOCK_EVERY):
+                if self._progress():
+                    return 1
             if mono() >= spin_end:
                 break
             pthread_mutex_unlock(&self.mu)     # let another thread in between spins
@@ -488,6 +538,8 @@ cdef class Engine:
     # -- errors ----------------------------------------------------------------
 
     cdef object _error(self):
+        if self.err >= E_NO_IMM:
+            self._abort()
         if self.err == E_WC:
             return WorkCompletionError(self.wc_status, "receive" if self.wc_recv else "send",
                                        self.wc_vendor)
@@ -514,6 +566,17 @@ cdef class Engine:
             self.err = E_PROTO
             self.err_msg = msg
         raise self._error()
+
+    cdef void _abort(self) noexcept nogil:
+        """The peer broke the protocol: drop the connection now (QP to ERR,
+        the liveness socket shut down, so the peer notices at once)."""
+        cdef ibv_qp_attr attr
+        if self.aborted or self.closed:
+            return
+        self.aborted = True
+        attr.qp_state = IBV_QPS_ERR
+        ibv_modify_qp(self.qp, &attr, IBV_QP_STATE)
+        shutdown(self.live_fd, SHUT_RDWR)
 
     cdef int _raise_broken(self) except -1:
         if self.err != E_NONE:
@@ -567,49 +630,105 @@ cdef class Engine:
             self._unlock()
 
     def send(self, data, timeout=None):
-        """Send one whole message (any C-contiguous buffer)."""
+        """Send one whole message (any C-contiguous buffer).  At or above
+        zerocopy_min bytes it is sent from the caller's memory, registered
+        through the cache; a buffer other than ``bytes`` (which cannot change)
+        is then in use until its send completes, so send() waits for that."""
         cdef Py_buffer view
+        cdef uint32_t lkey = 0
+        cdef uint64_t first_seq
         _get_buffer(data, &view, PyBUF_SIMPLE)
+        reg = None
         try:
             if <size_t>view.len > self.send_max:
                 raise ValueError(f"message of {view.len} bytes exceeds the peer's limit of "
                                  f"{self.send_max}")
             deadline = _deadline(timeout)
+            if self.regcache is not None and <size_t>view.len >= self.zc_min:
+                reg = self.regcache.acquire(data, <uintptr_t>view.buf, view.len)
+                if reg is not None:
+                    lkey = reg.lkey
             self._lock()
             try:
                 self._check_send()
+                self._prune()
                 if self.tail_obj is not None:
                     tail = self.tail_obj
-                    self._send_buf(PyBytes_AS_STRING(tail), len(tail), True, deadline)
-                self._send_buf(<char *>view.buf, view.len, False, deadline)
+                    self._send_buf(PyBytes_AS_STRING(tail), len(tail), True, deadline, 0)
+                first_seq = self.seq_next
+                try:
+                    # A buffer that may change must be waited for: ask for the
+                    # completion of its last fragment.  Others complete with the
+                    # next signaled send (an RC queue completes in order).
+                    self._send_buf(<char *>view.buf, view.len, False, deadline, lkey,
+                                   type(data) is not bytes)
+                finally:
+                    if reg is not None and self.seq_next > first_seq:
+                        # Posted from the caller's memory: keep it registered
+                        # (and exported) until the last of those sends completes.
+                        self.zc_pending.append((self.seq_next - 1, reg))
+                        reg = None
+                        if type(data) is not bytes:
+                            self._wait_sent(self.seq_next - 1)
                 self.st[ST_MSGS_OUT] += 1
                 self.st[ST_BYTES_OUT] += view.len
             finally:
                 self._flush()
                 self._unlock()
         finally:
+            if reg is not None:
+                self.regcache.release(reg)
             PyBuffer_Release(&view)
 
-    cdef int _send_buf(self, char *ptr, size_t n, bint continuing, double deadline) except -1:
-        cdef size_t off = 0, dlen
+    cdef int _prune(self) except -1:
+        """Let go of registrations whose zero-copy sends have completed."""
+        while self.zc_pending and self.zc_pending[0][0] < self.seq_done:
+            self.regcache.release(self.zc_pending.popleft()[1])
+        return 0
+
+    cdef int _wait_sent(self, uint64_t seq) except -1:
+        """Wait until send ``seq`` has completed (its memory is free again).  A
+        broken connection flushes it: the QP goes to ERR so that is quick."""
+        self._flush()
+        while self.seq_done <= seq:
+            if self.err != E_NONE or self.peer_gone:
+                self._abort()
+            if self._progress():
+                continue
+            self._block(-1.0)
+        self._prune()
+        return 0
+
+    cdef int _send_buf(self, char *ptr, size_t n, bint continuing, double deadline,
+                       uint32_t zc_lkey, bint signal_last=False) except -1:
+        """Post one message (or, ``continuing``, the rest of one).  With
+        ``zc_lkey`` the fragments are sent from ``ptr`` itself, else copied;
+        ``signal_last`` asks for a completion of the last fragment."""
+        cdef size_t off = 0, dlen, frag = self.zc_fragment if zc_lkey else self.fragment
         cdef int kind, slot
-        cdef bint need_slot
+        cdef bint need_slot, returning
         cdef char *dst
         self.tail_obj = None
         while True:
             if not continuing and off == 0:
-                if n <= self.fragment:
+                if n <= frag:
                     kind, dlen = K_WHOLE, n
+                elif n <= MAX_IMM_VALUE:
+                    kind, dlen = K_FIRST, frag
                 else:
-                    kind, dlen = K_FIRST, self.fragment - FIRST_HDR
-            elif n - off > self.fragment:
-                kind, dlen = K_MIDDLE, self.fragment
+                    kind, dlen = K_FIRST_LONG, self.fragment - FIRST_HDR
+            elif n - off > frag:
+                kind, dlen = K_MIDDLE, frag
             else:
                 kind, dlen = K_LAST, n - off
-            need_slot = not (kind == K_WHOLE and n <= self.max_inline)
-            while not (cw_can_send(&self.cw) and self._sq_room() and
+            returning = kind != K_FIRST
+            # A slot to copy into, unless the data goes inline or zero-copy
+            # (FIRST_LONG's header always needs one).
+            need_slot = not ((kind == K_WHOLE and n <= self.max_inline)
+                             or (zc_lkey and kind != K_FIRST_LONG))
+            while not (cw_can_send(&self.cw, returning) and self._sq_room() and
                        (self.nfree > 0 or not need_slot)):
-                if not cw_can_send(&self.cw):
+                if not cw_can_send(&self.cw, returning):
                     self.st[ST_STALLS] += 1
                 if self._progress():
                     continue
@@ -617,26 +736,30 @@ cdef class Engine:
                 if self.peer_closed:
                     raise BrokenPipeError("the peer closed the connection")
                 if not self._block(deadline):
-                    if kind == K_WHOLE or kind == K_FIRST:
+                    if kind == K_WHOLE or kind == K_FIRST or kind == K_FIRST_LONG:
                         raise TimeoutError("send timed out waiting for the peer to take messages")
                     self.tail_obj = PyBytes_FromStringAndSize(ptr + off, n - off)
                     raise TimeoutError("send timed out part-way through a message; the rest "
                                        "is sent ahead of the next message")
             if not need_slot:
-                self._queue(kind, ptr, <uint32_t>n, 0, -1, n > 0)
-                self.st[ST_INLINE] += 1
+                if zc_lkey:
+                    self._queue(kind, ptr + off, <uint32_t>dlen, zc_lkey, -1, False, n,
+                                signal_last and (kind == K_WHOLE or kind == K_LAST))
+                else:
+                    self._queue(kind, ptr, <uint32_t>n, 0, -1, n > 0)
+                    self.st[ST_INLINE] += 1
             else:
                 self.nfree -= 1
                 slot = self.sfree[self.nfree]
                 dst = self.saddr[slot]
-                if kind == K_FIRST:
+                if kind == K_FIRST_LONG:
                     put_u64le(dst, n)
                     memcpy(dst + FIRST_HDR, ptr, dlen)
                     self._queue(kind, dst, <uint32_t>(dlen + FIRST_HDR), self.slkey[slot], slot,
                                 False)
                 else:
                     memcpy(dst, ptr + off, dlen)
-                    self._queue(kind, dst, <uint32_t>dlen, self.slkey[slot], slot, False)
+                    self._queue(kind, dst, <uint32_t>dlen, self.slkey[slot], slot, False, n)
             off += dlen
             if kind == K_WHOLE or kind == K_LAST:
                 break
@@ -652,24 +775,31 @@ cdef class Engine:
         self.rq_count -= 1
         self._repost(slot)
 
-    cdef size_t _first_total(self, int kind, const char *src, uint32_t ln) except? 0:
+    cdef size_t _first_total(self, int kind, const char *src, uint32_t ln,
+                             uint32_t val) except? 0:
+        """The length of the message a FIRST/FIRST_LONG fragment starts, checked."""
         cdef uint64_t total
-        if kind != K_FIRST:
+        cdef uint32_t data = ln
+        if kind == K_FIRST:
+            total = val
+        elif kind == K_FIRST_LONG:
+            if ln < FIRST_HDR:
+                self._proto(f"FIRST_LONG fragment of {ln} bytes has no length header")
+            total = get_u64le(src)
+            data = ln - FIRST_HDR
+        else:
             self._proto(f"fragment kind {kind} cannot start a message")
-        if ln < FIRST_HDR:
-            self._proto(f"FIRST fragment of {ln} bytes has no length header")
-        total = get_u64le(src)
         if total > self.recv_max:
             self._proto(f"peer announced a {total}-byte message; the limit is {self.recv_max}")
-        if total <= ln - FIRST_HDR:
-            self._proto(f"FIRST fragment announces {total} bytes but carries {ln - FIRST_HDR}")
+        if total <= data:
+            self._proto(f"a first fragment announces {total} bytes but carries {data}")
         return total
 
     cdef object _take(self, char *user, size_t cap):
         """The next whole message: bytes (user NULL) or its length copied into
         ``user``; None while none is complete.  Mutex and GIL held."""
         cdef int slot, kind
-        cdef uint32_t ln
+        cdef uint32_t ln, skip
         cdef size_t total
         cdef char *src
         if self.held is not None and not self.asm_active:
@@ -699,7 +829,8 @@ cdef class Engine:
                     self._pop()
                     self._delivered(ln)
                     return msg
-                total = self._first_total(kind, src, ln)
+                total = self._first_total(kind, src, ln, self.rq_val[self.rq_head])
+                skip = FIRST_HDR if kind == K_FIRST_LONG else 0
                 if user != NULL and total > cap:
                     raise ValueError(f"the next message has {total} bytes; the buffer holds {cap}")
                 if user != NULL:
@@ -707,8 +838,8 @@ cdef class Engine:
                 else:
                     self.asm_obj = PyBytes_FromStringAndSize(NULL, total)
                     self.asm_ptr, self.asm_user = PyBytes_AS_STRING(self.asm_obj), False
-                memcpy(self.asm_ptr, src + FIRST_HDR, ln - FIRST_HDR)
-                self.asm_off, self.asm_total, self.asm_active = ln - FIRST_HDR, total, True
+                memcpy(self.asm_ptr, src + skip, ln - skip)
+                self.asm_off, self.asm_total, self.asm_active = ln - skip, total, True
                 self._pop()
                 continue
             if kind != K_MIDDLE and kind != K_LAST:
@@ -799,6 +930,49 @@ cdef class Engine:
         finally:
             PyBuffer_Release(&view)
 
+    def recv_view(self, timeout=None):
+        """The next whole message without a copy, as a MessageView lending the
+        receive buffer it arrived in (a message of several fragments is
+        assembled, so it is lent from its own bytes)."""
+        cdef double deadline = _deadline(timeout)
+        cdef int slot
+        cdef uint32_t ln
+        self._lock()
+        try:
+            self._check_open()
+            while True:
+                if (self.held is None and not self.asm_active and self.rq_count > 0
+                        and self.rq_kind[self.rq_head] == K_WHOLE):
+                    slot = self.rq_slot[self.rq_head]
+                    ln = self.rq_len[self.rq_head]
+                    self.rq_head = (self.rq_head + 1) % self.nrecv
+                    self.rq_count -= 1
+                    self.lent += 1
+                    self._delivered(ln)
+                    return MessageView._lend(self, slot, self.rviews[slot][:ln].toreadonly())
+                msg = self._take(NULL, 0)
+                if msg is not None:
+                    return MessageView._lend(self, -1, memoryview(msg))
+                self._check_recv()
+                if self._progress():
+                    continue
+                if not self._block(deadline):
+                    raise TimeoutError("no message arrived in time")
+        finally:
+            self._unlock()
+
+    cdef _give_back(self, int slot):
+        self._lock()
+        try:
+            if self.closed:
+                return
+            self.lent -= 1
+            self._repost(slot)
+            self._maybe_update()
+            self._flush()
+        finally:
+            self._unlock()
+
     # -- the rest of the contract -------------------------------------------------
 
     def poll(self):
@@ -817,6 +991,7 @@ cdef class Engine:
                 if (self.live_eof and not self.peer_gone and not self.peer_closed
                         and mono() - self.eof_at > EOF_GRACE):
                     self.peer_gone = True
+            self._prune()
             return self.whole_ready + (self.held is not None)
         finally:
             self._unlock()
@@ -848,8 +1023,8 @@ cdef class Engine:
             try:
                 if self.tail_obj is not None:
                     tail = self.tail_obj
-                    self._send_buf(PyBytes_AS_STRING(tail), len(tail), True, deadline)
-                while not (cw_can_send(&self.cw) and self._sq_room()):
+                    self._send_buf(PyBytes_AS_STRING(tail), len(tail), True, deadline, 0)
+                while not (cw_can_send(&self.cw, True) and self._sq_room()):
                     if self.err != E_NONE or self.peer_gone or self.live_eof:
                         return
                     if not self._progress() and not self._block(deadline):
@@ -897,5 +1072,53 @@ cdef class Engine:
             close(self.wake_fd)
             self._free_arrays()
             self.keep = None
+            while self.zc_pending:
+                self.regcache.release(self.zc_pending.popleft()[1])
         finally:
             self._unlock()
+
+
+cdef class MessageView:
+    """A received message lent without a copy.
+
+    ``data`` is a read-only memoryview onto the receive buffer the message
+    arrived in.  ``release()`` (or leaving a ``with`` block, which gives you
+    ``data``) hands the buffer back so the peer may send into it again; until
+    then it counts against the peer's credits.  Slices of ``data`` must be
+    released first.
+    """
+    cdef Engine eng
+    cdef readonly object data
+    cdef int slot
+
+    @staticmethod
+    cdef MessageView _lend(Engine eng, int slot, object data):
+        cdef MessageView v = MessageView.__new__(MessageView)
+        v.eng, v.slot, v.data = eng, slot, data
+        return v
+
+    def __len__(self):
+        return 0 if self.data is None else len(self.data)
+
+    def release(self):
+        """Give the buffer back.  Idempotent."""
+        if self.data is None:
+            return
+        d = self.data
+        d.release()            # BufferError while slices of it are alive
+        self.data = None
+        if self.slot >= 0:
+            self.eng._give_back(self.slot)
+
+    def __enter__(self):
+        return self.data
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def __del__(self):
+        if self.data is not None:
+            try:
+                self.release()
+            except Exception:
+                pass

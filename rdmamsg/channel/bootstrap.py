@@ -74,9 +74,11 @@ def _finish(parts: Parts, sock: socket.socket, peer: hs.QPInfo, opts: Options, t
     fragment = min(parts.send_bufs[0].size, peer.bufsize)
     config = EngineConfig(peer_depth=peer.depth, fragment=fragment, send_max=peer.max_message,
                           recv_max=opts.max_message, max_inline=opts.max_inline,
+                          zc_fragment=peer.bufsize, zerocopy_min=opts.zerocopy_min,
                           spin_us=opts.spin_us)
     engine = make_engine(cq=parts.cq, qp=parts.qp, recv_bufs=parts.recv_bufs,
-                         send_bufs=parts.send_bufs, liveness=sock, config=config)
+                         send_bufs=parts.send_bufs, liveness=sock, config=config,
+                         regcache=parts.dctx.regcache)
     try:
         engine.post_receives()
         parts.qp.connect(RemoteQP(peer.qpn, peer.psn, peer.gid, peer.lid, peer.mtu), timing)

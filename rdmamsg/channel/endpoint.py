@@ -11,13 +11,16 @@ import socket
 import warnings
 from typing import Any
 
-from ..errors import ProtocolError, closed_error
+from ..errors import closed_error
 from ..protocol.handshake import QPInfo
 from ..verbs.context import DeviceContext
 from ..verbs.cq import CompletionQueue
 from ..verbs.device import LocalAddress
 from ..verbs.qp import QueuePair
 from .options import Options
+
+
+_FAST = ("send", "recv", "recv_into", "recv_view", "poll", "wait", "fileno")
 
 
 class Parts:
@@ -78,8 +81,17 @@ class Endpoint:
         self._closed = False
         self.laddr = sock.getsockname()
         self.raddr = sock.getpeername()
+        cls = type(self)
+        for name in _FAST:
+            if getattr(cls, name) is getattr(Endpoint, name):
+                setattr(self, name, getattr(engine, name))
 
     # -- data ----------------------------------------------------------------
+    # The engine's own methods are bound onto each instance in __init__ (unless
+    # a subclass overrides them), so a send or receive costs no Python frame of
+    # ours; the methods below document them and are what the binding falls back
+    # to.  The engine drops the connection itself when the peer breaks the
+    # protocol, and raises ProtocolError.
 
     def send(self, data, timeout: float | None = None) -> None:
         """Send ``data`` (bytes, bytearray, memoryview, numpy array...) as one message.
@@ -89,37 +101,28 @@ class Endpoint:
         gone, BrokenPipeError if it closed, ValueError if ``data`` is longer
         than the peer accepts.
         """
-        try:
-            self._engine.send(data, timeout)
-        except ProtocolError:
-            self._abort()
-            raise
+        self._engine.send(data, timeout)
 
     def recv(self, timeout: float | None = None) -> bytes:
         """The next whole message.  PeerClosedError (an EOFError) once the
         peer has closed and every message it sent was received."""
-        try:
-            return self._engine.recv(timeout)
-        except ProtocolError:
-            self._abort()
-            raise
+        return self._engine.recv(timeout)
 
     def recv_into(self, buffer, timeout: float | None = None) -> int:
         """Receive the next message into ``buffer``; its length.  A message
         longer than ``buffer`` raises ValueError and stays queued."""
-        try:
-            return self._engine.recv_into(buffer, timeout)
-        except ProtocolError:
-            self._abort()
-            raise
+        return self._engine.recv_into(buffer, timeout)
+
+    def recv_view(self, timeout: float | None = None):
+        """The next message without a copy: a MessageView whose ``data`` is a
+        read-only memoryview onto the receive buffer.  Release it (or use it
+        as ``with ep.recv_view() as data:``) to give the buffer back; until
+        then the peer has one credit fewer."""
+        return self._engine.recv_view(timeout)
 
     def poll(self) -> int:
         """Make progress without blocking; the number of whole messages ready."""
-        try:
-            return self._engine.poll()
-        except ProtocolError:
-            self._abort()
-            raise
+        return self._engine.poll()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until a message may be ready; False on time-out."""
@@ -157,18 +160,6 @@ class Endpoint:
         return f"<rdmamsg.Endpoint {state} poller={self._engine.name}>"
 
     # -- ending ------------------------------------------------------------------
-
-    def _abort(self) -> None:
-        """The peer broke the protocol: drop the connection now."""
-        if not self._closed and self._parts.qp is not None:
-            try:
-                self._parts.qp.to_error()
-            except OSError:
-                pass
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def close(self, linger: float | None = None) -> None:
         """Close in order: an orderly CLOSE after everything already sent

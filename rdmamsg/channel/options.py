@@ -12,12 +12,15 @@ class Options:
     of registered pool memory (2 MiB with the defaults).
     """
 
-    recv_depth: int = 64              #: receives kept posted: the peer's credits
-    send_depth: int = 64              #: send buffers (messages in flight)
-    buffer_size: int = 16384          #: bytes per buffer; longer messages are fragmented
+    recv_depth: int = 32              #: receives kept posted: the peer's credits
+    send_depth: int = 32              #: send buffers (messages in flight)
+    buffer_size: int = 32768          #: bytes per buffer; longer messages are fragmented
     max_message: int = 64 << 20       #: largest message this side accepts
     max_inline: int = 256             #: messages up to this size are sent inline
-    spin_us: int = 50                 #: busy-poll this long before sleeping on the fd
+    zerocopy_min: int = 65536         #: messages this long are sent from the caller's memory
+                                      #: (registered, cached) instead of copied; 0: never
+    spin_us: int = 1000               #: busy-poll up to this long before sleeping on the
+                                      #: fd, while traffic flows (50 us after idling)
     linger: float = 2.0               #: close() waits this long for sends to complete
     handshake_timeout: float = 10.0   #: limit for one bootstrap handshake
 
@@ -30,8 +33,8 @@ class Options:
             raise ValueError("buffer_size must be a power of two, at least 64")
         if self.max_message < 0:
             raise ValueError("max_message must be non-negative")
-        if self.max_inline < 0 or self.spin_us < 0 or self.linger < 0:
-            raise ValueError("max_inline, spin_us and linger must be non-negative")
+        if min(self.max_inline, self.spin_us, self.linger, self.zerocopy_min) < 0:
+            raise ValueError("max_inline, zerocopy_min, spin_us and linger must be non-negative")
         if self.handshake_timeout <= 0:
             raise ValueError("handshake_timeout must be positive")
 

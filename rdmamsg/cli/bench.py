@@ -31,13 +31,13 @@ DEFAULT_PORT = 18515 + 1   # beside perftest's default port
 
 def _serve_one(ep) -> None:
     spec = msgpack.unpackb(ep.recv(timeout=60))
-    size = spec["size"]
-    buf = bytearray(max(size, 1))
     if spec["test"] == "send_bw":
         n = nbytes = 0
         first = last = 0.0
         while True:
-            got = ep.recv_into(buf, timeout=60)
+            view = ep.recv_view(timeout=60)       # no copy
+            got = len(view)
+            view.release()
             if got == 0:
                 break
             last = time.perf_counter()
@@ -48,14 +48,14 @@ def _serve_one(ep) -> None:
         ep.send(msgpack.packb({"messages": n, "bytes": nbytes, "seconds": last - first}))
     elif spec["test"] == "send_lat":
         for _ in range(spec["iters"]):
-            got = ep.recv_into(buf, timeout=60)
-            ep.send(memoryview(buf)[:got])
+            with ep.recv_view(timeout=60) as data:
+                ep.send(data)
     else:
         ep.send(msgpack.packb({"error": f"unknown test {spec['test']!r}"}))
 
 
-def serve(bind: str, port: int, once: bool = False) -> None:
-    with listen((bind, port)) as ln:
+def serve(bind: str, port: int, once: bool = False, **opts) -> None:
+    with listen((bind, port), **opts) as ln:
         print(f"rdmamsg bench server on {ln.address[0]}:{ln.address[1]}", flush=True)
         while True:
             with ln.accept() as ep:
@@ -120,13 +120,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="64,4096,65536,1048576")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per bandwidth test")
     ap.add_argument("--iters", type=int, default=5000, help="round trips per latency test")
-    ap.add_argument("--spin-us", type=int, default=None, help="busy-poll before sleeping")
+    ap.add_argument("--opt", action="append", default=[], metavar="NAME=VALUE",
+                    help="an endpoint option (rdmamsg.Options), e.g. spin_us=200; repeatable")
     ap.add_argument("--json", action="store_true", help="print JSON lines, not a table")
     args = ap.parse_args(argv)
+    try:
+        opts = {k: float(v) if "." in v else int(v)
+                for k, v in (o.split("=", 1) for o in args.opt)}
+    except ValueError:
+        ap.error("--opt takes NAME=NUMBER")
     if args.server:
-        serve(args.bind, args.port, args.once)
+        serve(args.bind, args.port, args.once, **opts)
         return 0
-    opts = {} if args.spin_us is None else {"spin_us": args.spin_us}
     tests = args.test.split(",")
     bad = set(tests) - set(TESTS)
     if bad:

@@ -10,6 +10,7 @@ nothing to send returns credits with a CREDIT fragment once it owes
 No deadlock: the last credit may only be spent on a fragment that returns
 credits.  So whoever sent last either kept a credit or handed the peer some,
 and a side whose peer has run dry owes it at least ``threshold`` and can pay.
+A FIRST fragment carries a length instead of credits, so it needs two.
 """
 from __future__ import annotations
 
@@ -27,19 +28,22 @@ class CreditWindow:
         if not 1 <= self.threshold <= peer_depth - 1:
             raise ValueError(f"threshold must be in 1..{peer_depth - 1}")
 
-    def can_send(self) -> bool:
-        """Whether a data (or CLOSE) fragment may be sent now."""
-        return self.credits >= 2 or (self.credits == 1 and self.unreturned > 0)
+    def can_send(self, returning: bool = True) -> bool:
+        """Whether a fragment may be sent now; ``returning``: it carries credits."""
+        return self.credits >= 2 or (self.credits == 1 and returning and self.unreturned > 0)
 
     def update_due(self) -> bool:
         """Whether a standalone CREDIT fragment should be sent now."""
         return self.unreturned >= self.threshold and self.credits >= 1
 
-    def spend(self) -> int:
-        """Spend a credit on a fragment; returns the credits it carries back."""
+    def spend(self, returning: bool = True) -> int:
+        """Spend a credit on a fragment; returns the credits it carries back
+        (none if it is not ``returning``)."""
         if self.credits < 1:
             raise RuntimeError("no credit to spend")
         self.credits -= 1
+        if not returning:
+            return 0
         owed, self.unreturned = self.unreturned, 0
         return owed
 

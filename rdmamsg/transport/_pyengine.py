@@ -28,18 +28,22 @@ from ..errors import PeerClosedError, ProtocolError, RdmaError, WorkCompletionEr
 from ..protocol import frames
 from ..protocol.credits import CreditWindow
 from ..verbs import _pyverbs as pv
+from ..verbs.regcache import buffer_address
 from .backend import EngineConfig
 
 e = pv.enums
 RECV_TAG = 1 << 63
 EOF_GRACE = 0.2        # after the peer's EOF, how long its CLOSE may still be in flight
+IDLE_SPIN = 50e-6      # the spin after an idle stretch (hybrid polling, as in the C engine)
+ACTIVE_WINDOW = 5e-3   # a completion this recent: the connection is busy
 WC_BATCH = 32
 
 
 class Engine:
     name = "python"
 
-    def __init__(self, cq, qp, recv_bufs, send_bufs, liveness: socket.socket, config: EngineConfig):
+    def __init__(self, cq, qp, recv_bufs, send_bufs, liveness: socket.socket, config: EngineConfig,
+                 regcache=None):
         self._cq, self._qp = cq, qp
         self._cfg = config
         self._rbufs = list(recv_bufs)
@@ -56,6 +60,8 @@ class Engine:
         self._reasm = frames.Reassembler(config.recv_max, max(b.size for b in self._rbufs))
         self._held: bytes | None = None     # a message taken but not yet delivered
         self._tail: tuple[bytes, int] | None = None  # (message, offset) a timed-out send left
+        self._regcache = regcache if config.zerocopy_min > 0 else None
+        self._zc_pending: collections.deque = collections.deque()   # (last seq, Registration)
         self._recv_wrs = []
         for i, b in enumerate(self._rbufs):
             sge = pv.wr.SGE(b.addr, b.size, b.lkey)
@@ -68,6 +74,7 @@ class Engine:
         self._peer_closed = False
         self._close_sent = False
         self._error: BaseException | None = None
+        self._aborted = False
         self._closed = False
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -79,6 +86,7 @@ class Engine:
         self._ep.register(self._wake, select.EPOLLIN)
         self._inside = 0
         self._spin = config.spin_us / 1e6
+        self._last_active = 0.0
         self._stats = dict.fromkeys(("messages_sent", "messages_received", "bytes_sent",
                                      "bytes_received", "credit_updates_sent", "credit_stalls",
                                      "sleeps", "inline_sends"), 0)
@@ -102,13 +110,25 @@ class Engine:
     def _sq_room(self) -> bool:
         return self._seq_next - self._seq_done < self._sq_depth
 
-    def _post(self, kind: int, slot: int, length: int) -> None:
-        """Post one SEND_WITH_IMM from send buffer ``slot`` (-1: no payload)."""
-        imm = frames.pack_imm(kind, self._credits.spend())
-        signaled = kind == frames.CLOSE or self._unsignaled + 1 >= self._signal_every
+    def _post(self, kind: int, slot: int, length: int, value: int = 0,
+              zc: tuple[int, int] | None = None, signal: bool = False) -> None:
+        """Post one SEND_WITH_IMM from send buffer ``slot`` (-1: none), or with
+        ``zc`` = (address, lkey) from the caller's registered memory.  ``value``
+        is FIRST's length; other kinds carry the credits we owe."""
+        if kind == frames.FIRST:
+            self._credits.spend(returning=False)
+        else:
+            value = self._credits.spend()
+        imm = frames.pack_imm(kind, value)
+        signaled = signal or kind == frames.CLOSE or self._unsignaled + 1 >= self._signal_every
         self._unsignaled = 0 if signaled else self._unsignaled + 1
-        buf = self._sbufs[slot] if slot >= 0 else None
-        sge = pv.wr.SGE(buf.addr if buf else 0, length, buf.lkey if buf else 0)
+        if zc is not None:
+            addr, lkey = zc
+        elif slot >= 0:
+            addr, lkey = self._sbufs[slot].addr, self._sbufs[slot].lkey
+        else:
+            addr = lkey = 0
+        sge = pv.wr.SGE(addr, length, lkey)
         wr = pv.wr.SendWR(wr_id=self._seq_next, opcode=e.IBV_WR_SEND_WITH_IMM, num_sge=1,
                           sg=[sge], imm_data=socket.htonl(imm),
                           send_flags=e.IBV_SEND_SIGNALED if signaled else 0)
@@ -149,6 +169,7 @@ class Engine:
         if n:
             self._post_credit_update()
             self._cond.notify_all()
+            self._last_active = time.monotonic()
         return n
 
     def _wc_failed(self, wc) -> None:
@@ -164,8 +185,9 @@ class Engine:
         if slot >= len(self._rbufs) or not wc.wc_flags & e.IBV_WC_WITH_IMM:
             return self._fail(ProtocolError("a receive completed without rdmamsg's immediate"))
         try:
-            kind, credits = frames.unpack_imm(socket.ntohl(wc.imm_data))
-            self._credits.returned(credits)
+            kind, value = frames.unpack_imm(socket.ntohl(wc.imm_data))
+            if frames.returns_credits(kind):
+                self._credits.returned(value)
         except ProtocolError as exc:
             return self._fail(exc)
         if kind in (frames.CREDIT, frames.CLOSE):
@@ -175,7 +197,7 @@ class Engine:
                 self._peer_closed = True
             self._repost(slot)
             return
-        self._ready.append((slot, wc.byte_len, kind))
+        self._ready.append((slot, wc.byte_len, kind, value))
         if kind in (frames.WHOLE, frames.LAST):
             self._whole_ready += 1
 
@@ -191,13 +213,32 @@ class Engine:
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
             self._error = exc
+        if isinstance(exc, ProtocolError):
+            self._abort()
+
+    def _abort(self) -> None:
+        """The peer broke the protocol: drop the connection now (QP to ERR,
+        the liveness socket shut down, so the peer notices at once)."""
+        if self._aborted or self._closed:
+            return
+        self._aborted = True
+        try:
+            self._qp.to_error()
+        except OSError:
+            pass
+        try:
+            self._live.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     # -- waiting ---------------------------------------------------------------
 
     def _wait_locked(self, deadline: float | None) -> bool:
         """Wait for progress with the lock held (released while sleeping).
         False once ``deadline`` has passed with nothing happening."""
-        spin_end = time.monotonic() + self._spin
+        now = time.monotonic()
+        busy = now - self._last_active < ACTIVE_WINDOW
+        spin_end = now + (self._spin if busy else min(self._spin, IDLE_SPIN))
         while True:
             if self._progress():
                 return True
@@ -300,43 +341,82 @@ class Engine:
         if n > self._cfg.send_max:
             raise ValueError(f"message of {n} bytes exceeds the peer's limit of {self._cfg.send_max}")
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            self._check_send()
-            if self._tail is not None:
-                self._send_from(*self._tail, continuing=True, deadline=deadline)
-            self._send_from(mv, 0, continuing=False, deadline=deadline)
-            self._stats["messages_sent"] += 1
-            self._stats["bytes_sent"] += n
+        reg = None
+        if self._regcache is not None and n >= self._cfg.zerocopy_min:
+            addr = buffer_address(mv)
+            reg = self._regcache.acquire(mv, addr, n)
+        try:
+            with self._lock:
+                self._check_send()
+                self._prune()
+                if self._tail is not None:
+                    self._send_from(*self._tail, continuing=True, deadline=deadline)
+                first = self._seq_next
+                try:
+                    self._send_from(mv, 0, continuing=False, deadline=deadline,
+                                    zc=None if reg is None else (addr, reg.lkey),
+                                    signal_last=type(data) is not bytes)
+                finally:
+                    if reg is not None and self._seq_next > first:
+                        # Posted from the caller's memory: keep it registered
+                        # until the last of those sends completes.
+                        self._zc_pending.append((self._seq_next - 1, reg))
+                        reg = None
+                        if type(data) is not bytes:
+                            self._wait_sent(self._seq_next - 1)
+                self._stats["messages_sent"] += 1
+                self._stats["bytes_sent"] += n
+        finally:
+            if reg is not None:
+                self._regcache.release(reg)
 
-    def _send_from(self, mv, start: int, *, continuing: bool, deadline: float | None) -> None:
-        frag = self._cfg.fragment
+    def _prune(self) -> None:
+        while self._zc_pending and self._zc_pending[0][0] < self._seq_done:
+            self._regcache.release(self._zc_pending.popleft()[1])
+
+    def _wait_sent(self, seq: int) -> None:
+        """Wait until send ``seq`` has completed; a broken connection flushes it."""
+        while self._seq_done <= seq:
+            if self._error is not None or self._peer_gone:
+                self._abort()
+            if not self._progress():
+                self._wait_locked(None)
+        self._prune()
+
+    def _send_from(self, mv, start: int, *, continuing: bool, deadline: float | None,
+                   zc: tuple[int, int] | None = None, signal_last: bool = False) -> None:
+        frag = self._cfg.zc_fragment if zc else self._cfg.fragment
         n = len(mv)
-        if continuing:
-            pieces = _continuation(start, n, frag)
-        else:
-            pieces = frames.plan(n, frag)
+        pieces = _continuation(start, n, frag) if continuing else frames.plan(n, frag)
         self._tail = None
         for kind, off, length in pieces:
-            while not (self._credits.can_send() and self._sq_room() and self._free):
-                self._stats["credit_stalls"] += not self._credits.can_send()
+            returning = frames.returns_credits(kind)
+            need_slot = zc is None or kind == frames.FIRST_LONG
+            while not (self._credits.can_send(returning) and self._sq_room()
+                       and (self._free or not need_slot)):
+                self._stats["credit_stalls"] += not self._credits.can_send(returning)
                 self._raise_broken()
                 if self._peer_closed:
                     raise BrokenPipeError("the peer closed the connection")
                 if not self._wait_locked(deadline):
-                    if kind in (frames.WHOLE, frames.FIRST):
+                    if kind in (frames.WHOLE, *frames.STARTS):
                         raise TimeoutError("send timed out waiting for the peer to take messages")
                     self._tail = (bytes(mv), off)
                     raise TimeoutError("send timed out part-way through a message; the rest is "
                                        "sent ahead of the next message")
+            if not need_slot:
+                self._post(kind, -1, length, n, zc=(zc[0] + off, zc[1]),
+                           signal=signal_last and kind in (frames.WHOLE, frames.LAST))
+                continue
             slot = self._free.pop()
             view = self._sbufs[slot].view
-            if kind == frames.FIRST:
+            if kind == frames.FIRST_LONG:
                 frames.FIRST_HEADER.pack_into(view, 0, n)
                 view[8:8 + length] = mv[off:off + length]
                 self._post(kind, slot, length + 8)
             else:
                 view[:length] = mv[off:off + length]
-                self._post(kind, slot, length)
+                self._post(kind, slot, length, n)
 
     # -- receive -------------------------------------------------------------------
 
@@ -346,9 +426,9 @@ class Engine:
             msg, self._held = self._held, None
             return msg
         while self._ready:
-            slot, length, kind = self._ready[0]
+            slot, length, kind, value = self._ready[0]
             try:
-                msg = self._reasm.feed(kind, self._rbufs[slot].view[:length])
+                msg = self._reasm.feed(kind, self._rbufs[slot].view[:length], value)
             except ProtocolError as exc:
                 self._fail(exc)
                 raise
@@ -409,14 +489,39 @@ class Engine:
                 if not self._wait_locked(deadline):
                     raise TimeoutError("no message arrived in time")
 
+    def recv_view(self, timeout: float | None = None) -> "MessageView":
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._check_open()
+            while True:
+                if (self._held is None and not self._reasm.in_progress and self._ready
+                        and self._ready[0][2] == frames.WHOLE):
+                    slot, length, _, _ = self._ready.popleft()
+                    self._whole_ready -= 1
+                    self._stats["messages_received"] += 1
+                    self._stats["bytes_received"] += length
+                    return MessageView(self, slot, self._rbufs[slot].view[:length].toreadonly())
+                msg = self._take()
+                if msg is not None:
+                    return MessageView(self, -1, memoryview(msg))
+                self._check_recv()
+                if not self._wait_locked(deadline):
+                    raise TimeoutError("no message arrived in time")
+
+    def _give_back(self, slot: int) -> None:
+        with self._lock:
+            if not self._closed:
+                self._repost(slot)
+                self._post_credit_update()
+
     def _next_length(self) -> int | None:
         if self._held is not None:
             return len(self._held)
         if self._reasm.in_progress or not self._ready:
             return None
-        slot, length, kind = self._ready[0]
+        slot, length, kind, value = self._ready[0]
         try:
-            return self._reasm.expected_length(kind, self._rbufs[slot].view[:length])
+            return self._reasm.expected_length(kind, self._rbufs[slot].view[:length], value)
         except ProtocolError as exc:
             self._fail(exc)
             raise
@@ -433,6 +538,7 @@ class Engine:
             self._cq.cq.req_notify()
             while self._progress():
                 pass
+            self._prune()
             return self._whole_ready + (self._held is not None)
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -455,7 +561,7 @@ class Engine:
             try:
                 if self._tail is not None:
                     self._send_from(*self._tail, continuing=True, deadline=deadline)
-                while not (self._credits.can_send() and self._sq_room()):
+                while not (self._credits.can_send(True) and self._sq_room()):
                     if self._error or self._peer_gone or self._live_eof:
                         return
                     if not self._wait_locked(deadline):
@@ -490,8 +596,44 @@ class Engine:
             for wr in self._recv_wrs:
                 wr.close()
             self._recv_wrs = []
+            while self._zc_pending:
+                self._regcache.release(self._zc_pending.popleft()[1])
             self._ep.close()
             os.close(self._wake)
+
+
+class MessageView:
+    """A received message lent without a copy (see the Cython engine's twin):
+    ``data`` is a read-only memoryview; ``release()`` gives the buffer back."""
+
+    __slots__ = ("_eng", "_slot", "data")
+
+    def __init__(self, eng: Engine, slot: int, data: memoryview) -> None:
+        self._eng, self._slot, self.data = eng, slot, data
+
+    def __len__(self) -> int:
+        return 0 if self.data is None else len(self.data)
+
+    def release(self) -> None:
+        if self.data is None:
+            return
+        self.data.release()          # BufferError while slices of it are alive
+        self.data = None
+        if self._slot >= 0:
+            self._eng._give_back(self._slot)
+
+    def __enter__(self) -> memoryview:
+        return self.data
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        if self.data is not None:
+            try:
+                self.release()
+            except Exception:
+                pass
 
 
 def _bytes_view(data) -> memoryview:

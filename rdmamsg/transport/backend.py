@@ -25,6 +25,7 @@ ENGINE_API = (
     "send",            # (data, timeout) -> None: one whole message, fragmented as needed
     "recv",            # (timeout) -> bytes: the next whole message
     "recv_into",       # (buffer, timeout) -> int: the next message into a caller's buffer
+    "recv_view",       # (timeout) -> MessageView: the next message lent without a copy
     "poll",            # () -> int: progress without blocking; whole messages ready
     "wait",            # (timeout) -> bool: block until there may be progress
     "fileno",          # () -> int: readable when there may be progress (for selectors)
@@ -44,7 +45,9 @@ class EngineConfig:
     send_max: int            #: largest message the peer accepts
     recv_max: int            #: largest message we accept
     max_inline: int          #: inline sends up to this size (0: never)
-    spin_us: int = 50        #: busy-poll this long before sleeping on the fd
+    zc_fragment: int = 0     #: fragment size of zero-copy sends: the peer's buffer
+    zerocopy_min: int = 0    #: send from the caller's memory at this size (0: never)
+    spin_us: int = 1000      #: busy-poll up to this long before sleeping (while busy)
     credit_threshold: int | None = None   #: return credits once this many are owed
 
 
@@ -58,7 +61,7 @@ def poller_mode() -> str:
     return mode
 
 
-def make_engine(*, cq, qp, recv_bufs, send_bufs, liveness, config: EngineConfig):
+def make_engine(*, cq, qp, recv_bufs, send_bufs, liveness, config: EngineConfig, regcache=None):
     """An engine for a connected QP: the Cython one unless told otherwise or it
     cannot run, in which case the pure-pyverbs one, with the same contract."""
     global _choice
@@ -67,7 +70,7 @@ def make_engine(*, cq, qp, recv_bufs, send_bufs, liveness, config: EngineConfig)
         try:
             from ._cpoller import Engine as CEngine
 
-            eng = CEngine(cq, qp, recv_bufs, send_bufs, liveness, config)
+            eng = CEngine(cq, qp, recv_bufs, send_bufs, liveness, config, regcache)
             _choice = "cython"
             return eng
         except (ImportError, PollerUnavailableError) as exc:
@@ -78,7 +81,7 @@ def make_engine(*, cq, qp, recv_bufs, send_bufs, liveness, config: EngineConfig)
     from ._pyengine import Engine as PyEngine
 
     _choice = "python"
-    return PyEngine(cq, qp, recv_bufs, send_bufs, liveness, config)
+    return PyEngine(cq, qp, recv_bufs, send_bufs, liveness, config, regcache)
 
 
 def poller_in_use() -> str | None:

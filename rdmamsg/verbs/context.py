@@ -1,4 +1,5 @@
-"""An open RDMA device with its protection domain and memory pool.
+"""An open RDMA device with its protection domain, memory pool and
+registration cache.
 
 Endpoints on the same device share one DeviceContext: it is opened by the
 first and closed, children first (pool MRs, PD, context), when the last lets
@@ -14,6 +15,7 @@ from typing import Any
 from ..errors import RdmaError, closed_error
 from . import _pyverbs as pv
 from .pool import MemoryPool
+from .regcache import RegistrationCache, register_for_send
 
 _lock = threading.Lock()
 _open: dict[str, "DeviceContext"] = {}
@@ -41,6 +43,9 @@ class DeviceContext:
             self.pd = pv.pd.PD(self.ctx)
             self.attr = self.ctx.query_device()
             self.pool = MemoryPool(self.pd, **_pool_options)
+            self.regcache = RegistrationCache(
+                register_for_send(self.pd),
+                locked_elsewhere=lambda: self.pool.stats().registered_bytes)
         except BaseException:
             self.ctx.close()
             raise
@@ -78,6 +83,7 @@ class DeviceContext:
         self._closed = True
         if self._pid != os.getpid():
             return  # inherited across fork: the parent owns these objects
+        self.regcache.close()
         self.pool.close()
         self.pd.close()
         self.ctx.close()

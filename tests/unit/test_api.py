@@ -12,7 +12,7 @@ from rdmamsg.verbs.qp import Timing
 
 def test_options_validate_and_merge():
     o = rdmamsg.Options.from_kwargs(None, {"recv_depth": 8})
-    assert o.recv_depth == 8 and o.buffer_size == 16384
+    assert o.recv_depth == 8 and o.buffer_size == rdmamsg.Options().buffer_size
     with pytest.raises(TypeError, match="unknown option"):
         rdmamsg.Options.from_kwargs(None, {"recv_dpeth": 8})
     for bad in ({"recv_depth": 1}, {"buffer_size": 1000}, {"linger": -1}):

@@ -26,6 +26,16 @@ def test_last_credit_only_for_a_fragment_that_returns_credits():
     assert w.spend() == 1 and w.unreturned == 0
 
 
+def test_a_fragment_that_returns_nothing_needs_two_credits():
+    w = CreditWindow(3)
+    w.spend()
+    w.reposted()
+    assert w.can_send() and w.can_send(returning=False)
+    w.spend(returning=False)
+    assert w.credits == 1 and w.unreturned == 1
+    assert w.can_send() and not w.can_send(returning=False)
+
+
 def test_update_due_at_threshold():
     w = CreditWindow(8)
     assert w.threshold == 4
@@ -48,15 +58,15 @@ def test_bad_parameters(depth, threshold):
         CreditWindow(depth, threshold)
 
 
-@given(st.integers(2, 16), st.lists(st.sampled_from("sRrU"), max_size=200), st.data())
+@given(st.integers(2, 16), st.lists(st.sampled_from("sfRrU"), max_size=200), st.data())
 def test_c_rules_match_python(depth, ops, data):
     py, c = CreditWindow(depth), cpoller.CreditWindowC(depth)
     outstanding = 0
     for op in ops:
-        assert (py.credits, py.unreturned, py.can_send(), py.update_due()) == \
-               (c.credits, c.unreturned, c.can_send(), c.update_due())
-        if op == "s" and py.credits:
-            assert py.spend() == c.spend()
+        assert (py.credits, py.unreturned, py.can_send(), py.can_send(False), py.update_due()) == \
+               (c.credits, c.unreturned, c.can_send(), c.can_send(False), c.update_due())
+        if op in "sf" and py.credits:
+            assert py.spend(op == "s") == c.spend(op == "s")
             outstanding += 1
         elif op == "R" and outstanding:
             n = data.draw(st.integers(1, outstanding))
@@ -83,8 +93,9 @@ def simulate(depth, threshold, sends_a, sends_b, seed):
         i = rng.randrange(2)
         w = win[i]
         action = rng.randrange(3)
-        if action == 0 and todo[i] and w.can_send():
-            wire[i].append(("data", w.spend()))
+        returning = rng.random() < 0.7      # some fragments (FIRST) return nothing
+        if action == 0 and todo[i] and w.can_send(returning):
+            wire[i].append(("data", w.spend(returning)))
             todo[i] -= 1
         elif action == 0 and w.update_due():
             wire[i].append(("credit", w.spend()))
