@@ -54,10 +54,11 @@ cdef enum:            # counters, in STAT_KEYS order
     ST_STALLS
     ST_SLEEPS
     ST_INLINE
+    ST_ZEROCOPY
     ST_N
 
 STAT_KEYS = ("messages_sent", "messages_received", "bytes_sent", "bytes_received",
-             "credit_updates_sent", "credit_stalls", "sleeps", "inline_sends")
+             "credit_updates_sent", "credit_stalls", "sleeps", "inline_sends", "zerocopy_sends")
 
 cdef uint64_t RECV_TAG = (<uint64_t>1) << 63
 cdef double EOF_GRACE = 0.2
@@ -667,6 +668,7 @@ cdef class Engine:
                         # Posted from the caller's memory: keep it registered
                         # (and exported) until the last of those sends completes.
                         self.zc_pending.append((self.seq_next - 1, reg))
+                        self.st[ST_ZEROCOPY] += 1
                         reg = None
                         if type(data) is not bytes:
                             self._wait_sent(self.seq_next - 1)
@@ -1041,6 +1043,11 @@ cdef class Engine:
                 return
         finally:
             self._unlock()
+
+    @property
+    def credit_state(self):
+        """(credits, unreturned): for tests and debugging."""
+        return self.cw.credits, self.cw.unreturned
 
     def stats(self):
         cdef int i

@@ -89,7 +89,7 @@ class Engine:
         self._last_active = 0.0
         self._stats = dict.fromkeys(("messages_sent", "messages_received", "bytes_sent",
                                      "bytes_received", "credit_updates_sent", "credit_stalls",
-                                     "sleeps", "inline_sends"), 0)
+                                     "sleeps", "inline_sends", "zerocopy_sends"), 0)
 
     # -- posting ---------------------------------------------------------------
 
@@ -361,6 +361,7 @@ class Engine:
                         # Posted from the caller's memory: keep it registered
                         # until the last of those sends completes.
                         self._zc_pending.append((self._seq_next - 1, reg))
+                        self._stats["zerocopy_sends"] += 1
                         reg = None
                         if type(data) is not bytes:
                             self._wait_sent(self._seq_next - 1)
@@ -575,6 +576,11 @@ class Engine:
                         return
             except (TimeoutError, OSError):
                 return
+
+    @property
+    def credit_state(self) -> tuple[int, int]:
+        """(credits, unreturned): for tests and debugging."""
+        return self._credits.credits, self._credits.unreturned
 
     def stats(self) -> dict:
         with self._lock:

@@ -35,7 +35,7 @@ ENGINE_API = (
 )
 
 STAT_KEYS = ("messages_sent", "messages_received", "bytes_sent", "bytes_received",
-             "credit_updates_sent", "credit_stalls", "sleeps", "inline_sends")
+             "credit_updates_sent", "credit_stalls", "sleeps", "inline_sends", "zerocopy_sends")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ..errors import PoolExhaustedError, PoolTimeoutError, RdmaError, closed_error
 from . import _pyverbs as pv
 
-DEFAULT_CLASSES = (4096, 16384, 65536, 1 << 20)
+DEFAULT_CLASSES = tuple(1 << k for k in range(12, 21))   # 4 KiB .. 1 MiB, chunks made on first use
 DEFAULT_CHUNK = 4 << 20
 DEFAULT_MAX = 512 << 20
 
