@@ -118,6 +118,8 @@ cdef class Engine:
     cdef pthread_cond_t cond
     cdef bint mu_ok, leader
     cdef int inside
+    cdef uint64_t changes          # completions handled or kicks: a waiter that sees it
+                                   # move returns, whichever thread made the change
     # receive side
     cdef int nrecv
     cdef char **raddr
@@ -286,7 +288,17 @@ cdef class Engine:
             self._set_err(E_POST_RECV, rc)
             return -1
         self.cw.unreturned += 1
+        if self.cw.unreturned == 1 and self.cw.credits == 1:
+            self._kick()     # a sender stalled on the last credit may now use it
         return 0
+
+    cdef void _kick(self) noexcept nogil:
+        """Wake waiters after a change that no completion will announce."""
+        cdef uint64_t one = 1
+        self.changes += 1
+        pthread_cond_broadcast(&self.cond)
+        if self.leader:
+            write(self.wake_fd, &one, 8)
 
     cdef void _queue(self, int kind, char *addr, uint32_t length, uint32_t lkey, int slot,
                      bint inline, uint32_t value=0, bint signal=False) noexcept nogil:
@@ -355,6 +367,7 @@ cdef class Engine:
         for i in range(n):
             self._handle(&self.wcs[i])
         if n:
+            self.changes += 1
             self._maybe_update()
             self._flush()
             pthread_cond_broadcast(&self.cond)
@@ -448,21 +461,23 @@ cdef class Engine:
                     return 1
             if mono() >= end:
                 break
+        cdef uint64_t seen = self.changes
         self.inside += 1
         with nogil:
-            r = self._wait(deadline)
+            r = self._wait(deadline, seen)
         self.inside -= 1
         if self.closed:
             raise closed_error("endpoint")
         return r
 
-    cdef int _wait(self, double deadline) noexcept nogil:
+    cdef int _wait(self, double deadline, uint64_t seen) noexcept nogil:
         cdef double spin_end = mono()
         spin_end += self._spin_budget(spin_end)
         cdef double now
         cdef int timeout_ms, nev, i
         cdef epoll_event evs[4]
         cdef timespec ts
+        cdef uint64_t one
         while True:
             for i in range(CLOCK_EVERY):
                 if self._progress():
@@ -471,6 +486,10 @@ cdef class Engine:
                 break
             pthread_mutex_unlock(&self.mu)     # let another thread in between spins
             pthread_mutex_lock(&self.mu)
+            if self.changes != seen:     # another thread's progress may be ours
+                return 1
+        if self.changes != seen:
+            return 1
         if self.leader:
             # Another thread sleeps in epoll; it broadcasts when it wakes.
             if deadline < 0:
@@ -511,6 +530,8 @@ cdef class Engine:
                 self._drain_events()
             elif evs[i].data.fd == self.live_fd:
                 self._check_live()
+            elif evs[i].data.fd == self.wake_fd:
+                read(self.wake_fd, &one, 8)
         if nev > 0 or deadline < 0:
             return 1
         return mono() < deadline

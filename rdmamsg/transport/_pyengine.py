@@ -85,6 +85,7 @@ class Engine:
         self._ep.register(liveness.fileno(), select.EPOLLIN)
         self._ep.register(self._wake, select.EPOLLIN)
         self._inside = 0
+        self._changes = 0   # completions handled or kicks: a waiter that sees it move returns
         self._spin = config.spin_us / 1e6
         self._last_active = 0.0
         self._stats = dict.fromkeys(("messages_sent", "messages_received", "bytes_sent",
@@ -106,6 +107,15 @@ class Engine:
             self._fail(RdmaError("ibv_post_recv", exc.error_code or 0))
             raise self._error from exc
         self._credits.reposted()
+        if self._credits.unreturned == 1 and self._credits.credits == 1:
+            self._kick()     # a sender stalled on the last credit may now use it
+
+    def _kick(self) -> None:
+        """Wake waiters after a change that no completion will announce."""
+        self._changes += 1
+        self._cond.notify_all()
+        if self._leader:
+            os.eventfd_write(self._wake, 1)
 
     def _sq_room(self) -> bool:
         return self._seq_next - self._seq_done < self._sq_depth
@@ -167,6 +177,7 @@ class Engine:
             else:
                 self._sent_through(wc.wr_id)
         if n:
+            self._changes += 1
             self._post_credit_update()
             self._cond.notify_all()
             self._last_active = time.monotonic()
@@ -239,11 +250,14 @@ class Engine:
         now = time.monotonic()
         busy = now - self._last_active < ACTIVE_WINDOW
         spin_end = now + (self._spin if busy else min(self._spin, IDLE_SPIN))
+        seen = self._changes
         while True:
             if self._progress():
                 return True
             if time.monotonic() >= spin_end:
                 break
+        if self._changes != seen:
+            return True
         if self._leader:
             # Another thread sleeps in epoll and notifies when it wakes.
             self._inside += 1
@@ -283,6 +297,8 @@ class Engine:
                 self._drain_events()
             elif fd == self._live.fileno():
                 self._check_live()
+            elif fd == self._wake:
+                os.eventfd_read(self._wake)
         if events or deadline is None:
             return True
         return time.monotonic() < deadline

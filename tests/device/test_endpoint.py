@@ -120,12 +120,20 @@ def test_send_timeout_under_back_pressure_loses_nothing():
 
 def test_orderly_close_delivers_everything_then_eof(pair):
     c, s = pair
-    for i in range(50):
-        c.send(counter(i, 1000))
+    n = 4 * rdmamsg.Options().recv_depth     # more than the peer's credits: flow control
+
+    def drain():
+        got = []
+        with pytest.raises(PeerClosedError):
+            while True:
+                got.append(s.recv(timeout=30))
+        return got
+
+    h = run_in_thread(drain)
+    for i in range(n):
+        c.send(counter(i, 1000), timeout=30)
     c.close()
-    assert [s.recv(timeout=30) for _ in range(50)] == [counter(i, 1000) for i in range(50)]
-    with pytest.raises(PeerClosedError):
-        s.recv(timeout=30)
+    assert h.result() == [counter(i, 1000) for i in range(n)]
     with pytest.raises(BrokenPipeError):
         s.send(b"x")
     with pytest.raises(OSError) as err:
@@ -187,6 +195,21 @@ def test_both_directions_at_once_from_many_threads(pair):
             run_in_thread(drain, s, b"c"), run_in_thread(drain, c, b"s")]
     for j in jobs:
         j.result(timeout=300)
+
+
+def test_a_send_stalled_on_the_last_credit_wakes_when_this_side_receives():
+    # The last credit may only carry credits back: a recv() on this side makes
+    # it usable without any completion, so the waiting sender must be woken.
+    with endpoint_pair(IP, recv_depth=4) as (c, s):
+        for i in range(3):
+            c.send(counter(i, 100), timeout=10)
+        assert c._engine.credit_state == (1, 0)
+        h = run_in_thread(c.send, counter(3, 100), 10)
+        s.send(b"from s", timeout=10)
+        time.sleep(0.5)                   # the sender is asleep by now
+        assert c.recv(timeout=10) == b"from s"
+        h.result(timeout=30)
+        assert [s.recv(timeout=10) for _ in range(4)] == [counter(i, 100) for i in range(4)]
 
 
 def test_200_endpoints_leave_nothing_behind():
