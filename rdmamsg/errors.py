@@ -102,17 +102,25 @@ class WorkCompletionError(RdmaError, ConnectionResetError):
         return (type(self), (self.status, self.opcode, self.vendor_err))
 
 
-class ProtocolError(ConnectionError):
-    """The peer broke the rdmamsg protocol; the connection was closed."""
+class _Described(OSError):
+    """An OSError made from a message alone; ``errno`` is the class's ERRNO."""
+
+    ERRNO = 0
 
     def __init__(self, message: str) -> None:
-        super().__init__(_errno.EPROTO, message)
+        super().__init__(self.ERRNO, message)
 
     def __str__(self) -> str:
         return self.strerror or ""
 
     def __reduce__(self):
         return (type(self), (self.strerror,))
+
+
+class ProtocolError(_Described, ConnectionError):
+    """The peer broke the rdmamsg protocol; the connection was closed."""
+
+    ERRNO = _errno.EPROTO
 
 
 class HandshakeError(ProtocolError):
@@ -135,17 +143,10 @@ class PoolTimeoutError(PoolExhaustedError, TimeoutError):
     """Waiting for a pool buffer timed out."""
 
 
-class NoDeviceError(OSError):
+class NoDeviceError(_Described):
     """No usable RDMA device or port; ``python -m rdmamsg doctor`` says why."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(_errno.ENODEV, message)
-
-    def __str__(self) -> str:
-        return self.strerror or ""
-
-    def __reduce__(self):
-        return (type(self), (self.strerror,))
+    ERRNO = _errno.ENODEV
 
 
 class PollerUnavailableError(RuntimeError):

@@ -88,6 +88,22 @@ def _finish(parts: Parts, sock: socket.socket, peer: hs.QPInfo, opts: Options, t
     return engine
 
 
+def _established(parts: Parts, engine, sock: socket.socket, peer: hs.QPInfo,
+                 opts: Options) -> Endpoint:
+    _keepalive(sock)
+    sock.setblocking(False)
+    return Endpoint(parts, engine, sock, peer, opts)
+
+
+def _discard(parts: Parts | None, engine, sock: socket.socket) -> None:
+    """Undo a connection that failed part-way."""
+    if engine is not None:
+        engine.close()
+    if parts is not None:
+        parts.release()
+    sock.close()
+
+
 def connect(address: Address, timeout: float | None = None, token: str | bytes | None = None, *,
             options: Options | None = None, timing: Timing = Timing(), device: str | None = None,
             gid_index: int | None = None, **kwargs) -> Endpoint:
@@ -112,15 +128,9 @@ def connect(address: Address, timeout: float | None = None, token: str | bytes |
         peer = hs.check_accept(wire.recv(), server_nonce, client_nonce, tok)
         engine = _finish(parts, sock, peer, opts, timing)
         wire.send(hs.ready())
-        _keepalive(sock)
-        sock.setblocking(False)
-        return Endpoint(parts, engine, sock, peer, opts)
+        return _established(parts, engine, sock, peer, opts)
     except BaseException:
-        if engine is not None:
-            engine.close()
-        if parts is not None:
-            parts.release()
-        sock.close()
+        _discard(parts, engine, sock)
         raise
 
 
@@ -184,15 +194,9 @@ class Listener:
             engine = _finish(parts, conn, client, opts, self._timing)
             wire.send(hs.accept(parts.info(opts), server_nonce, client_nonce, tok))
             hs.check_ready(wire.recv())
-            _keepalive(conn)
-            conn.setblocking(False)
-            return Endpoint(parts, engine, conn, client, opts)
+            return _established(parts, engine, conn, client, opts)
         except BaseException:
-            if engine is not None:
-                engine.close()
-            if parts is not None:
-                parts.release()
-            conn.close()
+            _discard(parts, engine, conn)
             raise
 
     def close(self) -> None:

@@ -164,7 +164,12 @@ class Endpoint:
     def close(self, linger: float | None = None) -> None:
         """Close in order: an orderly CLOSE after everything already sent
         (waiting up to ``linger`` seconds for it to complete), then free
-        everything.  Idempotent."""
+        everything.  Idempotent.
+
+        If the peer stops taking messages for longer than ``linger``, what
+        is still unsent is dropped and no CLOSE goes out: the peer then gets
+        ConnectionResetError, never PeerClosedError, so it knows the stream
+        was cut short (as with a TCP socket whose linger expires)."""
         if self._closed:
             return
         self._closed = True

@@ -9,31 +9,15 @@ import pytest
 import rdmamsg
 from rdmamsg.errors import AuthenticationError, HandshakeError
 from rdmamsg.protocol import handshake as hs
-from support.peers import counter, endpoint_pair, run_in_thread, spawn
+from support.peers import counter, endpoint_pair, run_in_thread, spawn_stream_peer
 
 IP = os.environ.get("RDMAMSG_SELF", "")
-
-CHILD = """
-import sys, rdmamsg
-from support.peers import counter
-ep = rdmamsg.connect((sys.argv[1], int(sys.argv[2])), timeout=60)
-print("connected", flush=True)
-i = 0
-while True:
-    if sys.argv[3] == "send":
-        ep.send(counter(i, 512))
-    else:
-        assert ep.recv() == counter(i, 512)
-    i += 1
-"""
 
 
 @pytest.mark.parametrize("child_does", ["send", "recv"])
 def test_peer_killed_mid_stream_is_noticed_within_5s(child_does):
     with rdmamsg.listen((IP, 0)) as ln:
-        env_path = os.path.join(os.path.dirname(__file__), "..")
-        os.environ["PYTHONPATH"] = os.path.abspath(env_path)
-        child = spawn(CHILD, IP, ln.address[1], child_does)
+        child = spawn_stream_peer(IP, ln.address[1], child_does)
         try:
             ep = ln.accept(timeout=60)
             assert child.stdout.readline().strip() == "connected"

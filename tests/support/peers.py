@@ -65,10 +65,38 @@ def run_in_thread(fn, *args):
     return Handle()
 
 
+TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def spawn(code: str, *args) -> subprocess.Popen:
-    """Run ``code`` in a new Python process (argv[1:] = args); stdout is piped."""
+    """Run ``code`` in a new Python process (argv[1:] = args; it can import
+    ``support``); stdout is piped."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS_DIR, env.get("PYTHONPATH")) if p)
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
-                            stdout=subprocess.PIPE, env=dict(os.environ), text=True)
+                            stdout=subprocess.PIPE, env=env, text=True)
+
+
+STREAM_PEER = """
+import sys, rdmamsg
+from support.peers import counter
+ep = rdmamsg.connect((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[4]))
+print("connected", flush=True)
+i = 0
+while True:
+    if sys.argv[3] == "send":
+        ep.send(counter(i, 512))
+    else:
+        assert ep.recv() == counter(i, 512)
+    i += 1
+"""
+
+
+def spawn_stream_peer(ip: str, port: int, does: str, connect_timeout: float = 60):
+    """A child process that connects and then sends (or receives and checks)
+    ``counter(i, 512)`` forever: a peer to kill mid-stream.  It prints
+    "connected" once it is."""
+    return spawn(STREAM_PEER, ip, port, does, connect_timeout)
 
 
 def counter(i: int, size: int = 64) -> bytes:

@@ -6,7 +6,7 @@ import time
 import pytest
 
 import rdmamsg
-from support.peers import counter, run_in_thread, spawn
+from support.peers import counter, run_in_thread, spawn_stream_peer
 
 SIZES = [0, 1, 64, 257, 1000, 1024, 4096, 16384, 16385, 65536, 1 << 20, 16 << 20]
 
@@ -55,21 +55,6 @@ def test_both_directions_at_once(pair):
         tx.result(timeout=300)
 
 
-CHILD = """
-import sys, rdmamsg
-from support.peers import counter
-ep = rdmamsg.connect((sys.argv[1], int(sys.argv[2])), timeout=120)
-print("connected", flush=True)
-i = 0
-while True:
-    if sys.argv[3] == "send":
-        ep.send(counter(i, 512))
-    else:
-        assert ep.recv() == counter(i, 512)
-    i += 1
-"""
-
-
 @pytest.mark.parametrize("child_does", ["send", "recv"])
 def test_peer_killed_mid_stream(pair, child_does):
     """Host 1 runs the peer in a child process and SIGKILLs it; host 0 must
@@ -95,9 +80,8 @@ def test_peer_killed_mid_stream(pair, child_does):
                 pair.exchange(elapsed)
                 assert elapsed < 5
     else:
-        os.environ["PYTHONPATH"] = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
         pair.barrier()
-        child = spawn(CHILD, pair.peer_ip, pair.data_port, child_does)
+        child = spawn_stream_peer(pair.peer_ip, pair.data_port, child_does, 120)
         try:
             assert child.stdout.readline().strip() == "connected"
             assert pair.exchange("ready to kill") == "kill now"
