@@ -2,6 +2,8 @@
 # hot loop.  Unit tests drive these through ImmCodec/CreditWindowC and check
 # they agree with the Python versions step for step.
 
+from rdmamsg.protocol.credits import default_threshold
+
 cdef enum:
     K_WHOLE = 0
     K_FIRST = 1         # its immediate carries the message length, not credits
@@ -65,7 +67,7 @@ cdef class CreditWindowC:
     cdef credit_t c
 
     def __init__(self, int peer_depth, threshold=None):
-        cdef int t = threshold if threshold is not None else max(1, peer_depth // 2)
+        cdef int t = threshold if threshold is not None else default_threshold(peer_depth)
         cw_init(&self.c, peer_depth, t)
 
     @property

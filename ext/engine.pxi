@@ -192,7 +192,7 @@ cdef class Engine:
         self.zc_pending = collections.deque()
         self.spin_s = config.spin_us / 1e6
         self.signal_every = max(1, min(self.nsend, self.sq_depth) // 4)
-        threshold = config.credit_threshold or max(1, config.peer_depth // 2)
+        threshold = config.credit_threshold or default_threshold(config.peer_depth)
         cw_init(&self.cw, config.peer_depth, threshold)
         if self.nrecv < 1 or self.nsend < 1:
             raise ValueError("the engine needs receive and send buffers")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from ..protocol.credits import MIN_DEPTH
+
 
 @dataclass(frozen=True)
 class Options:
@@ -25,8 +27,8 @@ class Options:
     handshake_timeout: float = 10.0   #: limit for one bootstrap handshake
 
     def __post_init__(self) -> None:
-        if not 2 <= self.recv_depth <= 1 << 15:
-            raise ValueError("recv_depth must be 2..32768")
+        if not MIN_DEPTH <= self.recv_depth <= 1 << 15:
+            raise ValueError(f"recv_depth must be {MIN_DEPTH}..32768")
         if not 1 <= self.send_depth <= 1 << 15:
             raise ValueError("send_depth must be 1..32768")
         if self.buffer_size < 64 or self.buffer_size & (self.buffer_size - 1):

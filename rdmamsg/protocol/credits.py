@@ -11,22 +11,35 @@ No deadlock: the last credit may only be spent on a fragment that returns
 credits.  So whoever sent last either kept a credit or handed the peer some,
 and a side whose peer has run dry owes it at least ``threshold`` and can pay.
 A FIRST fragment carries a length instead of credits, so it needs two.
+
+No livelock: ``threshold`` is at least 2.  A CREDIT fragment takes one of
+the peer's receives, which it reposts at once; were one repost enough to make
+an update due, two sides would bounce CREDIT fragments back and forth, each
+taking the last credit before a waiting data fragment could (seen on the
+device with a depth of 2).  Hence a depth of at least 3.
 """
 from __future__ import annotations
 
 from ..errors import ProtocolError
 
 
+MIN_DEPTH = 3
+
+
+def default_threshold(peer_depth: int) -> int:
+    return max(2, peer_depth // 2)
+
+
 class CreditWindow:
     def __init__(self, peer_depth: int, threshold: int | None = None) -> None:
-        if peer_depth < 2:
-            raise ValueError("the peer must post at least 2 receives")
+        if peer_depth < MIN_DEPTH:
+            raise ValueError(f"the peer must post at least {MIN_DEPTH} receives")
         self.limit = peer_depth
         self.credits = peer_depth
         self.unreturned = 0
-        self.threshold = threshold if threshold is not None else max(1, peer_depth // 2)
-        if not 1 <= self.threshold <= peer_depth - 1:
-            raise ValueError(f"threshold must be in 1..{peer_depth - 1}")
+        self.threshold = threshold if threshold is not None else default_threshold(peer_depth)
+        if not 2 <= self.threshold <= peer_depth - 1:
+            raise ValueError(f"threshold must be in 2..{peer_depth - 1}")
 
     def can_send(self, returning: bool = True) -> bool:
         """Whether a fragment may be sent now; ``returning``: it carries credits."""

@@ -26,6 +26,7 @@ from typing import Any
 import msgpack
 
 from ..errors import AuthenticationError, HandshakeError, ProtocolError
+from .credits import MIN_DEPTH
 
 VERSION = 1
 MAX_FRAME = 4096
@@ -56,7 +57,7 @@ _INFO_RANGES = {
     "psn": (0, (1 << 24) - 1),
     "lid": (0, 0xFFFF),
     "mtu": (1, 5),
-    "depth": (2, 1 << 16),
+    "depth": (MIN_DEPTH, 1 << 16),
     "bufsize": (64, 1 << 30),
     "max_message": (0, 1 << 40),
 }

@@ -197,6 +197,28 @@ def test_both_directions_at_once_from_many_threads(pair):
         j.result(timeout=300)
 
 
+@pytest.mark.parametrize("depth", [3, 4, 32])
+def test_four_threads_on_two_endpoints_never_miss_a_wakeup(depth):
+    # A sender and a receiver on each side, often out of credits: each wait
+    # must notice progress that another thread polled for it.
+    for _ in range(4):
+        with endpoint_pair(IP, recv_depth=depth) as (c, s):
+            n = 1500
+
+            def pump(src, tag):
+                for i in range(n):
+                    src.send(tag + counter(i, 100), timeout=20)
+
+            def drain(ep, tag):
+                for i in range(n):
+                    assert ep.recv(timeout=20) == tag + counter(i, 100)
+
+            jobs = [run_in_thread(pump, c, b"c"), run_in_thread(pump, s, b"s"),
+                    run_in_thread(drain, s, b"c"), run_in_thread(drain, c, b"s")]
+            for j in jobs:
+                j.result(timeout=120)
+
+
 def test_a_send_stalled_on_the_last_credit_wakes_when_this_side_receives():
     # The last credit may only carry credits back: a recv() on this side makes
     # it usable without any completion, so the waiting sender must be woken.

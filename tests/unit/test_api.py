@@ -15,7 +15,7 @@ def test_options_validate_and_merge():
     assert o.recv_depth == 8 and o.buffer_size == rdmamsg.Options().buffer_size
     with pytest.raises(TypeError, match="unknown option"):
         rdmamsg.Options.from_kwargs(None, {"recv_dpeth": 8})
-    for bad in ({"recv_depth": 1}, {"buffer_size": 1000}, {"linger": -1}):
+    for bad in ({"recv_depth": 2}, {"buffer_size": 1000}, {"linger": -1}):
         with pytest.raises(ValueError):
             rdmamsg.Options(**bad)
 

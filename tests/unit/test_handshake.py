@@ -65,7 +65,7 @@ def test_wrong_version(side):
             hs.check_conn(msg, bytes(16), None)
 
 
-@pytest.mark.parametrize("field,value", [("qpn", 0), ("qpn", 1 << 24), ("mtu", 6), ("depth", 1),
+@pytest.mark.parametrize("field,value", [("qpn", 0), ("qpn", 1 << 24), ("mtu", 6), ("depth", 2),
                                          ("gid", b"short"), ("psn", "x"), ("lid", True),
                                          ("extra", [1])])
 def test_bad_fields(field, value):
