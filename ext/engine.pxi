@@ -486,10 +486,9 @@ cdef class Engine:
                 break
             pthread_mutex_unlock(&self.mu)     # let another thread in between spins
             pthread_mutex_lock(&self.mu)
-            if self.changes != seen:     # another thread's progress may be ours
+            # Only here can another thread have run: its progress may be ours.
+            if self.changes != seen:
                 return 1
-        if self.changes != seen:
-            return 1
         if self.leader:
             # Another thread sleeps in epoll; it broadcasts when it wakes.
             if deadline < 0:
