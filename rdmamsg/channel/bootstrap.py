@@ -71,11 +71,16 @@ def _keepalive(sock: socket.socket) -> None:
 
 def _finish(parts: Parts, sock: socket.socket, peer: hs.QPInfo, opts: Options, timing: Timing):
     """Make the engine (posting every receive), then take the QP to RTS."""
+    peer_ring = hs.ring_of(peer)
+    if (peer_ring is None) != (parts.ring is None):
+        raise HandshakeError("the two sides chose different channels (one offered a ring for "
+                             "the write channel, the other did not)")
     fragment = min(parts.send_bufs[0].size, peer.bufsize)
     config = EngineConfig(peer_depth=peer.depth, fragment=fragment, send_max=peer.max_message,
                           recv_max=opts.max_message, max_inline=opts.max_inline,
                           zc_fragment=peer.bufsize, zerocopy_min=opts.zerocopy_min,
-                          spin_us=opts.spin_us)
+                          spin_us=opts.spin_us, ring=parts.ring, ring_cells=opts.ring_cells,
+                          peer_ring=peer_ring)
     engine = make_engine(cq=parts.cq, qp=parts.qp, recv_bufs=parts.recv_bufs,
                          send_bufs=parts.send_bufs, liveness=sock, config=config,
                          regcache=parts.dctx.regcache)
@@ -110,6 +115,8 @@ def connect(address: Address, timeout: float | None = None, token: str | bytes |
     """Connect to an rdmamsg listener; the bootstrap uses TCP ``address``.
 
     ``token``: a shared secret both sides must hold (an HMAC challenge).
+    ``channel="write"`` carries messages as RDMA writes into a ring each side
+    advertises (see Options.channel); the listener follows the client's choice.
     ``device``/``gid_index`` override the choice made from the local IP;
     other keyword arguments are Options fields (recv_depth, buffer_size...).
     """
@@ -122,7 +129,7 @@ def connect(address: Address, timeout: float | None = None, token: str | bytes |
         local = resolve_local(sock.getsockname()[0], device=device, gid_index=gid_index)
         wire = _Wire(sock, deadline)
         server_nonce = hs.check_hello(wire.recv(), tok)
-        parts = Parts(local, opts)
+        parts = Parts(local, opts, write=opts.channel == "write")
         client_nonce = hs.new_nonce()
         wire.send(hs.conn(parts.info(opts), server_nonce, client_nonce, tok))
         peer = hs.check_accept(wire.recv(), server_nonce, client_nonce, tok)
@@ -185,12 +192,13 @@ class Listener:
             wire.send(hs.hello(server_nonce, tok is not None))
             try:
                 client, client_nonce = hs.check_conn(wire.recv(), server_nonce, tok)
+                write = hs.ring_of(client) is not None
                 local = resolve_local(conn.getsockname()[0], device=self._device,
                                       gid_index=self._gid_index)
             except (ProtocolError, NoDeviceError) as exc:
                 _refuse(wire, exc)
                 raise
-            parts = Parts(local, opts)
+            parts = Parts(local, opts, write=write)
             engine = _finish(parts, conn, client, opts, self._timing)
             wire.send(hs.accept(parts.info(opts), server_nonce, client_nonce, tok))
             hs.check_ready(wire.recv())

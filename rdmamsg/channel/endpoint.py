@@ -12,11 +12,13 @@ import warnings
 from typing import Any
 
 from ..errors import closed_error
-from ..protocol.handshake import QPInfo
+from ..protocol import ring
+from ..protocol.handshake import QPInfo, RingInfo
 from ..verbs.context import DeviceContext
 from ..verbs.cq import CompletionQueue
 from ..verbs.device import LocalAddress
 from ..verbs.qp import QueuePair
+from ..verbs.region import REMOTE_WRITE, Region
 from .options import Options
 
 
@@ -24,31 +26,48 @@ _FAST = ("send", "recv", "recv_into", "recv_view", "poll", "wait", "fileno")
 
 
 class Parts:
-    """The verbs resources of one connection, released together."""
+    """The verbs resources of one connection, released together.  With
+    ``write`` the peer writes into our ring instead of posted buffers."""
 
-    def __init__(self, local: LocalAddress, opts: Options) -> None:
+    def __init__(self, local: LocalAddress, opts: Options, write: bool = False) -> None:
         self.local = local
         self.dctx = DeviceContext.acquire(local.device)
-        self.cq = self.qp = None
+        self.cq = self.qp = self.ring = None
         self.recv_bufs: list = []
         self.send_bufs: list = []
         try:
             sq = max(16, 2 * opts.send_depth)
-            self.cq = CompletionQueue(self.dctx, opts.recv_depth + sq + 8)
-            self.qp = QueuePair(self.dctx, self.cq, local, max_send_wr=sq,
-                                max_recv_wr=opts.recv_depth, max_inline=opts.max_inline)
+            nrecv = opts.ring_cells + ring.RESERVED_RECEIVES if write else opts.recv_depth
+            self.cq = CompletionQueue(self.dctx, nrecv + sq + 8)
+            self.qp = QueuePair(self.dctx, self.cq, local, max_send_wr=sq, max_recv_wr=nrecv,
+                                max_inline=opts.max_inline,
+                                access=REMOTE_WRITE if write else QueuePair.LOCAL)
             pool = self.dctx.pool
-            self.recv_bufs = pool.acquire_many(opts.buffer_size, opts.recv_depth)
+            if write:
+                self.ring = Region(self.dctx.pd, opts.ring_size)
+            else:
+                self.recv_bufs = pool.acquire_many(opts.buffer_size, opts.recv_depth)
             self.send_bufs = pool.acquire_many(opts.buffer_size, opts.send_depth)
         except BaseException:
             self.release()
             raise
 
-    def info(self, opts: Options, extra: dict | None = None) -> QPInfo:
+    def ring_info(self, opts: Options) -> RingInfo | None:
+        if self.ring is None:
+            return None
+        return RingInfo(self.ring.addr, self.ring.rkey, self.ring.size, opts.ring_cells)
+
+    def info(self, opts: Options) -> QPInfo:
+        rinfo = self.ring_info(opts)
+        if rinfo is None:
+            depth, bufsize, extra = len(self.recv_bufs), self.recv_bufs[0].size, {}
+        else:
+            depth = opts.ring_cells + ring.RESERVED_RECEIVES
+            bufsize = rinfo.size // 4           # the longest single write
+            extra = {"ring": rinfo.to_wire()}
         return QPInfo(qpn=self.qp.qp_num, psn=self.qp.psn, gid=self.local.gid, lid=self.local.lid,
-                      mtu=self.local.mtu, depth=len(self.recv_bufs),
-                      bufsize=self.recv_bufs[0].size, max_message=opts.max_message,
-                      extra=extra or {})
+                      mtu=self.local.mtu, depth=depth, bufsize=bufsize,
+                      max_message=opts.max_message, extra=extra)
 
     def release(self) -> None:
         """Close QP and CQ, give back buffers and the device context.  Idempotent."""
@@ -61,6 +80,9 @@ class Parts:
                 self.cq.close()
             for b in self.recv_bufs + self.send_bufs:
                 self.dctx.pool.release(b)
+            if self.ring is not None:
+                self.ring.close()
+        self.ring = None
         self.recv_bufs, self.send_bufs = [], []
         dctx, self.dctx = self.dctx, None
         dctx.release()

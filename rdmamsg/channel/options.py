@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from ..protocol import ring
 from ..protocol.credits import MIN_DEPTH
 
 
@@ -11,8 +12,13 @@ class Options:
     """Settings for one connection; each side chooses its own.
 
     Memory per connection is about ``(recv_depth + send_depth) * buffer_size``
-    of registered pool memory (2 MiB with the defaults).
+    of registered pool memory (2 MiB with the defaults); on the write channel
+    ``send_depth * buffer_size`` of pool memory and a ``ring_size`` ring.
     """
+
+    channel: str = "send"             #: "send": send/recv into posted buffers; "write": RDMA
+                                      #: writes into a ring the receiver advertises (the
+                                      #: connecting side chooses; a listener serves both)
 
     recv_depth: int = 32              #: receives kept posted: the peer's credits
     send_depth: int = 32              #: send buffers (messages in flight)
@@ -25,6 +31,9 @@ class Options:
                                       #: fd, while traffic flows (50 us after idling)
     linger: float = 2.0               #: close() waits this long for sends to complete
     handshake_timeout: float = 10.0   #: limit for one bootstrap handshake
+    ring_size: int = 2 << 20          #: write channel: bytes of the ring the peer writes into
+    ring_cells: int = 512             #: write channel: the ring's cells (each message takes
+                                      #: whole cells, and at most this many are in flight)
 
     def __post_init__(self) -> None:
         if not MIN_DEPTH <= self.recv_depth <= 1 << 15:
@@ -37,6 +46,9 @@ class Options:
             raise ValueError("max_message must be non-negative")
         if min(self.max_inline, self.spin_us, self.linger, self.zerocopy_min) < 0:
             raise ValueError("max_inline, zerocopy_min, spin_us and linger must be non-negative")
+        if self.channel not in ("send", "write"):
+            raise ValueError("channel must be 'send' or 'write'")
+        ring.check_geometry(self.ring_size, self.ring_cells)
         if self.handshake_timeout <= 0:
             raise ValueError("handshake_timeout must be positive")
 

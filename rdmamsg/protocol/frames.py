@@ -54,21 +54,26 @@ def returns_credits(kind: int) -> bool:
     return kind != FIRST
 
 
-def plan(length: int, fragment: int) -> Iterator[tuple[int, int, int]]:
+def plan(length: int, fragment: int, *, long_first: bool = False,
+         first_limit: int | None = None) -> Iterator[tuple[int, int, int]]:
     """Split a ``length``-byte message for receive buffers of ``fragment`` bytes.
 
     Yields (kind, data_offset, data_length).  A FIRST_LONG fragment's data
-    follows its 8-byte header, so it holds ``fragment - 8`` bytes of data.
+    follows its 8-byte header, so it holds ``fragment - 8`` bytes of data
+    (``first_limit - 8`` if that is smaller: the header is always copied, so
+    a zero-copy message's first fragment must fit a send buffer).  With
+    ``long_first`` (the write channel, whose immediates carry no length) every
+    message of several fragments starts with FIRST_LONG.
     """
     if fragment <= FIRST_HEADER.size:
         raise ValueError(f"fragment size {fragment} too small")
     if length <= fragment:
         yield WHOLE, 0, length
         return
-    if length <= MAX_IMM_LENGTH:
+    if length <= MAX_IMM_LENGTH and not long_first:
         first, kind = fragment, FIRST
     else:
-        first, kind = fragment - FIRST_HEADER.size, FIRST_LONG
+        first, kind = min(fragment, first_limit or fragment) - FIRST_HEADER.size, FIRST_LONG
     yield kind, 0, first
     off = first
     while length - off > fragment:

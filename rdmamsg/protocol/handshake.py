@@ -9,7 +9,9 @@ at most MAX_FRAME bytes.  The exchange is:
     client -> server   ready                     (its QP is ready to receive)
 
 ``info`` is what the peer's QP needs: QPN, PSN, GID, LID, MTU, receive depth
-(the credits), buffer size and maximum message size.  With a shared token,
+(the credits), buffer size and maximum message size.  On the write channel
+``extra`` also holds the ring the peer may write into: address, rkey, size
+and cells (see ring.py).  With a shared token,
 each side's mac is an HMAC-SHA256 over both nonces and its own info, so the
 server checks the client before it connects a QP to it, and the client checks
 the server.  Nothing here does I/O.
@@ -26,6 +28,7 @@ from typing import Any
 import msgpack
 
 from ..errors import AuthenticationError, HandshakeError, ProtocolError
+from . import ring
 from .credits import MIN_DEPTH
 
 VERSION = 1
@@ -87,6 +90,42 @@ def parse_info(msg: dict) -> QPInfo:
     if not isinstance(extra, dict):
         raise HandshakeError("handshake field 'extra' is not a map")
     return QPInfo(gid=gid, extra=extra, **vals)
+
+
+@dataclass(frozen=True)
+class RingInfo:
+    """A ring the peer advertised: the only memory of its connection we may write."""
+
+    addr: int
+    rkey: int
+    size: int
+    cells: int
+
+    def to_wire(self) -> dict:
+        return asdict(self)
+
+    @property
+    def cell(self) -> int:
+        return self.size // self.cells
+
+
+def ring_of(info: QPInfo) -> RingInfo | None:
+    """The ring in ``info.extra``, checked; None if the peer advertised none."""
+    raw = info.extra.get("ring")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise HandshakeError("handshake field 'ring' is not a map")
+    vals = {key: _get(raw, key, int) for key in ("addr", "rkey", "size", "cells")}
+    if not (0 < vals["addr"] < 1 << 64 and 0 <= vals["rkey"] < 1 << 32):
+        raise HandshakeError("the ring's address or rkey is out of range")
+    try:
+        ring.check_geometry(vals["size"], vals["cells"])
+    except ValueError as exc:
+        raise HandshakeError(f"the peer's ring is unusable: {exc}") from None
+    if vals["addr"] + vals["size"] >= 1 << 64:
+        raise HandshakeError("the ring's address range wraps")
+    return RingInfo(**vals)
 
 
 # -- framing -----------------------------------------------------------------

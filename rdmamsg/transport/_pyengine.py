@@ -12,6 +12,12 @@ wait on a condition that completions and the leader's waking notify, so no
 thread sleeps on an event another thread already took.  The TCP socket from the handshake carries nothing
 afterwards: its EOF means the peer is gone, unless its CLOSE came first.
 
+The write channel (``config.ring``) changes only where data goes and what
+limits a sender (protocol/ring.py): fragments are RDMA writes with immediate
+into the peer's ring, placed by a RingSender instead of spending credits;
+receives carry no buffer and are reposted when polled; a message's ring
+cells go back when it is consumed, and CREDIT controls report them.
+
 pyverbs' SendWR/SGE leak their C buffers unless closed, and double-free if
 closed twice, so each is closed exactly once, right after posting.
 """
@@ -25,7 +31,7 @@ import threading
 import time
 
 from ..errors import PeerClosedError, ProtocolError, RdmaError, WorkCompletionError, closed_error
-from ..protocol import frames
+from ..protocol import frames, ring
 from ..protocol.credits import CreditWindow
 from ..verbs import _pyverbs as pv
 from ..verbs.regcache import buffer_address
@@ -54,17 +60,31 @@ class Engine:
         self._seq_next = self._seq_done = 0
         self._signal_every = max(1, min(len(self._sbufs), self._sq_depth) // 4)
         self._unsignaled = 0
-        self._credits = CreditWindow(config.peer_depth, config.credit_threshold)
-        self._ready: collections.deque = collections.deque()
+        self._ring = config.ring
+        if self._ring is None:
+            self._credits = CreditWindow(config.peer_depth, config.credit_threshold)
+            self._tx = self._rx = None
+            nrecv, largest = len(self._rbufs), max(b.size for b in self._rbufs)
+        else:
+            self._credits = None
+            self._peer_ring = config.peer_ring
+            self._tx = ring.RingSender(config.peer_ring.cells, config.peer_ring.cell)
+            self._rx = ring.RingReceiver(config.ring_cells, self._ring.size // config.ring_cells)
+            nrecv, largest = config.ring_cells + ring.RESERVED_RECEIVES, self._rx.max_bytes
+        self._ready: collections.deque = collections.deque()   # (slot, length, kind, value)
         self._whole_ready = 0
-        self._reasm = frames.Reassembler(config.recv_max, max(b.size for b in self._rbufs))
+        self._reasm = frames.Reassembler(config.recv_max, largest)
         self._held: bytes | None = None     # a message taken but not yet delivered
         self._tail: tuple[bytes, int] | None = None  # (message, offset) a timed-out send left
         self._regcache = regcache if config.zerocopy_min > 0 else None
         self._zc_pending: collections.deque = collections.deque()   # (last seq, Registration)
         self._recv_wrs = []
-        for i, b in enumerate(self._rbufs):
-            sge = pv.wr.SGE(b.addr, b.size, b.lkey)
+        for i in range(nrecv):
+            if self._ring is not None:      # data arrives by RDMA write: no buffer
+                sge = pv.wr.SGE(self._ring.addr, 0, self._ring.lkey)   # (pyverbs wants one)
+            else:
+                b = self._rbufs[i]
+                sge = pv.wr.SGE(b.addr, b.size, b.lkey)
             self._recv_wrs.append(pv.wr.RecvWR(wr_id=RECV_TAG | i, num_sge=1, sg=[sge]))
             sge.close()
         self._live = liveness
@@ -95,9 +115,10 @@ class Engine:
 
     def post_receives(self) -> None:
         with self._lock:
-            for i in range(len(self._rbufs)):
+            for i in range(len(self._recv_wrs)):
                 self._repost(i)
-            self._credits.unreturned = 0   # the initial depth is already the peer's credit
+            if self._credits is not None:
+                self._credits.unreturned = 0   # the initial depth is already the peer's credit
 
     def _repost(self, slot: int) -> None:
         try:
@@ -105,6 +126,8 @@ class Engine:
         except pv.PyverbsRDMAError as exc:
             self._fail(RdmaError("ibv_post_recv", exc.error_code or 0))
             raise self._error from exc
+        if self._credits is None:
+            return
         self._credits.reposted()
         if self._credits.unreturned == 1 and self._credits.credits == 1:
             self._kick()     # a sender stalled on the last credit may now use it
@@ -121,15 +144,25 @@ class Engine:
         return self._seq_next - self._seq_done < self._sq_depth
 
     def _post(self, kind: int, slot: int, length: int, value: int = 0,
-              zc: tuple[int, int] | None = None, signal: bool = False) -> None:
+              zc: tuple[int, int] | None = None, signal: bool = False,
+              at: tuple[int, int] | None = None) -> None:
         """Post one SEND_WITH_IMM from send buffer ``slot`` (-1: none), or with
         ``zc`` = (address, lkey) from the caller's registered memory.  ``value``
-        is FIRST's length; other kinds carry the credits we owe."""
-        if kind == frames.FIRST:
-            self._credits.spend(returning=False)
+        is FIRST's length; other kinds carry the credits we owe.  On the write
+        channel ``at`` = (offset, cells) makes it a write into the peer's
+        ring, and a control's ``value`` is the ring cells it reports."""
+        opcode = e.IBV_WR_SEND_WITH_IMM
+        if at is not None:
+            imm = ring.pack_imm(kind, *at)
+            opcode = e.IBV_WR_RDMA_WRITE_WITH_IMM
+        elif self._credits is None:
+            imm = frames.pack_imm(kind, value)
         else:
-            value = self._credits.spend()
-        imm = frames.pack_imm(kind, value)
+            if kind == frames.FIRST:
+                self._credits.spend(returning=False)
+            else:
+                value = self._credits.spend()
+            imm = frames.pack_imm(kind, value)
         signaled = signal or kind == frames.CLOSE or self._unsignaled + 1 >= self._signal_every
         self._unsignaled = 0 if signaled else self._unsignaled + 1
         if zc is not None:
@@ -139,9 +172,12 @@ class Engine:
         else:
             addr = lkey = 0
         sge = pv.wr.SGE(addr, length, lkey)
-        wr = pv.wr.SendWR(wr_id=self._seq_next, opcode=e.IBV_WR_SEND_WITH_IMM, num_sge=1,
+        wr = pv.wr.SendWR(wr_id=self._seq_next, opcode=opcode, num_sge=1,
                           sg=[sge], imm_data=socket.htonl(imm),
                           send_flags=e.IBV_SEND_SIGNALED if signaled else 0)
+        if at is not None:
+            peer = self._peer_ring
+            wr.set_wr_rdma(peer.rkey, peer.addr + at[0] * peer.cell)
         if length == 0:
             wr.num_sge = 0
         try:
@@ -156,7 +192,13 @@ class Engine:
         self._seq_next += 1
 
     def _post_credit_update(self) -> None:
-        if self._credits.update_due() and self._sq_room() and not self._close_sent:
+        if not self._sq_room() or self._close_sent:
+            return
+        if self._rx is not None:
+            if self._rx.report_due():
+                self._post(frames.CREDIT, -1, 0, self._rx.reported())
+                self._stats["credit_updates_sent"] += 1
+        elif self._credits.update_due():
             self._post(frames.CREDIT, -1, 0)
             self._stats["credit_updates_sent"] += 1
 
@@ -192,8 +234,10 @@ class Engine:
 
     def _received(self, wc) -> None:
         slot = wc.wr_id & ~RECV_TAG
-        if slot >= len(self._rbufs) or not wc.wc_flags & e.IBV_WC_WITH_IMM:
+        if slot >= len(self._recv_wrs) or not wc.wc_flags & e.IBV_WC_WITH_IMM:
             return self._fail(ProtocolError("a receive completed without rdmamsg's immediate"))
+        if self._rx is not None:
+            return self._received_ring(wc, slot)
         try:
             kind, value = frames.unpack_imm(socket.ntohl(wc.imm_data))
             if frames.returns_credits(kind):
@@ -210,6 +254,45 @@ class Engine:
         self._ready.append((slot, wc.byte_len, kind, value))
         if kind in (frames.WHOLE, frames.LAST):
             self._whole_ready += 1
+
+    def _received_ring(self, wc, slot: int) -> None:
+        """A write into our ring, or a control (a zero-length send)."""
+        imm = socket.ntohl(wc.imm_data)
+        try:
+            if wc.opcode == e.IBV_WC_RECV_RDMA_WITH_IMM:
+                kind, offset, ncells = ring.unpack_imm(imm)
+                entry, at = self._rx.accept(kind, offset, ncells, wc.byte_len)
+            else:
+                kind, value = frames.unpack_imm(imm)
+                if kind not in (frames.CREDIT, frames.CLOSE) or wc.byte_len:
+                    raise ProtocolError(f"a {frames.KIND_NAMES[kind]} fragment of {wc.byte_len} "
+                                        "bytes was sent on the write channel; only empty "
+                                        "controls may be")
+                if kind == frames.CREDIT:
+                    self._tx.freed(value)
+        except ProtocolError as exc:
+            return self._fail(exc)
+        self._repost(slot)
+        if kind == frames.CLOSE:
+            self._peer_closed = True
+        elif kind != frames.CREDIT:
+            self._ready.append((entry, wc.byte_len, kind, at))
+            if kind in (frames.WHOLE, frames.LAST):
+                self._whole_ready += 1
+
+    def _payload(self, item) -> memoryview:
+        """The data of a received fragment, in place."""
+        slot, length, _, value = item
+        if self._ring is None:
+            return self._rbufs[slot].view[:length]
+        return self._ring.view[value:value + length]
+
+    def _consumed(self, slot: int) -> None:
+        """A received fragment's memory may be used again."""
+        if self._rx is None:
+            self._repost(slot)
+        else:
+            self._rx.release(slot)
 
     def _sent_through(self, seq: int) -> None:
         if not self._seq_done <= seq < self._seq_next:
@@ -400,14 +483,19 @@ class Engine:
                    zc: tuple[int, int] | None = None, signal_last: bool = False) -> None:
         frag = self._cfg.zc_fragment if zc else self._cfg.fragment
         n = len(mv)
-        pieces = _continuation(start, n, frag) if continuing else frames.plan(n, frag)
+        if continuing:
+            pieces = _continuation(start, n, frag)
+        else:
+            pieces = frames.plan(n, frag, long_first=self._ring is not None,
+                                 first_limit=self._cfg.fragment)
         self._tail = None
         for kind, off, length in pieces:
-            returning = frames.returns_credits(kind)
             need_slot = zc is None or kind == frames.FIRST_LONG
-            while not (self._credits.can_send(returning) and self._sq_room()
-                       and (self._free or not need_slot)):
-                self._stats["credit_stalls"] += not self._credits.can_send(returning)
+            wire = length + frames.FIRST_HEADER.size * (kind == frames.FIRST_LONG)
+            while True:
+                at = self._room(kind, wire, need_slot)
+                if at is not None:
+                    break
                 self._raise_broken()
                 if self._peer_closed:
                     raise BrokenPipeError("the peer closed the connection")
@@ -417,19 +505,32 @@ class Engine:
                     self._tail = (bytes(mv), off)
                     raise TimeoutError("send timed out part-way through a message; the rest is "
                                        "sent ahead of the next message")
+            at = at or None
             if not need_slot:
                 self._post(kind, -1, length, n, zc=(zc[0] + off, zc[1]),
-                           signal=signal_last and kind in (frames.WHOLE, frames.LAST))
+                           signal=signal_last and kind in (frames.WHOLE, frames.LAST), at=at)
                 continue
             slot = self._free.pop()
             view = self._sbufs[slot].view
             if kind == frames.FIRST_LONG:
                 frames.FIRST_HEADER.pack_into(view, 0, n)
                 view[8:8 + length] = mv[off:off + length]
-                self._post(kind, slot, length + 8)
+                self._post(kind, slot, length + 8, at=at)
             else:
                 view[:length] = mv[off:off + length]
-                self._post(kind, slot, length, n)
+                self._post(kind, slot, length, n, at=at)
+
+    def _room(self, kind: int, wire: int, need_slot: bool):
+        """None while a ``wire``-byte fragment cannot be posted; else where it
+        goes in the peer's ring ((offset, cells), which it spends), or ()."""
+        if not self._sq_room() or not (self._free or not need_slot):
+            return None
+        if self._tx is not None:
+            at = self._tx.place(wire)
+        else:
+            at = () if self._credits.can_send(frames.returns_credits(kind)) else None
+        self._stats["credit_stalls"] += at is None
+        return at
 
     # -- receive -------------------------------------------------------------------
 
@@ -441,12 +542,12 @@ class Engine:
         while self._ready:
             slot, length, kind, value = self._ready[0]
             try:
-                msg = self._reasm.feed(kind, self._rbufs[slot].view[:length], value)
+                msg = self._reasm.feed(kind, self._payload(self._ready[0]), value)
             except ProtocolError as exc:
                 self._fail(exc)
                 raise
             self._ready.popleft()
-            self._repost(slot)
+            self._consumed(slot)
             if msg is not None:
                 self._whole_ready -= 1
                 self._stats["messages_received"] += 1
@@ -509,11 +610,11 @@ class Engine:
             while True:
                 if (self._held is None and not self._reasm.in_progress and self._ready
                         and self._ready[0][2] == frames.WHOLE):
-                    slot, length, _, _ = self._ready.popleft()
+                    item = self._ready.popleft()
                     self._whole_ready -= 1
                     self._stats["messages_received"] += 1
-                    self._stats["bytes_received"] += length
-                    return MessageView(self, slot, self._rbufs[slot].view[:length].toreadonly())
+                    self._stats["bytes_received"] += item[1]
+                    return MessageView(self, item[0], self._payload(item).toreadonly())
                 msg = self._take()
                 if msg is not None:
                     return MessageView(self, -1, memoryview(msg))
@@ -524,7 +625,7 @@ class Engine:
     def _give_back(self, slot: int) -> None:
         with self._lock:
             if not self._closed:
-                self._repost(slot)
+                self._consumed(slot)
                 self._post_credit_update()
 
     def _next_length(self) -> int | None:
@@ -532,9 +633,9 @@ class Engine:
             return len(self._held)
         if self._reasm.in_progress or not self._ready:
             return None
-        slot, length, kind, value = self._ready[0]
+        kind, value = self._ready[0][2:]
         try:
-            return self._reasm.expected_length(kind, self._rbufs[slot].view[:length], value)
+            return self._reasm.expected_length(kind, self._payload(self._ready[0]), value)
         except ProtocolError as exc:
             self._fail(exc)
             raise
@@ -574,7 +675,8 @@ class Engine:
             try:
                 if self._tail is not None:
                     self._send_from(*self._tail, continuing=True, deadline=deadline)
-                while not (self._credits.can_send(True) and self._sq_room()):
+                while not (self._sq_room() and (self._credits is None
+                                                or self._credits.can_send(True))):
                     if self._error or self._peer_gone or self._live_eof:
                         return
                     if not self._wait_locked(deadline):
@@ -591,7 +693,10 @@ class Engine:
 
     @property
     def credit_state(self) -> tuple[int, int]:
-        """(credits, unreturned): for tests and debugging."""
+        """(credits, unreturned), or on the write channel (free cells in the
+        peer's ring, cells we owe a report of): for tests and debugging."""
+        if self._credits is None:
+            return self._tx.free, self._rx.unreported
         return self._credits.credits, self._credits.unreturned
 
     def stats(self) -> dict:

@@ -41,7 +41,8 @@ STAT_KEYS = ("messages_sent", "messages_received", "bytes_sent", "bytes_received
 @dataclass(frozen=True)
 class EngineConfig:
     peer_depth: int          #: receives the peer keeps posted: our initial credits
-    fragment: int            #: bytes per fragment: min(our buffer, the peer's buffer)
+    fragment: int            #: bytes per copied fragment: min(our buffer, the peer's buffer
+                             #: or, on the write channel, its longest ring write)
     send_max: int            #: largest message the peer accepts
     recv_max: int            #: largest message we accept
     max_inline: int          #: inline sends up to this size (0: never)
@@ -49,6 +50,9 @@ class EngineConfig:
     zerocopy_min: int = 0    #: send from the caller's memory at this size (0: never)
     spin_us: int = 1000      #: busy-poll up to this long before sleeping (while busy)
     credit_threshold: int | None = None   #: return credits once this many are owed
+    ring: object = None      #: write channel: our Region, which the peer writes into
+    ring_cells: int = 0      #: its cells
+    peer_ring: object = None #: write channel: the peer's ring (handshake.RingInfo)
 
 
 _choice: str | None = None

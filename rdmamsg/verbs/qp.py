@@ -55,7 +55,10 @@ def _gid_words(raw: bytes) -> str:
 
 
 class QueuePair:
-    """An RC QP on ``cq`` (sends and receives), created straight into INIT."""
+    """An RC QP on ``cq`` (sends and receives), created straight into INIT.
+    ``access`` is what a peer may do through it: by default nothing."""
+
+    LOCAL = e.IBV_ACCESS_LOCAL_WRITE
 
     def __init__(self, dctx: DeviceContext, cq: CompletionQueue, local: LocalAddress, *,
                  max_send_wr: int, max_recv_wr: int, max_inline: int = 256,

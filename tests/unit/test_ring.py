@@ -1,0 +1,122 @@
+"""The write channel's ring rules, driven without a device."""
+import random
+
+import pytest
+
+from rdmamsg.errors import ProtocolError
+from rdmamsg.protocol import frames, ring
+
+
+def test_imm_round_trip_and_limits():
+    for kind in ring.DATA_KINDS:
+        imm = ring.pack_imm(kind, 8191, 2048)
+        assert imm < 1 << 32
+        assert ring.unpack_imm(imm) == (kind, 8191, 2048)
+    with pytest.raises(ValueError):
+        ring.pack_imm(frames.CREDIT, 0, 1)
+    with pytest.raises(ValueError):
+        ring.pack_imm(frames.WHOLE, 0, 0)
+    with pytest.raises(ProtocolError):
+        ring.unpack_imm(frames.CLOSE)
+
+
+@pytest.mark.parametrize("size,cells", [(1000, 16), (1024, 3), (1024, 32), (1 << 20, 1 << 14)])
+def test_bad_geometry_is_refused(size, cells):
+    with pytest.raises(ValueError):
+        ring.check_geometry(size, cells)
+
+
+def _transfer(tx, rx, nbytes):
+    placed = tx.place(nbytes)
+    if placed is None:
+        return None
+    offset, ncells = placed
+    return rx.accept(frames.WHOLE, offset, ncells, nbytes) + (nbytes,)
+
+
+def test_wrap_skips_the_end_and_comes_back_in_order():
+    tx, rx = ring.RingSender(16, 64), ring.RingReceiver(16, 64)
+    a = _transfer(tx, rx, 4 * 64)          # cells 0-3
+    b = _transfer(tx, rx, 4 * 64)          # 4-7
+    c = _transfer(tx, rx, 4 * 64)          # 8-11
+    d = _transfer(tx, rx, 3 * 64)          # 12-14
+    assert [x[1] for x in (a, b, c, d)] == [0, 256, 512, 768]
+    assert tx.place(2 * 64) is None        # would wrap onto cells 0-1, still in use
+    rx.release(b[0])
+    assert rx.unreported == 0              # a is still held: the head cannot pass it
+    rx.release(a[0])
+    assert rx.unreported == 8 and rx.report_due()
+    tx.freed(rx.reported())
+    e = _transfer(tx, rx, 2 * 64)          # skips cell 15, lands at 0
+    assert e[1] == 0 and tx.tail == 15 + 1 + 2
+    for x in (c, d, e):
+        rx.release(x[0])
+    assert rx.reported() == 4 + 3 + 1 + 2 and rx.head == rx.tail
+
+
+def test_random_traffic_never_overlaps_live_messages():
+    rng = random.Random(7)
+    tx, rx = ring.RingSender(64, 128), ring.RingReceiver(64, 128)
+    live: dict[int, tuple[int, int]] = {}      # entry -> (byte offset, length)
+    sent = 0
+    for _ in range(20000):
+        if rng.random() < 0.55:
+            got = _transfer(tx, rx, rng.randrange(0, tx.max_bytes + 1))
+            if got is not None:
+                entry, off, n = got
+                for o2, n2 in live.values():
+                    assert off + max(n, 1) <= o2 or o2 + max(n2, 1) <= off, "overlap"
+                live[entry] = (off, n)
+                sent += 1
+        elif live:
+            entry = rng.choice(list(live))
+            del live[entry]
+            rx.release(entry)
+            if rx.report_due():
+                tx.freed(rx.reported())
+    assert sent > 5000
+
+
+def test_a_stalled_sender_always_gets_a_report_once_everything_is_released():
+    rng = random.Random(3)
+    for _ in range(2000):
+        tx, rx = ring.RingSender(32, 64), ring.RingReceiver(32, 64)
+        entries = []
+        while True:
+            n = rng.randrange(0, tx.max_bytes + 1)
+            got = _transfer(tx, rx, n)
+            if got is None:
+                break
+            entries.append(got[0])
+        for entry in entries:
+            rx.release(entry)
+        assert rx.report_due()
+        tx.freed(rx.reported())
+        assert tx.place(n) is not None
+
+
+@pytest.mark.parametrize("bad", ["offset", "cells", "overrun", "bytes"])
+def test_a_write_that_breaks_the_placement_rule_is_a_protocol_error(bad):
+    rx = ring.RingReceiver(16, 64)
+    rx.accept(frames.WHOLE, 0, 4, 200)
+    rx.accept(frames.WHOLE, 4, 4, 256)
+    rx.accept(frames.WHOLE, 8, 4, 256)
+    with pytest.raises(ProtocolError):
+        if bad == "offset":
+            rx.accept(frames.WHOLE, 2, 1, 10)             # the next free cell is 12
+        elif bad == "cells":
+            rx.accept(frames.WHOLE, 12, 5, 300)           # more than a quarter of the ring
+        elif bad == "bytes":
+            rx.accept(frames.WHOLE, 12, 1, 65)            # 65 bytes take two cells
+        else:
+            rx.accept(frames.WHOLE, 12, 4, 256)
+            rx.accept(frames.WHOLE, 0, 1, 1)              # cells 0-3 are still in use
+
+
+def test_a_report_of_more_than_is_in_use_is_a_protocol_error():
+    tx = ring.RingSender(16, 64)
+    tx.place(100)
+    with pytest.raises(ProtocolError):
+        tx.freed(3)
+    with pytest.raises(ProtocolError):
+        tx.freed(0)
