@@ -10,6 +10,7 @@ from cdefs cimport *
 
 include "rawptr.pxi"
 include "credits.pxi"
+include "ring.pxi"
 include "engine.pxi"
 
 BACKEND = "cython"

@@ -15,6 +15,12 @@
 # wait on a condition variable.  Whoever processes completions broadcasts it,
 # and so does the leader when it wakes.  Otherwise one thread could take the
 # completion event that another armed for and is about to sleep on.
+#
+# The write channel (ringmode) differs only where data goes and what limits
+# a sender, as in the Python engine: fragments are RDMA writes into the
+# peer's ring (ring.pxi places them), receives carry no buffer and are
+# reposted when polled, and consumed messages free ring cells that CREDIT
+# controls report.  rq_slot then holds the ring entry, rq_val the data's offset.
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
@@ -43,6 +49,8 @@ cdef enum:            # errors recorded without the GIL, raised with it
     E_CREDITS
     E_CTRL_PAYLOAD
     E_SLOT
+    E_RING            # a ring write broke the placement rule (err_arg: RING_*)
+    E_RING_FREED      # a report of more ring cells than are in use
     E_PROTO           # raised with the GIL; the message is in err_msg
 
 cdef enum:            # counters, in STAT_KEYS order
@@ -155,6 +163,12 @@ cdef class Engine:
     cdef object zc_pending         # (last seq, Registration) of zero-copy sends in flight
     cdef object tail_obj           # what a timed-out send() still has to send
     cdef credit_t cw
+    # write channel
+    cdef bint ringmode
+    cdef ring_tx_t rtx
+    cdef ring_rx_t rrx
+    cdef char *ring_base
+    cdef object ring_view
     # state
     cdef bint closed, peer_closed, close_sent, live_eof, peer_gone, aborted
     cdef double eof_at, spin_s, last_active
@@ -178,11 +192,16 @@ cdef class Engine:
             raise PollerUnavailableError(
                 f"the completion channel's fd is {self.ch.fd}, not {cq.fd} as found from /proc")
         recv_bufs, send_bufs = list(recv_bufs), list(send_bufs)
-        self.keep = (cq, qp, recv_bufs, send_bufs, liveness)
+        self.keep = (cq, qp, recv_bufs, send_bufs, liveness, config.ring)
         self.rviews = [b.view for b in recv_bufs]
         self.cc_fd = cq.fd
         self.live_fd = liveness.fileno()
         self.nrecv, self.nsend = len(recv_bufs), len(send_bufs)
+        self.ringmode = config.ring is not None
+        if self.ringmode:
+            self.nrecv = config.ring_cells + RING_RESERVED
+            self.ring_base = <char *><uintptr_t>config.ring.addr
+            self.ring_view = config.ring.view
         self.sq_depth = qp.max_send_wr
         self.fragment = config.fragment
         self.max_inline = min(config.max_inline, qp.max_inline)
@@ -200,6 +219,14 @@ cdef class Engine:
             raise ValueError(f"fragment of {self.fragment} bytes does not fit the send buffers")
         self._alloc()
         cdef int i
+        if self.ringmode:
+            pr = config.peer_ring
+            ring_init(&self.rtx, &self.rrx, pr.cells, pr.cell, config.ring_cells,
+                      config.ring.size // config.ring_cells)
+            self.rtx.addr, self.rtx.rkey = pr.addr, pr.rkey
+            for i in range(self.nrecv):        # data arrives by RDMA write: no buffer
+                self.rwr[i].wr_id = RECV_TAG | <uint64_t>i
+                self.rwr[i].num_sge = 0
         for i, b in enumerate(recv_bufs):
             self.raddr[i] = <char *><uintptr_t>b.addr
             self.rsge[i].addr = b.addr
@@ -261,6 +288,7 @@ cdef class Engine:
         self.raddr = NULL; self.rwr = NULL; self.rsge = NULL
         self.rq_slot = NULL; self.rq_len = NULL; self.rq_kind = NULL; self.rq_val = NULL
         self.saddr = NULL; self.slkey = NULL; self.sfree = NULL; self.sq_slot = NULL
+        ring_free(&self.rrx)
 
     def __dealloc__(self):
         self._free_arrays()
@@ -287,6 +315,8 @@ cdef class Engine:
         if rc:
             self._set_err(E_POST_RECV, rc)
             return -1
+        if self.ringmode:
+            return 0
         self.cw.unreturned += 1
         if self.cw.unreturned == 1 and self.cw.credits == 1:
             self._kick()     # a sender stalled on the last credit may now use it
@@ -301,8 +331,11 @@ cdef class Engine:
             write(self.wake_fd, &one, 8)
 
     cdef void _queue(self, int kind, char *addr, uint32_t length, uint32_t lkey, int slot,
-                     bint inline, uint32_t value=0, bint signal=False) noexcept nogil:
-        """Add one SEND_WITH_IMM to the batch; ``value`` is FIRST's length."""
+                     bint inline, uint32_t value=0, bint signal=False, uint32_t roff=0,
+                     uint32_t rcells=0) noexcept nogil:
+        """Add one SEND_WITH_IMM to the batch; ``value`` is FIRST's length.  On
+        the write channel, ``rcells`` cells at ``roff`` make it a write into
+        the peer's ring, and a control's ``value`` is the cells it reports."""
         if self.nbatch == POST_BATCH:
             self._flush()
         cdef ibv_send_wr *wr = &self.swr[self.nbatch]
@@ -318,11 +351,19 @@ cdef class Engine:
         cdef bint signaled = signal or kind == K_CLOSE or self.unsignaled + 1 >= self.signal_every
         self.unsignaled = 0 if signaled else self.unsignaled + 1
         wr.send_flags = (IBV_SEND_SIGNALED if signaled else 0) | (IBV_SEND_INLINE if inline else 0)
-        if kind == K_FIRST:
-            cw_spend(&self.cw, False)
+        if rcells:
+            wr.opcode = IBV_WR_RDMA_WRITE_WITH_IMM
+            wr.wr.rdma.remote_addr = self.rtx.addr + <uint64_t>roff * self.rtx.cell
+            wr.wr.rdma.rkey = self.rtx.rkey
+            wr.imm_data = htonl(ring_imm(kind, roff, rcells))
         else:
-            value = cw_spend(&self.cw, True)
-        wr.imm_data = htonl(imm_pack(kind, value))
+            if self.ringmode:
+                pass
+            elif kind == K_FIRST:
+                cw_spend(&self.cw, False)
+            else:
+                value = cw_spend(&self.cw, True)
+            wr.imm_data = htonl(imm_pack(kind, value))
         if self.nbatch:
             self.swr[self.nbatch - 1].next = wr
         self.sq_slot[self.seq_next % self.sq_depth] = slot
@@ -344,8 +385,16 @@ cdef class Engine:
         return self.seq_next - self.seq_done < <uint64_t>self.sq_depth
 
     cdef void _maybe_update(self) noexcept nogil:
-        if (cw_update_due(&self.cw) and self._sq_room() and not self.close_sent
-                and self.err == E_NONE):
+        cdef uint32_t n
+        if not self._sq_room() or self.close_sent or self.err != E_NONE:
+            return
+        if self.ringmode:
+            if self.rrx.unreported >= self.rrx.threshold:
+                n = <uint32_t>self.rrx.unreported
+                self.rrx.unreported = 0
+                self._queue(K_CREDIT, NULL, 0, 0, -1, False, n)
+                self.st[ST_UPDATES] += 1
+        elif cw_update_due(&self.cw):
             self._queue(K_CREDIT, NULL, 0, 0, -1, False)
             self.st[ST_UPDATES] += 1
 
@@ -397,6 +446,9 @@ cdef class Engine:
         if not (wc.wc_flags & IBV_WC_WITH_IMM):
             self._set_err(E_NO_IMM, 0)
             return
+        if self.ringmode:
+            self._handle_ring(wc, slot)
+            return
         imm = ntohl(wc.imm_data)
         kind = imm & KIND_MASK
         credits = imm >> KIND_BITS
@@ -422,6 +474,53 @@ cdef class Engine:
         self.rq_count += 1
         if kind == K_WHOLE or kind == K_LAST:
             self.whole_ready += 1
+
+    cdef void _handle_ring(self, ibv_wc *wc, int slot) noexcept nogil:
+        """A write into our ring, or a control (a zero-length send)."""
+        cdef uint32_t imm = ntohl(wc.imm_data)
+        cdef uint32_t entry, offset, value = imm >> KIND_BITS
+        cdef int kind = imm & KIND_MASK, rc, at
+        if wc.opcode != IBV_WC_RECV_RDMA_WITH_IMM:
+            if (kind != K_CREDIT and kind != K_CLOSE) or wc.byte_len:
+                self._set_err(E_CTRL_PAYLOAD, kind)
+                return
+            if kind == K_CREDIT and rtx_freed(&self.rtx, value) < 0:
+                self._set_err(E_RING_FREED, value)
+                return
+            if kind == K_CLOSE:
+                self.peer_closed = True
+            self._repost(slot)
+            return
+        if kind != K_WHOLE and kind != K_FIRST_LONG and kind != K_MIDDLE and kind != K_LAST:
+            self._set_err(E_KIND, kind)
+            return
+        offset = value & RING_FIELD_MASK
+        rc = rrx_accept(&self.rrx, offset, value >> RING_FIELD_BITS, wc.byte_len, &entry)
+        if rc != RING_OK:
+            self._set_err(E_RING, rc)
+            return
+        self._repost(slot)
+        at = (self.rq_head + self.rq_count) % self.nrecv
+        self.rq_slot[at] = <int>entry
+        self.rq_len[at] = wc.byte_len
+        self.rq_kind[at] = <uint8_t>kind
+        self.rq_val[at] = offset * self.rrx.cell
+        self.rq_count += 1
+        if kind == K_WHOLE or kind == K_LAST:
+            self.whole_ready += 1
+
+    cdef inline char *_src(self, int i) noexcept nogil:
+        """Where the data of queued fragment ``i`` is."""
+        if self.ringmode:
+            return self.ring_base + self.rq_val[i]
+        return self.raddr[self.rq_slot[i]]
+
+    cdef inline void _consumed(self, int slot) noexcept nogil:
+        """A received fragment's memory may be used again."""
+        if self.ringmode:
+            rrx_release(&self.rrx, <uint32_t>slot)
+        else:
+            self._repost(slot)
 
     cdef void _sent_through(self, uint64_t seq) noexcept nogil:
         cdef int slot
@@ -580,6 +679,14 @@ cdef class Engine:
             return ProtocolError(f"control fragment (kind {self.err_arg}) with a payload")
         if self.err == E_SLOT:
             return ProtocolError(f"a receive completed for unknown buffer {self.err_arg}")
+        if self.err == E_RING:
+            return ProtocolError(("", "a ring write's length in cells disagrees with its bytes "
+                                  "or exceeds a quarter of the ring",
+                                  "a ring write landed at the wrong cell",
+                                  "the peer wrote into ring cells not yet released")[self.err_arg])
+        if self.err == E_RING_FREED:
+            return ProtocolError(f"peer reports {self.err_arg} ring cells freed, more than are "
+                                 "in use")
         return ProtocolError(self.err_msg)
 
     cdef int _proto(self, str msg) except -1:
@@ -726,7 +833,8 @@ cdef class Engine:
         """Post one message (or, ``continuing``, the rest of one).  With
         ``zc_lkey`` the fragments are sent from ``ptr`` itself, else copied;
         ``signal_last`` asks for a completion of the last fragment."""
-        cdef size_t off = 0, dlen, frag = self.zc_fragment if zc_lkey else self.fragment
+        cdef size_t off = 0, dlen, wire, frag = self.zc_fragment if zc_lkey else self.fragment
+        cdef uint32_t roff = 0, rcells = 0
         cdef int kind, slot
         cdef bint need_slot, returning
         cdef char *dst
@@ -735,7 +843,7 @@ cdef class Engine:
             if not continuing and off == 0:
                 if n <= frag:
                     kind, dlen = K_WHOLE, n
-                elif n <= MAX_IMM_VALUE:
+                elif n <= MAX_IMM_VALUE and not self.ringmode:
                     kind, dlen = K_FIRST, frag
                 else:
                     kind, dlen = K_FIRST_LONG, self.fragment - FIRST_HDR
@@ -748,10 +856,8 @@ cdef class Engine:
             # (FIRST_LONG's header always needs one).
             need_slot = not ((kind == K_WHOLE and n <= self.max_inline)
                              or (zc_lkey and kind != K_FIRST_LONG))
-            while not (cw_can_send(&self.cw, returning) and self._sq_room() and
-                       (self.nfree > 0 or not need_slot)):
-                if not cw_can_send(&self.cw, returning):
-                    self.st[ST_STALLS] += 1
+            wire = dlen + (FIRST_HDR if kind == K_FIRST_LONG else 0)
+            while not self._room(returning, wire, need_slot, &roff, &rcells):
                 if self._progress():
                     continue
                 self._raise_broken()
@@ -766,9 +872,9 @@ cdef class Engine:
             if not need_slot:
                 if zc_lkey:
                     self._queue(kind, ptr + off, <uint32_t>dlen, zc_lkey, -1, False, n,
-                                signal_last and (kind == K_WHOLE or kind == K_LAST))
+                                signal_last and (kind == K_WHOLE or kind == K_LAST), roff, rcells)
                 else:
-                    self._queue(kind, ptr, <uint32_t>n, 0, -1, n > 0)
+                    self._queue(kind, ptr, <uint32_t>n, 0, -1, n > 0, 0, False, roff, rcells)
                     self.st[ST_INLINE] += 1
             else:
                 self.nfree -= 1
@@ -778,10 +884,11 @@ cdef class Engine:
                     put_u64le(dst, n)
                     memcpy(dst + FIRST_HDR, ptr, dlen)
                     self._queue(kind, dst, <uint32_t>(dlen + FIRST_HDR), self.slkey[slot], slot,
-                                False)
+                                False, 0, False, roff, rcells)
                 else:
                     memcpy(dst, ptr + off, dlen)
-                    self._queue(kind, dst, <uint32_t>dlen, self.slkey[slot], slot, False, n)
+                    self._queue(kind, dst, <uint32_t>dlen, self.slkey[slot], slot, False, n, False,
+                                roff, rcells)
             off += dlen
             if kind == K_WHOLE or kind == K_LAST:
                 break
@@ -789,13 +896,27 @@ cdef class Engine:
             raise self._error()
         return 0
 
+    cdef bint _room(self, bint returning, size_t wire, bint need_slot, uint32_t *roff,
+                    uint32_t *rcells) noexcept nogil:
+        """Whether a ``wire``-byte fragment may be posted now; on the write
+        channel, also where it goes in the peer's ring (whose space it spends)."""
+        if not self._sq_room() or (need_slot and self.nfree == 0):
+            return False
+        if self.ringmode:
+            if rtx_place(&self.rtx, wire, roff, rcells):
+                return True
+        elif cw_can_send(&self.cw, returning):
+            return True
+        self.st[ST_STALLS] += 1
+        return False
+
     # -- receive -------------------------------------------------------------------
 
     cdef inline void _pop(self) noexcept nogil:
         cdef int slot = self.rq_slot[self.rq_head]
         self.rq_head = (self.rq_head + 1) % self.nrecv
         self.rq_count -= 1
-        self._repost(slot)
+        self._consumed(slot)
 
     cdef size_t _first_total(self, int kind, const char *src, uint32_t ln,
                              uint32_t val) except? 0:
@@ -838,7 +959,7 @@ cdef class Engine:
             slot = self.rq_slot[self.rq_head]
             ln = self.rq_len[self.rq_head]
             kind = self.rq_kind[self.rq_head]
-            src = self.raddr[slot]
+            src = self._src(self.rq_head)
             if not self.asm_active:
                 if kind == K_WHOLE:
                     if user != NULL and ln > cap:
@@ -967,11 +1088,16 @@ cdef class Engine:
                         and self.rq_kind[self.rq_head] == K_WHOLE):
                     slot = self.rq_slot[self.rq_head]
                     ln = self.rq_len[self.rq_head]
+                    if self.ringmode:
+                        off = self.rq_val[self.rq_head]
+                        data = self.ring_view[off:off + ln]
+                    else:
+                        data = self.rviews[slot][:ln]
                     self.rq_head = (self.rq_head + 1) % self.nrecv
                     self.rq_count -= 1
                     self.lent += 1
                     self._delivered(ln)
-                    return MessageView._lend(self, slot, self.rviews[slot][:ln].toreadonly())
+                    return MessageView._lend(self, slot, data.toreadonly())
                 msg = self._take(NULL, 0)
                 if msg is not None:
                     return MessageView._lend(self, -1, memoryview(msg))
@@ -989,7 +1115,7 @@ cdef class Engine:
             if self.closed:
                 return
             self.lent -= 1
-            self._repost(slot)
+            self._consumed(slot)
             self._maybe_update()
             self._flush()
         finally:
@@ -1046,7 +1172,7 @@ cdef class Engine:
                 if self.tail_obj is not None:
                     tail = self.tail_obj
                     self._send_buf(PyBytes_AS_STRING(tail), len(tail), True, deadline, 0)
-                while not (cw_can_send(&self.cw, True) and self._sq_room()):
+                while not ((self.ringmode or cw_can_send(&self.cw, True)) and self._sq_room()):
                     if self.err != E_NONE or self.peer_gone or self.live_eof:
                         return
                     if not self._progress() and not self._block(deadline):
@@ -1066,7 +1192,10 @@ cdef class Engine:
 
     @property
     def credit_state(self):
-        """(credits, unreturned): for tests and debugging."""
+        """(credits, unreturned), or on the write channel (free cells in the
+        peer's ring, cells we owe a report of): for tests and debugging."""
+        if self.ringmode:
+            return self.rtx.cells - (self.rtx.tail - self.rtx.head), self.rrx.unreported
         return self.cw.credits, self.cw.unreturned
 
     def stats(self):

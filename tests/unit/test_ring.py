@@ -120,3 +120,46 @@ def test_a_report_of_more_than_is_in_use_is_a_protocol_error():
         tx.freed(3)
     with pytest.raises(ProtocolError):
         tx.freed(0)
+
+
+cpoller = pytest.importorskip("rdmamsg.transport._cpoller")
+
+
+def test_c_rules_match_python():
+    rng = random.Random(5)
+    for cells, cell in [(16, 64), (64, 4096), (8192, 256)]:
+        tx, rx, c = ring.RingSender(cells, cell), ring.RingReceiver(cells, cell), \
+            cpoller.RingC(cells, cell)
+        live = []
+        for _ in range(5000):
+            if rng.random() < 0.5:
+                n = rng.randrange(0, tx.max_bytes + 1)
+                placed = tx.place(n)
+                assert placed == c.place(n)
+                if placed:
+                    got = rx.accept(frames.WHOLE, *placed, n)
+                    assert got == c.accept(*placed, n)
+                    live.append(got[0])
+            elif live:
+                entry = live.pop(rng.randrange(len(live)))
+                rx.release(entry)
+                c.release(entry)
+                if rx.report_due():
+                    k = rx.reported()
+                    assert k == c.reported()
+                    tx.freed(k)
+                    c.freed(k)
+            assert c.state == (tx.tail, tx.head, rx.tail, rx.head, rx.unreported)
+        assert cpoller.pack_ring_imm(frames.LAST, 77, 9) == ring.pack_imm(frames.LAST, 77, 9)
+
+
+def test_c_rules_refuse_what_python_refuses():
+    c = cpoller.RingC(16, 64)
+    assert c.accept(0, 4, 200)[0] == 0
+    assert c.accept(2, 1, 10) == 2          # RING_BAD_OFFSET
+    assert c.accept(4, 1, 65) == 1          # RING_BAD_CELLS
+    assert c.accept(4, 5, 300) == 1
+    for _ in range(2):
+        c.accept(c.state[2] % 16, 4, 256)
+    c.accept(12, 4, 256)
+    assert c.accept(0, 1, 1) == 3           # RING_OVERRUN
