@@ -16,6 +16,7 @@ from __future__ import annotations
 from .channel.bootstrap import Listener, connect, listen
 from .channel.endpoint import Endpoint
 from .channel.options import Options
+from .channel.remote import Grant, RemoteBuffer
 from .errors import (
     AuthenticationError,
     HandshakeError,
@@ -26,6 +27,7 @@ from .errors import (
     PoolTimeoutError,
     ProtocolError,
     RdmaError,
+    RemoteAccessError,
     WorkCompletionError,
 )
 from .transport.backend import poller_in_use
@@ -37,10 +39,10 @@ from .verbs.qp import QueuePair, RemoteQP, Timing
 __version__ = "0.1.0"
 
 __all__ = [
-    "listen", "connect", "Listener", "Endpoint", "Options",
+    "listen", "connect", "Listener", "Endpoint", "Options", "Grant", "RemoteBuffer",
     "list_devices", "resolve_local", "DeviceInfo", "PortInfo", "GidEntry", "LocalAddress",
     "MemoryPool", "Buffer", "QueuePair", "RemoteQP", "Timing", "configure_pool", "poller_in_use",
-    "RdmaError", "WorkCompletionError", "ProtocolError", "HandshakeError", "AuthenticationError",
+    "RdmaError", "WorkCompletionError", "RemoteAccessError", "ProtocolError", "HandshakeError", "AuthenticationError",
     "PeerClosedError", "PoolExhaustedError", "PoolTimeoutError", "NoDeviceError",
     "PollerUnavailableError",
 ]

@@ -12,6 +12,7 @@ import os
 __all__ = [
     "RdmaError",
     "WorkCompletionError",
+    "RemoteAccessError",
     "ProtocolError",
     "HandshakeError",
     "AuthenticationError",
@@ -100,6 +101,12 @@ class WorkCompletionError(RdmaError, ConnectionResetError):
 
     def __reduce__(self):
         return (type(self), (self.status, self.opcode, self.vendor_err))
+
+
+class RemoteAccessError(WorkCompletionError, PermissionError):
+    """The peer's device refused a one-sided access: the grant was revoked,
+    or its key or bounds were wrong.  One-sided access on that endpoint has
+    ended; its messages still flow."""
 
 
 class _Described(OSError):

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Benchmark rdmamsg against perftest on the same device, in the same boot.
+"""Benchmark rdmamsg against perftest on the same device, in the same boot:
+the send/recv channel against ib_send_*, the write channel against ib_write_*.
 
 Run by ci/bench inside the soft-RoCE VM (or on a host with an ACTIVE port).
 For each shape it alternates perftest and rdmamsg (python -m rdmamsg bench,
@@ -88,51 +89,56 @@ def main() -> int:
     rows = []
     targets = {}
 
-    def row(name, unit, mine, theirs, target=""):
+    def row(name, unit, mine, theirs, target, tool):
         rows.append({"name": name, "unit": unit, "rdmamsg": round(mine, 3),
-                     "baseline": round(theirs, 3), "ratio": round(mine / theirs, 3)})
+                     "baseline": round(theirs, 3), "ratio": round(mine / theirs, 3),
+                     "against": tool})
         if target:
             targets[name] = target
-        print(f"  {name}: {mine:.2f} vs perftest {theirs:.2f} {unit}", flush=True)
+        print(f"  {name}: {mine:.2f} vs {tool} {theirs:.2f} {unit}", flush=True)
 
     try:
-        for size in (64, 4096, 65536, 1 << 20):
+        for test, tool in (("send_bw", "ib_send_bw"), ("write_bw", "ib_write_bw")):
+            for size in (64, 4096, 65536, 1 << 20):
+                top = ">= 0.95" if test == "write_bw" and size == 1 << 20 else ">= 0.9"
+                base, mine = [], {p: [] for p in pollers}
+                for r in range(args.rounds):
+                    base.append(perftest(tool, size, addr, ip,
+                                         ["-D", str(int(args.duration))])["msg_per_s"])
+                    for p in pollers if r == 0 else pollers[:1]:
+                        mine[p].append(ours(test, size, ip, p, args.duration,
+                                            args.iters)["msg_per_s"])
+                theirs = statistics.median(base)
+                for p in pollers:
+                    tag = "" if p == "cython" else " [python poller, 1 round]"
+                    m = statistics.median(mine[p])
+                    if size == 64:
+                        row(f"{test} {human(size)} message rate{tag}", "Kmsg/s", m / 1e3,
+                            theirs / 1e3, ">= 0.5" if not tag else "", tool)
+                    else:
+                        row(f"{test} {human(size)}{tag}", "MiB/s", m * size / (1 << 20),
+                            theirs * size / (1 << 20),
+                            top if size >= 65536 and not tag else "", tool)
+        for test, tool in (("send_lat", "ib_send_lat"), ("write_lat", "ib_write_lat")):
             base, mine = [], {p: [] for p in pollers}
             for r in range(args.rounds):
-                base.append(perftest("ib_send_bw", size, addr, ip,
-                                     ["-D", str(int(args.duration))])["msg_per_s"])
+                base.append(perftest(tool, 64, addr, ip, ["-n", str(args.iters)])["typical_us"])
                 for p in pollers if r == 0 else pollers[:1]:
-                    mine[p].append(ours("send_bw", size, ip, p, args.duration,
-                                        args.iters)["msg_per_s"])
-            theirs = statistics.median(base)
+                    mine[p].append(ours(test, 64, ip, p, args.duration, args.iters)["median_us"])
             for p in pollers:
                 tag = "" if p == "cython" else " [python poller, 1 round]"
-                m = statistics.median(mine[p])
-                if size == 64:
-                    row(f"send_bw {human(size)} message rate{tag}", "Kmsg/s", m / 1e3,
-                        theirs / 1e3, ">= 0.5" if not tag else "")
-                else:
-                    row(f"send_bw {human(size)}{tag}", "MiB/s", m * size / (1 << 20),
-                        theirs * size / (1 << 20), ">= 0.9" if size >= 65536 and not tag else "")
-        base, mine = [], {p: [] for p in pollers}
-        for r in range(args.rounds):
-            base.append(perftest("ib_send_lat", 64, addr, ip, ["-n", str(args.iters)])["typical_us"])
-            for p in pollers if r == 0 else pollers[:1]:
-                mine[p].append(ours("send_lat", 64, ip, p, args.duration, args.iters)["median_us"])
-        for p in pollers:
-            tag = "" if p == "cython" else " [python poller, 1 round]"
-            row(f"send_lat 64 B one-way median{tag}", "us", statistics.median(mine[p]),
-                statistics.median(base), "<= 2.0" if not tag else "")
+                row(f"{test} 64 B one-way median{tag}", "us", statistics.median(mine[p]),
+                    statistics.median(base), "<= 2.0" if not tag else "", tool)
     finally:
         for s in servers:
             s.terminate()
             s.wait()
     print()
     print(f"{'benchmark (rdmamsg / perftest, same boot, medians)':<52} {'unit':>7} "
-          f"{'rdmamsg':>10} {'perftest':>10} {'ratio':>7}  target")
+          f"{'rdmamsg':>10} {'perftest':>10} {'against':>13} {'ratio':>7}  target")
     for r in rows:
         print(f"{r['name']:<52} {r['unit']:>7} {r['rdmamsg']:>10.2f} {r['baseline']:>10.2f} "
-              f"{r['ratio']:>7.2f}  {targets.get(r['name'], '')}")
+              f"{r['against']:>13} {r['ratio']:>7.2f}  {targets.get(r['name'], '')}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -84,9 +84,16 @@ def _finish(parts: Parts, sock: socket.socket, peer: hs.QPInfo, opts: Options, t
     engine = make_engine(cq=parts.cq, qp=parts.qp, recv_bufs=parts.recv_bufs,
                          send_bufs=parts.send_bufs, liveness=sock, config=config,
                          regcache=parts.dctx.regcache)
+    peer_one_sided = hs.one_sided_of(peer)
+    if (peer_one_sided is None) != (parts.one_sided is None):
+        engine.close()
+        raise HandshakeError("the two sides disagree on remote buffers (remote_buffers=)")
     try:
         engine.post_receives()
-        parts.qp.connect(RemoteQP(peer.qpn, peer.psn, peer.gid, peer.lid, peer.mtu), timing)
+        remote = RemoteQP(peer.qpn, peer.psn, peer.gid, peer.lid, peer.mtu)
+        parts.qp.connect(remote, timing)
+        if peer_one_sided is not None:
+            parts.one_sided.connect(peer_one_sided, remote, timing)
     except BaseException:
         engine.close()
         raise
@@ -129,7 +136,7 @@ def connect(address: Address, timeout: float | None = None, token: str | bytes |
         local = resolve_local(sock.getsockname()[0], device=device, gid_index=gid_index)
         wire = _Wire(sock, deadline)
         server_nonce = hs.check_hello(wire.recv(), tok)
-        parts = Parts(local, opts, write=opts.channel == "write")
+        parts = Parts(local, opts, write=opts.channel == "write", one_sided=opts.remote_buffers)
         client_nonce = hs.new_nonce()
         wire.send(hs.conn(parts.info(opts), server_nonce, client_nonce, tok))
         peer = hs.check_accept(wire.recv(), server_nonce, client_nonce, tok)
@@ -193,12 +200,13 @@ class Listener:
             try:
                 client, client_nonce = hs.check_conn(wire.recv(), server_nonce, tok)
                 write = hs.ring_of(client) is not None
+                one_sided = hs.one_sided_of(client) is not None
                 local = resolve_local(conn.getsockname()[0], device=self._device,
                                       gid_index=self._gid_index)
             except (ProtocolError, NoDeviceError) as exc:
                 _refuse(wire, exc)
                 raise
-            parts = Parts(local, opts, write=write)
+            parts = Parts(local, opts, write=write, one_sided=one_sided)
             engine = _finish(parts, conn, client, opts, self._timing)
             wire.send(hs.accept(parts.info(opts), server_nonce, client_nonce, tok))
             hs.check_ready(wire.recv())

@@ -20,6 +20,7 @@ from ..verbs.device import LocalAddress
 from ..verbs.qp import QueuePair
 from ..verbs.region import REMOTE_WRITE, Region
 from .options import Options
+from .remote import Grant, OneSided
 
 
 _FAST = ("send", "recv", "recv_into", "recv_view", "poll", "wait", "fileno")
@@ -29,10 +30,11 @@ class Parts:
     """The verbs resources of one connection, released together.  With
     ``write`` the peer writes into our ring instead of posted buffers."""
 
-    def __init__(self, local: LocalAddress, opts: Options, write: bool = False) -> None:
+    def __init__(self, local: LocalAddress, opts: Options, write: bool = False,
+                 one_sided: bool = False) -> None:
         self.local = local
         self.dctx = DeviceContext.acquire(local.device)
-        self.cq = self.qp = self.ring = None
+        self.cq = self.qp = self.ring = self.one_sided = None
         self.recv_bufs: list = []
         self.send_bufs: list = []
         try:
@@ -48,6 +50,8 @@ class Parts:
             else:
                 self.recv_bufs = pool.acquire_many(opts.buffer_size, opts.recv_depth)
             self.send_bufs = pool.acquire_many(opts.buffer_size, opts.send_depth)
+            if one_sided:
+                self.one_sided = OneSided(self.dctx, local)
         except BaseException:
             self.release()
             raise
@@ -65,6 +69,8 @@ class Parts:
             depth = opts.ring_cells + ring.RESERVED_RECEIVES
             bufsize = rinfo.size // 4           # the longest single write
             extra = {"ring": rinfo.to_wire()}
+        if self.one_sided is not None:
+            extra["rma"] = self.one_sided.info()
         return QPInfo(qpn=self.qp.qp_num, psn=self.qp.psn, gid=self.local.gid, lid=self.local.lid,
                       mtu=self.local.mtu, depth=depth, bufsize=bufsize,
                       max_message=opts.max_message, extra=extra)
@@ -74,6 +80,8 @@ class Parts:
         if self.dctx is None:
             return
         if os.getpid() == self.dctx._pid:
+            if self.one_sided is not None:
+                self.one_sided.close()
             if self.qp is not None:
                 self.qp.close()
             if self.cq is not None:
@@ -82,7 +90,7 @@ class Parts:
                 self.dctx.pool.release(b)
             if self.ring is not None:
                 self.ring.close()
-        self.ring = None
+        self.ring = self.one_sided = None
         self.recv_bufs, self.send_bufs = [], []
         dctx, self.dctx = self.dctx, None
         dctx.release()
@@ -154,6 +162,35 @@ class Endpoint:
         """An fd that becomes readable when there may be progress (selectors);
         then call poll() or recv(timeout=0)."""
         return self._engine.fileno()
+
+    # -- remote buffers (one-sided) --------------------------------------------
+
+    def expose(self, buf, access: str = "rw") -> Grant:
+        """Let the peer write (``"write"``), read (``"read"``) or both (``"rw"``)
+        ``buf`` directly.  Send ``grant.descriptor`` to the peer in a message;
+        ``grant.revoke()`` ends its access.  Only this endpoint's peer can use
+        it, and ``buf`` stays exported (cannot be resized) until revoked."""
+        return self._one_sided().expose(buf, access)
+
+    def write(self, descriptor, data, offset: int = 0, timeout: float | None = None) -> None:
+        """Write ``data`` into the peer's exposed buffer at ``offset`` (RDMA
+        WRITE, from ``data`` itself); returns once the peer's device has it.
+        ValueError if it falls outside the grant; RemoteAccessError if the
+        peer's device refuses (e.g. the grant was revoked)."""
+        self._one_sided().write(descriptor, data, offset, timeout)
+
+    def read(self, descriptor, into, offset: int = 0, timeout: float | None = None) -> int:
+        """Fill ``into`` from the peer's exposed buffer at ``offset`` (RDMA
+        READ, straight into ``into``); the number of bytes read."""
+        return self._one_sided().read(descriptor, into, offset, timeout)
+
+    def _one_sided(self) -> OneSided:
+        if self._closed:
+            raise closed_error("endpoint")
+        if self._parts.one_sided is None:
+            raise RuntimeError("this endpoint has no remote buffers: it was connected with "
+                               "remote_buffers=False")
+        return self._parts.one_sided
 
     # -- information -----------------------------------------------------------
 

@@ -31,6 +31,8 @@ class Options:
                                       #: fd, while traffic flows (50 us after idling)
     linger: float = 2.0               #: close() waits this long for sends to complete
     handshake_timeout: float = 10.0   #: limit for one bootstrap handshake
+    remote_buffers: bool = True       #: a second QP for expose()/write()/read() (the
+                                      #: connecting side chooses; a listener follows)
     ring_size: int = 2 << 20          #: write channel: bytes of the ring the peer writes into
     ring_cells: int = 512             #: write channel: the ring's cells (each message takes
                                       #: whole cells, and at most this many are in flight)

@@ -1,7 +1,7 @@
 """``python -m rdmamsg bench``: a perftest for rdmamsg itself.
 
     python -m rdmamsg bench --server [--bind IP] [--port N]
-    python -m rdmamsg bench --client HOST [--port N] [--test send_bw,send_lat]
+    python -m rdmamsg bench --client HOST [--port N] [--test send_bw,send_lat,write_bw,...]
                             [--size 64,4096,...] [--duration S | --iters N] [--json]
 
 The server runs every test a client asks for, one connection per test.  The
@@ -12,6 +12,8 @@ client's first message names the test (msgpack); then:
             from the first message to the last as it received them.
   send_lat  ping-pong of ``size``-byte messages; one-way latency is half the
             round trip (as perftest's ib_send_lat reports it).
+  write_bw, write_lat   the same on the write channel (channel="write"), with
+            a ring of WRITE_RING bytes so that a 1 MiB message is one write.
 """
 from __future__ import annotations
 
@@ -25,13 +27,14 @@ import msgpack
 
 from ..channel.bootstrap import connect, listen
 
-TESTS = ("send_bw", "send_lat")
+TESTS = ("send_bw", "send_lat", "write_bw", "write_lat")
+WRITE_RING = 8 << 20
 DEFAULT_PORT = 18515 + 1   # beside perftest's default port
 
 
 def _serve_one(ep) -> None:
     spec = msgpack.unpackb(ep.recv(timeout=60))
-    if spec["test"] == "send_bw":
+    if spec["test"] in ("send_bw", "write_bw"):
         n = nbytes = 0
         first = last = 0.0
         while True:
@@ -46,7 +49,7 @@ def _serve_one(ep) -> None:
             n += 1
             nbytes += got
         ep.send(msgpack.packb({"messages": n, "bytes": nbytes, "seconds": last - first}))
-    elif spec["test"] == "send_lat":
+    elif spec["test"] in ("send_lat", "write_lat"):
         for _ in range(spec["iters"]):
             with ep.recv_view(timeout=60) as data:
                 ep.send(data)
@@ -67,10 +70,17 @@ def serve(bind: str, port: int, once: bool = False, **opts) -> None:
                 return
 
 
-def send_bw(host: str, port: int, size: int, duration: float, **opts) -> dict:
+def _channel(test: str, opts: dict) -> dict:
+    if test.startswith("write"):
+        return {"channel": "write", "ring_size": WRITE_RING, **opts}
+    return opts
+
+
+def send_bw(host: str, port: int, size: int, duration: float, test: str = "send_bw",
+            **opts) -> dict:
     payload = bytes(size)
-    with connect((host, port), timeout=60, **opts) as ep:
-        ep.send(msgpack.packb({"test": "send_bw", "size": size}))
+    with connect((host, port), timeout=60, **_channel(test, opts)) as ep:
+        ep.send(msgpack.packb({"test": test, "size": size}))
         end = time.perf_counter() + duration
         sent = 0
         while True:
@@ -83,17 +93,18 @@ def send_bw(host: str, port: int, size: int, duration: float, **opts) -> dict:
         r = msgpack.unpackb(ep.recv(timeout=120))
         poller = ep.poller
     secs = r["seconds"] or float("nan")
-    return {"test": "send_bw", "size": size, "messages": r["messages"], "seconds": secs,
+    return {"test": test, "size": size, "messages": r["messages"], "seconds": secs,
             "MB_per_s": r["bytes"] / secs / 1e6, "msg_per_s": r["messages"] / secs,
             "poller": poller}
 
 
-def send_lat(host: str, port: int, size: int, iters: int, **opts) -> dict:
+def send_lat(host: str, port: int, size: int, iters: int, test: str = "send_lat",
+             **opts) -> dict:
     payload = bytes(size)
     buf = bytearray(max(size, 1))
     samples = []
-    with connect((host, port), timeout=60, **opts) as ep:
-        ep.send(msgpack.packb({"test": "send_lat", "size": size, "iters": iters}))
+    with connect((host, port), timeout=60, **_channel(test, opts)) as ep:
+        ep.send(msgpack.packb({"test": test, "size": size, "iters": iters}))
         clock = time.perf_counter_ns
         for _ in range(iters):
             t0 = clock()
@@ -102,7 +113,7 @@ def send_lat(host: str, port: int, size: int, iters: int, **opts) -> dict:
             samples.append(clock() - t0)
         poller = ep.poller
     one_way = sorted(s / 2000 for s in samples[iters // 10:])   # skip the warm-up tenth
-    return {"test": "send_lat", "size": size, "iters": iters,
+    return {"test": test, "size": size, "iters": iters,
             "median_us": statistics.median(one_way), "min_us": one_way[0],
             "p99_us": one_way[int(len(one_way) * 0.99) - 1], "poller": poller}
 
@@ -139,17 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for test in tests:
         for size in (int(s) for s in args.size.split(",")):
-            if test == "send_bw":
-                r = send_bw(args.client, args.port, size, args.duration, **opts)
+            if test.endswith("_bw"):
+                r = send_bw(args.client, args.port, size, args.duration, test, **opts)
             else:
-                r = send_lat(args.client, args.port, size, args.iters, **opts)
+                r = send_lat(args.client, args.port, size, args.iters, test, **opts)
             rows.append(r)
             if args.json:
                 print(json.dumps(r), flush=True)
-            elif test == "send_bw":
-                print(f"send_bw  {size:>9} B  {r['MB_per_s']:10.2f} MB/s  "
+            elif test.endswith("_bw"):
+                print(f"{test:<9} {size:>9} B  {r['MB_per_s']:10.2f} MB/s  "
                       f"{r['msg_per_s']:10.0f} msg/s  ({r['poller']})", flush=True)
             else:
-                print(f"send_lat {size:>9} B  median {r['median_us']:8.1f} us  "
+                print(f"{test:<9} {size:>9} B  median {r['median_us']:8.1f} us  "
                       f"p99 {r['p99_us']:8.1f} us  ({r['poller']})", flush=True)
     return 0

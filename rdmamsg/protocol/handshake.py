@@ -128,6 +128,19 @@ def ring_of(info: QPInfo) -> RingInfo | None:
     return RingInfo(**vals)
 
 
+def one_sided_of(info: QPInfo) -> dict | None:
+    """The peer's one-sided QP (qpn, psn) from ``info.extra``, checked; None if none."""
+    raw = info.extra.get("rma")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise HandshakeError("handshake field 'rma' is not a map")
+    out = {key: _get(raw, key, int) for key in ("qpn", "psn")}
+    if not (0 < out["qpn"] < 1 << 24 and 0 <= out["psn"] < 1 << 24):
+        raise HandshakeError("the one-sided QP's number or PSN is out of range")
+    return out
+
+
 # -- framing -----------------------------------------------------------------
 
 def encode(msg: dict) -> bytes:

@@ -76,3 +76,15 @@ class Pair:
             if s is not None:
                 s.close()
         self._sock = self._listener = None
+
+
+def connected(pair: Pair, **kw):
+    """This host's endpoint: host 0 accepts, host 1 connects."""
+    import rdmamsg
+
+    if pair.is_server:
+        with rdmamsg.listen((pair.self_ip, pair.data_port), **kw) as ln:
+            pair.barrier()                              # listening
+            return ln.accept(timeout=120)
+    pair.barrier()
+    return rdmamsg.connect((pair.peer_ip, pair.data_port), timeout=120, **kw)

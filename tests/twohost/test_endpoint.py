@@ -6,19 +6,10 @@ import time
 import pytest
 
 import rdmamsg
+from support.pair import connected
 from support.peers import counter, run_in_thread, spawn_stream_peer
 
 SIZES = [0, 1, 64, 257, 1000, 1024, 4096, 16384, 16385, 65536, 1 << 20, 16 << 20]
-
-
-def connected(pair, **kw):
-    """This host's endpoint: host 0 accepts, host 1 connects."""
-    if pair.is_server:
-        with rdmamsg.listen((pair.self_ip, pair.data_port), **kw) as ln:
-            pair.barrier()                              # listening
-            return ln.accept(timeout=120)
-    pair.barrier()
-    return rdmamsg.connect((pair.peer_ip, pair.data_port), timeout=120, **kw)
 
 
 def test_integrity_across_sizes(pair):
