@@ -358,7 +358,7 @@ cdef class Engine:
             wr.imm_data = htonl(ring_imm(kind, roff, rcells))
         else:
             if self.ringmode:
-                pass
+                pass                   # a write channel control: ``value`` is cells freed
             elif kind == K_FIRST:
                 cw_spend(&self.cw, False)
             else:

@@ -27,8 +27,9 @@ from ..errors import RemoteAccessError, WorkCompletionError, closed_error
 from ..verbs import _pyverbs as pv
 from ..verbs.context import DeviceContext
 from ..verbs.device import LocalAddress
-from ..verbs.qp import RemoteQP, Timing, _gid_words
-from ..verbs.regcache import RegistrationCache, buffer_address
+from ..verbs.qp import RemoteQP, Timing, connect_rc
+from ..verbs.pool import registrar
+from ..verbs.regcache import RegistrationCache, buffer_address, byte_view
 
 e = pv.enums
 _DESC = struct.Struct("<4sBxxxQQII")      # magic, access, addr, length, rkey, grant id
@@ -124,38 +125,17 @@ class OneSided:
         except BaseException:
             self.close()
             raise
-        self._src = RegistrationCache(self._registrar(0), CACHE_BYTES)
-        self._dst = RegistrationCache(self._registrar(e.IBV_ACCESS_LOCAL_WRITE), CACHE_BYTES)
-
-    def _registrar(self, access: int):
-        from ..verbs.pool import _reg_error
-
-        def register(addr: int, length: int):
-            try:
-                return pv.mr.MR(self.pd, length, access, address=addr)
-            except pv.PyverbsRDMAError as exc:
-                raise _reg_error(exc, length) from exc
-        return register
+        self._src = RegistrationCache(registrar(self.pd, 0), CACHE_BYTES)
+        self._dst = RegistrationCache(registrar(self.pd, e.IBV_ACCESS_LOCAL_WRITE), CACHE_BYTES)
 
     def info(self) -> dict:
         return {"qpn": self.qp.qp_num, "psn": self.psn}
 
     def connect(self, peer: dict, remote: RemoteQP, timing: Timing) -> None:
-        """INIT -> RTR -> RTS towards the peer's one-sided QP."""
-        local = self.local
-        attr = pv.qp.QPAttr(port_num=local.port, path_mtu=min(local.mtu, remote.mtu))
-        attr.dest_qp_num, attr.rq_psn = peer["qpn"], peer["psn"]
-        attr.max_dest_rd_atomic, attr.min_rnr_timer = 16, timing.min_rnr_timer
-        if local.use_grh:
-            gr = pv.GlobalRoute(dgid=pv.GID(_gid_words(remote.gid)), sgid_index=local.gid_index,
-                                hop_limit=64)
-            attr.ah_attr = pv.AHAttr(is_global=1, gr=gr, port_num=local.port, dlid=remote.lid)
-        else:
-            attr.ah_attr = pv.AHAttr(port_num=local.port, dlid=remote.lid)
-        self.qp.to_rtr(attr)
-        attr.timeout, attr.retry_cnt, attr.rnr_retry = timing.timeout, timing.retry_cnt, 0
-        attr.sq_psn, attr.max_rd_atomic = self.psn, 16
-        self.qp.to_rts(attr)
+        """INIT -> RTR -> RTS towards the peer's one-sided QP (``peer``: its
+        qpn and psn; ``remote``: the peer's message QP, for its address)."""
+        target = RemoteQP(peer["qpn"], peer["psn"], remote.gid, remote.lid, remote.mtu)
+        connect_rc(self.qp, self.local, target, self.psn, timing, rnr_retry=0)
 
     # -- the granting side ----------------------------------------------------------
 
@@ -173,7 +153,7 @@ class OneSided:
                 raise ValueError("cannot expose an empty buffer")
             with self._lock:
                 self._check()
-                mr = self._registrar(_MR_ACCESS[bits])(buffer_address(export), export.nbytes)
+                mr = registrar(self.pd, _MR_ACCESS[bits])(buffer_address(export), export.nbytes)
                 grant = Grant(self, self._next_id, export, mr, bits)
                 self._grants[grant.id] = grant
                 self._next_id += 1
@@ -195,13 +175,13 @@ class OneSided:
 
     def write(self, descriptor, data, offset: int, timeout: float | None) -> None:
         rb = RemoteBuffer.parse(descriptor)
-        mv = _bytes(memoryview(data))
+        mv = byte_view(data)
         rb.check(2, offset, mv.nbytes)
         self._transfer(rb, mv, offset, e.IBV_WR_RDMA_WRITE, self._src, timeout)
 
     def read(self, descriptor, into, offset: int, timeout: float | None) -> int:
         rb = RemoteBuffer.parse(descriptor)
-        mv = _bytes(memoryview(into))
+        mv = byte_view(into)
         if mv.readonly:
             raise TypeError("read() needs a writable buffer")
         rb.check(1, offset, mv.nbytes)
@@ -289,9 +269,3 @@ class OneSided:
             if cache is not None:
                 cache.close()
         self.pd.close()
-
-
-def _bytes(mv: memoryview) -> memoryview:
-    if not mv.c_contiguous:
-        raise BufferError("rdmamsg needs a C-contiguous buffer (this one is strided)")
-    return mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv

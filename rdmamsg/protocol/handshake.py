@@ -66,6 +66,12 @@ _INFO_RANGES = {
 }
 
 
+_U64 = (1 << 64) - 1
+_RING_RANGES = {"addr": (1, _U64), "rkey": (0, (1 << 32) - 1),   # geometry: ring.check_geometry
+                "size": (0, _U64), "cells": (0, _U64)}
+_ONE_SIDED_RANGES = {key: _INFO_RANGES[key] for key in ("qpn", "psn")}
+
+
 def _get(msg: dict, key: str, kind: type) -> Any:
     if key not in msg:
         raise HandshakeError(f"handshake message lacks {key!r}")
@@ -76,13 +82,27 @@ def _get(msg: dict, key: str, kind: type) -> Any:
     return val
 
 
-def parse_info(msg: dict) -> QPInfo:
+def _ranged(msg: dict, ranges: dict[str, tuple[int, int]]) -> dict[str, int]:
+    """The int fields named in ``ranges``, each checked against its (lo, hi)."""
     vals = {}
-    for key, (lo, hi) in _INFO_RANGES.items():
+    for key, (lo, hi) in ranges.items():
         v = _get(msg, key, int)
         if not lo <= v <= hi:
             raise HandshakeError(f"handshake field {key!r}={v} is outside {lo}..{hi}")
         vals[key] = v
+    return vals
+
+
+def _extra(info: QPInfo, key: str) -> dict | None:
+    """The map ``key`` in ``info.extra``; None if the peer sent none."""
+    raw = info.extra.get(key)
+    if raw is not None and not isinstance(raw, dict):
+        raise HandshakeError(f"handshake field {key!r} is not a map")
+    return raw
+
+
+def parse_info(msg: dict) -> QPInfo:
+    vals = _ranged(msg, _INFO_RANGES)
     gid = _get(msg, "gid", bytes)
     if len(gid) != 16:
         raise HandshakeError(f"GID of {len(gid)} bytes; a GID has 16")
@@ -111,14 +131,10 @@ class RingInfo:
 
 def ring_of(info: QPInfo) -> RingInfo | None:
     """The ring in ``info.extra``, checked; None if the peer advertised none."""
-    raw = info.extra.get("ring")
+    raw = _extra(info, "ring")
     if raw is None:
         return None
-    if not isinstance(raw, dict):
-        raise HandshakeError("handshake field 'ring' is not a map")
-    vals = {key: _get(raw, key, int) for key in ("addr", "rkey", "size", "cells")}
-    if not (0 < vals["addr"] < 1 << 64 and 0 <= vals["rkey"] < 1 << 32):
-        raise HandshakeError("the ring's address or rkey is out of range")
+    vals = _ranged(raw, _RING_RANGES)
     try:
         ring.check_geometry(vals["size"], vals["cells"])
     except ValueError as exc:
@@ -130,15 +146,8 @@ def ring_of(info: QPInfo) -> RingInfo | None:
 
 def one_sided_of(info: QPInfo) -> dict | None:
     """The peer's one-sided QP (qpn, psn) from ``info.extra``, checked; None if none."""
-    raw = info.extra.get("rma")
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise HandshakeError("handshake field 'rma' is not a map")
-    out = {key: _get(raw, key, int) for key in ("qpn", "psn")}
-    if not (0 < out["qpn"] < 1 << 24 and 0 <= out["psn"] < 1 << 24):
-        raise HandshakeError("the one-sided QP's number or PSN is out of range")
-    return out
+    raw = _extra(info, "rma")
+    return None if raw is None else _ranged(raw, _ONE_SIDED_RANGES)
 
 
 # -- framing -----------------------------------------------------------------

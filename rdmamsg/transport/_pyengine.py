@@ -34,7 +34,7 @@ from ..errors import PeerClosedError, ProtocolError, RdmaError, WorkCompletionEr
 from ..protocol import frames, ring
 from ..protocol.credits import CreditWindow
 from ..verbs import _pyverbs as pv
-from ..verbs.regcache import buffer_address
+from ..verbs.regcache import buffer_address, byte_view
 from .backend import EngineConfig
 
 e = pv.enums
@@ -155,10 +155,10 @@ class Engine:
         if at is not None:
             imm = ring.pack_imm(kind, *at)
             opcode = e.IBV_WR_RDMA_WRITE_WITH_IMM
-        elif self._credits is None:
-            imm = frames.pack_imm(kind, value)
         else:
-            if kind == frames.FIRST:
+            if self._credits is None:
+                pass                 # a write channel control: ``value`` is cells freed
+            elif kind == frames.FIRST:
                 self._credits.spend(returning=False)
             else:
                 value = self._credits.spend()
@@ -431,7 +431,7 @@ class Engine:
     # -- send --------------------------------------------------------------------
 
     def send(self, data, timeout: float | None = None) -> None:
-        mv = _bytes_view(data)
+        mv = byte_view(data)
         n = mv.nbytes
         if n > self._cfg.send_max:
             raise ValueError(f"message of {n} bytes exceeds the peer's limit of {self._cfg.send_max}")
@@ -584,7 +584,7 @@ class Engine:
                     raise TimeoutError("no message arrived in time")
 
     def recv_into(self, buffer, timeout: float | None = None) -> int:
-        mv = _bytes_view(buffer)
+        mv = byte_view(buffer)
         if mv.readonly:
             raise TypeError("recv_into needs a writable buffer")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -757,13 +757,6 @@ class MessageView:
                 self.release()
             except Exception:
                 pass
-
-
-def _bytes_view(data) -> memoryview:
-    mv = memoryview(data)
-    if not mv.c_contiguous:
-        raise BufferError("rdmamsg needs a C-contiguous buffer (this one is strided)")
-    return mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
 
 
 def _continuation(start: int, n: int, frag: int):

@@ -84,16 +84,22 @@ class _Chunk:
             pass
 
 
-def register_local(pd):
-    """The registration a pool uses by default: local access only."""
+def registrar(pd, access: int):
+    """``register(addr, length)``: an MR on ``pd`` with ``access``; a failure is
+    an RdmaError that names RLIMIT_MEMLOCK when that is the likely cause."""
 
     def register(addr: int, length: int):
         try:
-            return pv.mr.MR(pd, length, pv.enums.IBV_ACCESS_LOCAL_WRITE, address=addr)
+            return pv.mr.MR(pd, length, access, address=addr)
         except pv.PyverbsRDMAError as exc:
             raise _reg_error(exc, length) from exc
 
     return register
+
+
+def register_local(pd):
+    """The registration a pool uses by default: local access only."""
+    return registrar(pd, pv.enums.IBV_ACCESS_LOCAL_WRITE)
 
 
 def _reg_error(exc, length: int) -> RdmaError:

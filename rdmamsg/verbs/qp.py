@@ -54,6 +54,38 @@ def _gid_words(raw: bytes) -> str:
     return ":".join(raw[i:i + 2].hex() for i in range(0, 16, 2))
 
 
+def _modify(state: str, fn, attr) -> None:
+    try:
+        fn(attr)
+    except pv.PyverbsRDMAError as exc:
+        raise RdmaError("ibv_modify_qp", exc.error_code or 0, f"to {state}") from exc
+
+
+def connect_rc(qp, local: LocalAddress, remote: RemoteQP, psn: int, timing: Timing,
+               rnr_retry: int | None = None) -> None:
+    """Walk pyverbs RC ``qp`` (in INIT, our PSN ``psn``) through RTR to RTS
+    towards ``remote``; the path MTU is the smaller one.  ``rnr_retry``
+    overrides the timing's (a QP that receives nothing needs none)."""
+    attr = pv.qp.QPAttr(port_num=local.port, path_mtu=path_mtu(local.mtu, remote.mtu))
+    attr.dest_qp_num = remote.qpn
+    attr.rq_psn = remote.psn
+    attr.max_dest_rd_atomic = 16
+    attr.min_rnr_timer = timing.min_rnr_timer
+    if local.use_grh:
+        gr = pv.GlobalRoute(dgid=pv.GID(_gid_words(remote.gid)), sgid_index=local.gid_index,
+                            hop_limit=64)
+        attr.ah_attr = pv.AHAttr(is_global=1, gr=gr, port_num=local.port, dlid=remote.lid)
+    else:
+        attr.ah_attr = pv.AHAttr(port_num=local.port, dlid=remote.lid)
+    _modify("RTR", qp.to_rtr, attr)
+    attr.timeout = timing.timeout
+    attr.retry_cnt = timing.retry_cnt
+    attr.rnr_retry = timing.rnr_retry if rnr_retry is None else rnr_retry
+    attr.sq_psn = psn
+    attr.max_rd_atomic = 16
+    _modify("RTS", qp.to_rts, attr)
+
+
 class QueuePair:
     """An RC QP on ``cq`` (sends and receives), created straight into INIT.
     ``access`` is what a peer may do through it: by default nothing."""
@@ -77,7 +109,7 @@ class QueuePair:
             attr = pv.qp.QPAttr(port_num=local.port)
             attr.qp_access_flags = access
             attr.pkey_index = 0
-            self._modify("INIT", self.qp.to_init, attr)
+            _modify("INIT", self.qp.to_init, attr)
         except BaseException:
             self.qp.close()
             raise
@@ -105,32 +137,8 @@ class QueuePair:
     def connect(self, remote: RemoteQP, timing: Timing = Timing()) -> None:
         """INIT -> RTR -> RTS towards ``remote``; the path MTU is the smaller one."""
         self._check()
-        local = self.local
-        attr = pv.qp.QPAttr(port_num=local.port, path_mtu=path_mtu(local.mtu, remote.mtu))
-        attr.dest_qp_num = remote.qpn
-        attr.rq_psn = remote.psn
-        attr.max_dest_rd_atomic = 16
-        attr.min_rnr_timer = timing.min_rnr_timer
-        if local.use_grh:
-            gr = pv.GlobalRoute(dgid=pv.GID(_gid_words(remote.gid)), sgid_index=local.gid_index,
-                                hop_limit=64)
-            attr.ah_attr = pv.AHAttr(is_global=1, gr=gr, port_num=local.port, dlid=remote.lid)
-        else:
-            attr.ah_attr = pv.AHAttr(port_num=local.port, dlid=remote.lid)
-        self._modify("RTR", self.qp.to_rtr, attr)
-        attr.timeout = timing.timeout
-        attr.retry_cnt = timing.retry_cnt
-        attr.rnr_retry = timing.rnr_retry
-        attr.sq_psn = self.psn
-        attr.max_rd_atomic = 16
-        self._modify("RTS", self.qp.to_rts, attr)
+        connect_rc(self.qp, self.local, remote, self.psn, timing)
         self.remote = remote
-
-    def _modify(self, state: str, fn, attr) -> None:
-        try:
-            fn(attr)
-        except pv.PyverbsRDMAError as exc:
-            raise RdmaError("ibv_modify_qp", exc.error_code or 0, f"to {state}") from exc
 
     def state(self) -> str:
         """The QP's current state as the device reports it (``RTS``, ``ERR``...)."""

@@ -44,6 +44,14 @@ _release_buffer = ctypes.pythonapi.PyBuffer_Release
 _release_buffer.argtypes = (ctypes.POINTER(_PyBuffer),)
 
 
+def byte_view(obj) -> memoryview:
+    """``obj`` as a flat memoryview of bytes; BufferError if it is strided."""
+    mv = memoryview(obj)
+    if not mv.c_contiguous:
+        raise BufferError("rdmamsg needs a C-contiguous buffer (this one is strided)")
+    return mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
+
+
 def buffer_address(obj) -> int:
     """The address of a C-contiguous buffer's first byte (read-only ones too)."""
     view = _PyBuffer()
@@ -152,13 +160,6 @@ class RegistrationCache:
 
 def register_for_send(pd):
     """Registration of caller memory for sending: local read access only."""
-    from . import _pyverbs as pv
-    from .pool import _reg_error
+    from .pool import registrar
 
-    def register(addr: int, length: int):
-        try:
-            return pv.mr.MR(pd, length, 0, address=addr)
-        except pv.PyverbsRDMAError as exc:
-            raise _reg_error(exc, length) from exc
-
-    return register
+    return registrar(pd, 0)

@@ -7,7 +7,7 @@ closed with it.  Nothing else of a connection is remotely accessible.
 from __future__ import annotations
 
 from . import _pyverbs as pv
-from .pool import _Chunk, _reg_error
+from .pool import _Chunk, registrar
 
 e = pv.enums
 REMOTE_WRITE = e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_WRITE
@@ -18,13 +18,7 @@ class Region:
     ``addr``, ``rkey``, ``lkey`` and ``view`` (a writable memoryview)."""
 
     def __init__(self, pd, size: int, access: int = REMOTE_WRITE) -> None:
-        def register(addr: int, length: int):
-            try:
-                return pv.mr.MR(pd, length, access, address=addr)
-            except pv.PyverbsRDMAError as exc:
-                raise _reg_error(exc, length) from exc
-
-        self._chunk = _Chunk(register, size)
+        self._chunk = _Chunk(registrar(pd, access), size)
         self.addr, self.size = self._chunk.addr, size
         self.lkey, self.rkey = self._chunk.mr.lkey, self._chunk.mr.rkey
         self.view = memoryview(self._chunk.mem)

@@ -1,4 +1,5 @@
-"""The send/recv channel on the device (runs once per poller)."""
+"""The send/recv channel on the device (runs once per poller); a few tests run on both
+channels."""
 import gc
 import hashlib
 import os
@@ -11,7 +12,7 @@ import pytest
 
 import rdmamsg
 from rdmamsg.errors import PeerClosedError
-from support.peers import counter, endpoint_pair, run_in_thread
+from support.peers import counter, echo, endpoint_pair, run_in_thread
 
 IP = os.environ.get("RDMAMSG_SELF", "")
 SIZES = [0, 1, 63, 64, 255, 256, 257, 4096, 16375, 16376, 16377, 16384, 16385, 65536,
@@ -24,11 +25,6 @@ def pair():
         yield p
 
 
-def echo(ep, n):
-    for _ in range(n):
-        ep.send(ep.recv(timeout=60))
-
-
 def test_integrity_across_sizes_both_ways(pair):
     c, s = pair
     srv = run_in_thread(echo, s, len(SIZES))
@@ -39,21 +35,21 @@ def test_integrity_across_sizes_both_ways(pair):
     srv.result()
 
 
-def test_100k_small_messages_in_order(pair):
-    c, s = pair
+@pytest.mark.parametrize("channel", ["send", "write"])
+def test_100k_small_messages_in_order(channel):
     n = 100_000
 
-    def receive():
+    def receive(s):
         for i in range(n):
             m = s.recv(timeout=60)
             assert m == counter(i, 8 + i % 57), i
 
-    rx = run_in_thread(receive)
-    for i in range(n):
-        c.send(counter(i, 8 + i % 57))
-    rx.result(timeout=600)
-    st = c.stats()
-    assert st["messages_sent"] == n and s.stats()["messages_received"] == n
+    with endpoint_pair(IP, channel=channel) as (c, s):
+        rx = run_in_thread(receive, s)
+        for i in range(n):
+            c.send(counter(i, 8 + i % 57))
+        rx.result(timeout=600)
+        assert c.stats()["messages_sent"] == n and s.stats()["messages_received"] == n
 
 
 def test_bytes_like_objects(pair):

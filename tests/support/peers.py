@@ -99,6 +99,12 @@ def spawn_stream_peer(ip: str, port: int, does: str, connect_timeout: float = 60
     return spawn(STREAM_PEER, ip, port, does, connect_timeout)
 
 
+def echo(ep, n: int) -> None:
+    """Send back each of the next ``n`` messages."""
+    for _ in range(n):
+        ep.send(ep.recv(timeout=60))
+
+
 def counter(i: int, size: int = 64) -> bytes:
     """Message i: its number, repeated to ``size`` bytes (checkable in order)."""
     return (i.to_bytes(8, "little") * (size // 8 + 1))[:size]

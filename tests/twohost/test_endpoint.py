@@ -1,4 +1,4 @@
-"""The send/recv channel between the two VMs (one side of each test per VM)."""
+"""The message channels between the two VMs (one side of each test per VM)."""
 import os
 import signal
 import time
@@ -9,11 +9,14 @@ import rdmamsg
 from support.pair import connected
 from support.peers import counter, run_in_thread, spawn_stream_peer
 
-SIZES = [0, 1, 64, 257, 1000, 1024, 4096, 16384, 16385, 65536, 1 << 20, 16 << 20]
+SIZES = [0, 1, 64, 257, 1000, 1024, 4096, 4097, 16384, 16385, 65536, 524_288, 1 << 20,
+         (2 << 20) + 5, 16 << 20]     # around buffer, fragment and (write) ring-quarter sizes
+CHANNELS = pytest.mark.parametrize("channel", ["send", "write"])
 
 
-def test_integrity_across_sizes(pair):
-    with connected(pair) as ep:
+@CHANNELS
+def test_integrity_across_sizes(pair, channel):
+    with connected(pair, channel=channel) as ep:
         for n in SIZES:
             if pair.is_server:
                 ep.send(ep.recv(timeout=120))
@@ -23,9 +26,10 @@ def test_integrity_across_sizes(pair):
                 assert ep.recv(timeout=120) == data, n
 
 
-def test_100k_small_messages_in_order(pair):
+@CHANNELS
+def test_100k_small_messages_in_order(pair, channel):
     n = 100_000
-    with connected(pair) as ep:
+    with connected(pair, channel=channel) as ep:
         if pair.is_server:
             for i in range(n):
                 assert ep.recv(timeout=120) == counter(i, 8 + i % 57), i

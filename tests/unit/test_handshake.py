@@ -1,4 +1,6 @@
 """The bootstrap handshake's messages, framing and authentication, without I/O."""
+import dataclasses
+
 import msgpack
 import pytest
 from hypothesis import given, strategies as st
@@ -112,3 +114,27 @@ def test_decoder_on_garbage_only_raises_protocol_error(data):
                 pass
     except ProtocolError:
         pass
+
+
+RING = {"addr": 0x7F0000000000, "rkey": 0x1234, "size": 2 << 20, "cells": 512}
+
+
+def test_ring_and_one_sided_qp_are_parsed_from_extra():
+    info = dataclasses.replace(INFO, extra={"ring": RING, "rma": {"qpn": 77, "psn": 5}})
+    got = hs.ring_of(hs.parse_info(msgpack.unpackb(msgpack.packb(info.to_wire()))))
+    assert got == hs.RingInfo(**RING) and got.cell == 4096
+    assert hs.one_sided_of(info) == {"qpn": 77, "psn": 5}
+    assert hs.ring_of(INFO) is None and hs.one_sided_of(INFO) is None
+
+
+@pytest.mark.parametrize("key,value", [
+    ("ring", [1, 2]), ("ring", {**RING, "addr": 0}), ("ring", {**RING, "rkey": 1 << 32}),
+    ("ring", {**RING, "cells": 3}), ("ring", {**RING, "size": 1000}),
+    ("ring", {**RING, "addr": (1 << 64) - 4096}), ("ring", {k: RING[k] for k in list(RING)[:3]}),
+    ("rma", "x"), ("rma", {"qpn": 0, "psn": 1}), ("rma", {"qpn": 1, "psn": 1 << 24}),
+    ("rma", {"qpn": True, "psn": 1}),
+])
+def test_bad_ring_or_one_sided_qp_is_a_handshake_error(key, value):
+    info = dataclasses.replace(INFO, extra={key: value})
+    with pytest.raises(HandshakeError):
+        (hs.ring_of if key == "ring" else hs.one_sided_of)(info)
