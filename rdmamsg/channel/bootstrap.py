@@ -70,7 +70,8 @@ def _keepalive(sock: socket.socket) -> None:
 
 
 def _finish(parts: Parts, sock: socket.socket, peer: hs.QPInfo, opts: Options, timing: Timing):
-    """Make the engine (posting every receive), then take the QP to RTS."""
+    """Make the engine (posting every receive), take the QP to RTS and open
+    the ring.  The caller's next handshake message lets the peer send."""
     peer_ring = hs.ring_of(peer)
     if (peer_ring is None) != (parts.ring is None):
         raise HandshakeError("the two sides chose different channels (one offered a ring for "
@@ -92,6 +93,7 @@ def _finish(parts: Parts, sock: socket.socket, peer: hs.QPInfo, opts: Options, t
         engine.post_receives()
         remote = RemoteQP(peer.qpn, peer.psn, peer.gid, peer.lid, peer.mtu)
         parts.qp.connect(remote, timing)
+        parts.open_ring()
         if peer_one_sided is not None:
             parts.one_sided.connect(peer_one_sided, remote, timing)
     except BaseException:
@@ -186,9 +188,15 @@ class Listener:
             try:
                 return self._handshake(conn)
             except (HandshakeError, ProtocolError, NoDeviceError, TimeoutError, OSError) as exc:
-                self.refused += 1
-                self.last_refusal = exc
-                log.warning("rdmamsg: refused a connection from %s:%s: %s", *peer_addr[:2], exc)
+                self._refused(exc, peer_addr, False)
+            except Exception as exc:   # a bug or a verbs surprise: one client, not the server
+                self._refused(exc, peer_addr, True)
+
+    def _refused(self, exc: BaseException, peer_addr, unexpected: bool) -> None:
+        self.refused += 1
+        self.last_refusal = exc
+        log.warning("rdmamsg: refused a connection from %s:%s: %s", *peer_addr[:2], exc,
+                    exc_info=exc if unexpected else None)
 
     def _handshake(self, conn: socket.socket) -> Endpoint:
         opts, tok = self._opts, self._token

@@ -18,7 +18,7 @@ from ..verbs.context import DeviceContext
 from ..verbs.cq import CompletionQueue
 from ..verbs.device import LocalAddress
 from ..verbs.qp import QueuePair
-from ..verbs.region import REMOTE_WRITE, Region
+from ..verbs.region import REMOTE_WRITE, WINDOW_BASE, QPWindow, Region, has_qp_windows
 from .options import Options
 from .remote import Grant, OneSided
 
@@ -34,7 +34,7 @@ class Parts:
                  one_sided: bool = False) -> None:
         self.local = local
         self.dctx = DeviceContext.acquire(local.device)
-        self.cq = self.qp = self.ring = self.one_sided = None
+        self.cq = self.qp = self.ring = self.window = self.one_sided = None
         self.recv_bufs: list = []
         self.send_bufs: list = []
         try:
@@ -45,7 +45,10 @@ class Parts:
                                 max_inline=opts.max_inline,
                                 access=REMOTE_WRITE if write else QueuePair.LOCAL)
             pool = self.dctx.pool
-            if write:
+            if write and has_qp_windows(self.dctx.attr):
+                self.ring = Region(self.dctx.pd, opts.ring_size, WINDOW_BASE)
+                self.window = QPWindow(self.dctx.pd, self.ring)
+            elif write:
                 self.ring = Region(self.dctx.pd, opts.ring_size)
             else:
                 self.recv_bufs = pool.acquire_many(opts.buffer_size, opts.recv_depth)
@@ -59,7 +62,14 @@ class Parts:
     def ring_info(self, opts: Options) -> RingInfo | None:
         if self.ring is None:
             return None
-        return RingInfo(self.ring.addr, self.ring.rkey, self.ring.size, opts.ring_cells)
+        rkey = self.ring.rkey if self.window is None else self.window.rkey
+        return RingInfo(self.ring.addr, rkey, self.ring.size, opts.ring_cells)
+
+    def open_ring(self) -> None:
+        """Let the peer write into the ring: bind its window to our QP (now in
+        RTS), before the handshake's last message tells the peer to go."""
+        if self.window is not None:
+            self.window.bind(self.qp.qp, self.cq.cq)
 
     def info(self, opts: Options) -> QPInfo:
         rinfo = self.ring_info(opts)
@@ -80,6 +90,8 @@ class Parts:
         if self.dctx is None:
             return
         if os.getpid() == self.dctx._pid:
+            if self.window is not None:     # first: rxe's QP teardown waits for it
+                self.window.close()
             if self.one_sided is not None:
                 self.one_sided.close()
             if self.qp is not None:
@@ -90,7 +102,7 @@ class Parts:
                 self.dctx.pool.release(b)
             if self.ring is not None:
                 self.ring.close()
-        self.ring = self.one_sided = None
+        self.ring = self.window = self.one_sided = None
         self.recv_bufs, self.send_bufs = [], []
         dctx, self.dctx = self.dctx, None
         dctx.release()

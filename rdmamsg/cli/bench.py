@@ -14,6 +14,11 @@ client's first message names the test (msgpack); then:
             round trip (as perftest's ib_send_lat reports it).
   write_bw, write_lat   the same on the write channel (channel="write"), with
             a ring of WRITE_RING bytes so that a 1 MiB message is one write.
+  rma_bw    ep.write() into a buffer the server exposes, one write after
+            another for the duration, timed by the client (each write returns
+            once the server's device has it).
+  rma_lat   ping-pong of ep.write() into buffers both sides expose; each side
+            spins on the last byte of its own buffer, as ib_write_lat does.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ import msgpack
 
 from ..channel.bootstrap import connect, listen
 
-TESTS = ("send_bw", "send_lat", "write_bw", "write_lat")
+TESTS = ("send_bw", "send_lat", "write_bw", "write_lat", "rma_bw", "rma_lat")
 WRITE_RING = 8 << 20
 DEFAULT_PORT = 18515 + 1   # beside perftest's default port
 
@@ -53,8 +58,45 @@ def _serve_one(ep) -> None:
         for _ in range(spec["iters"]):
             with ep.recv_view(timeout=60) as data:
                 ep.send(data)
+    elif spec["test"] in ("rma_bw", "rma_lat"):
+        mine = bytearray(max(spec["size"], 1))
+        with ep.expose(mine, "write") as grant:
+            ep.send(grant.descriptor)
+            if spec["test"] == "rma_lat":
+                _ping_pong(ep, ep.recv(timeout=60), mine, spec["size"], spec["iters"], False)
+            ep.recv(timeout=600)                  # the client is done
     else:
         ep.send(msgpack.packb({"error": f"unknown test {spec['test']!r}"}))
+
+
+def _ping_pong(ep, theirs: bytes, mine: bytearray, size: int, iters: int, first: bool,
+               clock=None) -> list[int]:
+    """``iters`` round trips of ep.write; each side waits for the last byte of
+    its own buffer to turn to the round's tag.  The client (``first``) writes
+    first and, given ``clock``, returns the round-trip times."""
+    payload = bytearray(max(size, 1))
+    samples = []
+    for i in range(iters):
+        tag = i % 255 + 1
+        payload[-1] = tag
+        t0 = clock() if clock else 0
+        if first:
+            ep.write(theirs, payload)
+        _spin_until(mine, tag)
+        if not first:
+            ep.write(theirs, payload)
+        elif clock:
+            samples.append(clock() - t0)
+    return samples
+
+
+def _spin_until(buf: bytearray, tag: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    spins = 0
+    while buf[-1] != tag:
+        spins += 1
+        if spins % 10_000 == 0 and time.monotonic() > deadline:
+            raise TimeoutError("the peer's write did not arrive")
 
 
 def serve(bind: str, port: int, once: bool = False, **opts) -> None:
@@ -112,6 +154,45 @@ def send_lat(host: str, port: int, size: int, iters: int, test: str = "send_lat"
             ep.recv_into(buf, timeout=60)
             samples.append(clock() - t0)
         poller = ep.poller
+    return _latency(test, size, iters, samples, poller)
+
+
+def rma_bw(host: str, port: int, size: int, duration: float, **opts) -> dict:
+    payload = bytes(size)
+    with connect((host, port), timeout=60, **opts) as ep:
+        ep.send(msgpack.packb({"test": "rma_bw", "size": size}))
+        desc = ep.recv(timeout=60)
+        n = 0
+        t0 = time.perf_counter()
+        end = t0 + duration
+        while True:
+            for _ in range(64):
+                ep.write(desc, payload)
+            n += 64
+            now = time.perf_counter()
+            if now >= end:
+                break
+        ep.send(b"done")
+        poller = ep.poller
+    secs = now - t0
+    return {"test": "rma_bw", "size": size, "messages": n, "seconds": secs,
+            "MB_per_s": n * size / secs / 1e6, "msg_per_s": n / secs, "poller": poller}
+
+
+def rma_lat(host: str, port: int, size: int, iters: int, **opts) -> dict:
+    mine = bytearray(max(size, 1))
+    with connect((host, port), timeout=60, **opts) as ep:
+        ep.send(msgpack.packb({"test": "rma_lat", "size": size, "iters": iters}))
+        theirs = ep.recv(timeout=60)
+        with ep.expose(mine, "write") as grant:
+            ep.send(grant.descriptor)
+            samples = _ping_pong(ep, theirs, mine, size, iters, True, time.perf_counter_ns)
+            ep.send(b"done")
+        poller = ep.poller
+    return _latency("rma_lat", size, iters, samples, poller)
+
+
+def _latency(test: str, size: int, iters: int, samples: list[int], poller: str) -> dict:
     one_way = sorted(s / 2000 for s in samples[iters // 10:])   # skip the warm-up tenth
     return {"test": test, "size": size, "iters": iters,
             "median_us": statistics.median(one_way), "min_us": one_way[0],
@@ -150,7 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for test in tests:
         for size in (int(s) for s in args.size.split(",")):
-            if test.endswith("_bw"):
+            if test == "rma_bw":
+                r = rma_bw(args.client, args.port, size, args.duration, **opts)
+            elif test == "rma_lat":
+                r = rma_lat(args.client, args.port, size, args.iters, **opts)
+            elif test.endswith("_bw"):
                 r = send_bw(args.client, args.port, size, args.duration, test, **opts)
             else:
                 r = send_lat(args.client, args.port, size, args.iters, test, **opts)

@@ -161,3 +161,21 @@ def test_a_write_outside_the_ring_is_refused_by_the_device_and_touches_nothing()
             s.recv(timeout=30)
         assert bytes(victim.view[:16]) == b"untouched memory"
         assert bytes(s._parts.ring.view[-8:]) == bytes(8)
+
+
+def test_a_ring_key_works_only_through_its_own_connection():
+    """Rings of all connections share the device context's PD; the window
+    bound to each ring's QP keeps another connection's writes out."""
+    with endpoint_pair(IP, **SMALL_RING) as (a, sa), endpoint_pair(IP, **SMALL_RING) as (b, sb):
+        assert sa._parts.window is not None, "rxe binds type-2 windows"
+        ring_of_sa = a._peer.extra["ring"]
+        assert sa._parts.ring.mr.rkey != ring_of_sa["rkey"]     # the MR's own key is not given out
+        _rogue_write(b, ring_of_sa["addr"], ring_of_sa["rkey"], b"intruder",
+                     ring.pack_imm(frames.WHOLE, 0, 1))
+        with pytest.raises(ConnectionError):
+            b.recv(timeout=30)
+        assert bytes(sa._parts.ring.view[:8]) == bytes(8)
+        a.send(b"still mine")
+        assert sa.recv(timeout=30) == b"still mine"
+        sa.send(b"and back")
+        assert a.recv(timeout=30) == b"and back"
