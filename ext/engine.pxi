@@ -554,6 +554,8 @@ cdef class Engine:
         cdef double now = mono()
         cdef double spin = self._spin_budget(now)
         cdef double end = now + (GIL_SPIN if spin > GIL_SPIN else spin)
+        if deadline >= 0 and end > deadline:
+            end = deadline                     # a short timeout is not a spin licence
         while True:
             for i in range(CLOCK_EVERY):
                 if self._progress():
@@ -572,6 +574,8 @@ cdef class Engine:
     cdef int _wait(self, double deadline, uint64_t seen) noexcept nogil:
         cdef double spin_end = mono()
         spin_end += self._spin_budget(spin_end)
+        if deadline >= 0 and spin_end > deadline:
+            spin_end = deadline
         cdef double now
         cdef int timeout_ms, nev, i
         cdef epoll_event evs[4]
@@ -1159,6 +1163,24 @@ cdef class Engine:
     def fileno(self):
         self._check_open()
         return self.ep_fd
+
+    def pending(self):
+        """Whole messages ready now, without polling."""
+        return self.whole_ready + (self.held is not None)
+
+    def signal(self, bint on):
+        """Hold fileno() readable (``on``) or stop holding it: data waits above
+        the engine, where a selector cannot see it."""
+        cdef uint64_t one = 1
+        self._lock()
+        try:
+            self._check_open()
+            if on:
+                write(self.wake_fd, &one, 8)
+            elif not self.leader:
+                read(self.wake_fd, &one, 8)
+        finally:
+            self._unlock()
 
     def shutdown(self, timeout=2.0):
         """Send CLOSE after everything queued, then wait (up to ``timeout``)

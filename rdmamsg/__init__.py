@@ -9,7 +9,8 @@
 
 The layers, bottom up: ``verbs`` (devices, memory pool, CQ, QP), ``protocol``
 (framing, credits, handshake; no I/O), ``transport`` (the pollers), and
-``channel`` (endpoints, listen/connect).
+``channel`` (endpoints, listen/connect), and ``stream`` (the socket facade:
+``RdmaSocket``, ``create_connection``, ``create_server``).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from .errors import (
     RemoteAccessError,
     WorkCompletionError,
 )
+from .stream.socket import RdmaSocket, create_connection, create_server
 from .transport.backend import poller_in_use
 from .verbs.context import configure_pool
 from .verbs.device import DeviceInfo, GidEntry, LocalAddress, PortInfo, list_devices, resolve_local
@@ -39,7 +41,7 @@ from .verbs.qp import QueuePair, RemoteQP, Timing
 __version__ = "0.1.0"
 
 __all__ = [
-    "listen", "connect", "Listener", "Endpoint", "Options", "Grant", "RemoteBuffer",
+    "listen", "connect", "Listener", "RdmaSocket", "create_connection", "create_server", "Endpoint", "Options", "Grant", "RemoteBuffer",
     "list_devices", "resolve_local", "DeviceInfo", "PortInfo", "GidEntry", "LocalAddress",
     "MemoryPool", "Buffer", "QueuePair", "RemoteQP", "Timing", "configure_pool", "poller_in_use",
     "RdmaError", "WorkCompletionError", "RemoteAccessError", "ProtocolError", "HandshakeError", "AuthenticationError",

@@ -120,19 +120,21 @@ def _discard(parts: Parts | None, engine, sock: socket.socket) -> None:
 
 def connect(address: Address, timeout: float | None = None, token: str | bytes | None = None, *,
             options: Options | None = None, timing: Timing = Timing(), device: str | None = None,
-            gid_index: int | None = None, **kwargs) -> Endpoint:
+            gid_index: int | None = None, source_address: Address | None = None,
+            **kwargs) -> Endpoint:
     """Connect to an rdmamsg listener; the bootstrap uses TCP ``address``.
 
     ``token``: a shared secret both sides must hold (an HMAC challenge).
     ``channel="write"`` carries messages as RDMA writes into a ring each side
     advertises (see Options.channel); the listener follows the client's choice.
-    ``device``/``gid_index`` override the choice made from the local IP;
+    ``device``/``gid_index`` override the choice made from the local IP,
+    ``source_address`` binds the bootstrap's TCP socket (and so picks the IP);
     other keyword arguments are Options fields (recv_depth, buffer_size...).
     """
     opts = Options.from_kwargs(options, kwargs)
     tok = hs.token_bytes(token)
     deadline = None if timeout is None else time.monotonic() + timeout
-    sock = socket.create_connection(address, timeout=timeout)
+    sock = socket.create_connection(address, timeout=timeout, source_address=source_address)
     parts = engine = None
     try:
         local = resolve_local(sock.getsockname()[0], device=device, gid_index=gid_index)

@@ -215,6 +215,20 @@ class Endpoint:
         return self._parts.local
 
     @property
+    def fragment(self) -> int:
+        """The longest message that goes as one send or write (no fragments)."""
+        return min(self._parts.send_bufs[0].size, self._peer.bufsize)
+
+    def pending(self) -> int:
+        """Whole messages ready now (no polling)."""
+        return self._engine.pending()
+
+    def signal(self, on: bool) -> None:
+        """Hold fileno() readable, or stop: for layers that keep data above the
+        engine (the socket facade), so that selectors still see it."""
+        self._engine.signal(on)
+
+    @property
     def max_message(self) -> int:
         """The largest message the peer accepts."""
         return self._peer.max_message

@@ -332,6 +332,8 @@ class Engine:
         now = time.monotonic()
         busy = now - self._last_active < ACTIVE_WINDOW
         spin_end = now + (self._spin if busy else min(self._spin, IDLE_SPIN))
+        if deadline is not None:
+            spin_end = min(spin_end, deadline)      # a short timeout is not a spin licence
         while True:
             if self._progress():
                 return True
@@ -654,6 +656,23 @@ class Engine:
                 pass
             self._prune()
             return self._whole_ready + (self._held is not None)
+
+    def pending(self) -> int:
+        """Whole messages ready now, without polling."""
+        return self._whole_ready + (self._held is not None)
+
+    def signal(self, on: bool) -> None:
+        """Hold fileno() readable (``on``) or stop holding it: data waits above
+        the engine, where a selector cannot see it."""
+        with self._lock:
+            self._check_open()
+            if on:
+                os.eventfd_write(self._wake, 1)
+            elif not self._leader:
+                try:
+                    os.eventfd_read(self._wake)
+                except BlockingIOError:
+                    pass
 
     def wait(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout

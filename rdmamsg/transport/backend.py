@@ -29,6 +29,8 @@ ENGINE_API = (
     "poll",            # () -> int: progress without blocking; whole messages ready
     "wait",            # (timeout) -> bool: block until there may be progress
     "fileno",          # () -> int: readable when there may be progress (for selectors)
+    "pending",         # () -> int: whole messages ready now, without polling
+    "signal",          # (on) -> None: hold fileno() readable, or stop (data waits above us)
     "shutdown",        # (timeout) -> None: orderly CLOSE, then wait for our sends to complete
     "close",           # () -> None: stop; the caller then destroys the QP and CQ
     "stats",           # () -> dict: counters (see STAT_KEYS)

@@ -7,8 +7,14 @@ renamed ``pyverbs.enums`` to ``pyverbs.libibverbs_enums``; both are accepted.
 from __future__ import annotations
 
 import logging
+import threading
 
 from ..errors import NoDeviceError
+
+#: Held while verbs event fds (a device's async fd, a completion channel's)
+#: open or close, so that cq.py can tell which fd a new channel got by
+#: looking at /proc: no other thread adds one or hands a number back meanwhile.
+fd_lock = threading.Lock()
 
 _root = logging.getLogger()
 _handlers, _level = list(_root.handlers), _root.level
@@ -38,4 +44,4 @@ finally:
             _root.removeHandler(h)
     _root.setLevel(_level)
 
-__all__ = ["GID", "AHAttr", "GlobalRoute", "cq", "device", "mr", "pd", "qp", "wr", "enums", "PyverbsError", "PyverbsRDMAError"]
+__all__ = ["fd_lock", "GID", "AHAttr", "GlobalRoute", "cq", "device", "mr", "pd", "qp", "wr", "enums", "PyverbsError", "PyverbsRDMAError"]

@@ -36,7 +36,8 @@ class DeviceContext:
         self.name = name
         self._pid = os.getpid()
         try:
-            self.ctx = pv.device.Context(name=name)
+            with pv.fd_lock:
+                self.ctx = pv.device.Context(name=name)
         except pv.PyverbsRDMAError as exc:
             raise RdmaError("ibv_open_device", exc.error_code or 0, name) from exc
         try:
@@ -86,4 +87,5 @@ class DeviceContext:
         self.regcache.close()
         self.pool.close()
         self.pd.close()
-        self.ctx.close()
+        with pv.fd_lock:
+            self.ctx.close()

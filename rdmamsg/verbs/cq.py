@@ -2,20 +2,18 @@
 
 pyverbs 44's CompChannel does not expose its file descriptor.  We find it as
 the one new ``anon_inode:[infinibandevent]`` fd the channel's creation opened
-(under a lock, so two creations cannot be confused); the Cython poller checks
+(under a lock that every opening and closing of such fds takes, so another
+thread cannot hand the same number back or add one meanwhile); the Cython poller checks
 it against the pointer.  The fd is made non-blocking: waits happen in
 poll()/select(), never inside ibv_get_cq_event with the GIL held.
 """
 from __future__ import annotations
 
 import os
-import threading
 
 from ..errors import RdmaError, closed_error
 from . import _pyverbs as pv
 from .context import DeviceContext
-
-_create_lock = threading.Lock()
 
 
 def _event_fds() -> set[int]:
@@ -35,15 +33,16 @@ class CompletionQueue:
     def __init__(self, dctx: DeviceContext, depth: int) -> None:
         dctx.check_open()
         self.dctx = dctx
-        with _create_lock:
+        with pv.fd_lock:
             before = _event_fds()
             try:
                 self.channel = pv.cq.CompChannel(dctx.ctx)
             except pv.PyverbsRDMAError as exc:
                 raise RdmaError("ibv_create_comp_channel", exc.error_code or 0) from exc
             new = _event_fds() - before
+            if len(new) != 1:
+                self.channel.close()
         if len(new) != 1:
-            self.channel.close()
             raise RdmaError("ibv_create_comp_channel", 0,
                             f"could not identify the channel's fd (new event fds: {sorted(new)})")
         self.fd = new.pop()
@@ -51,7 +50,8 @@ class CompletionQueue:
         try:
             self.cq = pv.cq.CQ(dctx.ctx, depth, None, self.channel, 0)
         except pv.PyverbsRDMAError as exc:
-            self.channel.close()
+            with pv.fd_lock:
+                self.channel.close()
             raise RdmaError("ibv_create_cq", exc.error_code or 0, f"{depth} entries") from exc
         self.depth = depth
         self._closed = False
@@ -70,4 +70,5 @@ class CompletionQueue:
             return
         self._closed = True
         self.cq.close()
-        self.channel.close()
+        with pv.fd_lock:
+            self.channel.close()

@@ -151,7 +151,7 @@ def _query_ports(dev: str) -> list[PortInfo]:
     from . import _pyverbs as pv
 
     try:
-        with pv.device.Context(name=dev) as ctx:
+        with pv.fd_lock, pv.device.Context(name=dev) as ctx:
             nports = ctx.query_device().phys_port_cnt
             attrs = {p: ctx.query_port(p) for p in range(1, nports + 1)}
             layers = {p: _read(f"{SYSFS}/{dev}/ports/{p}/link_layer") or "?" for p in attrs}

@@ -1,0 +1,1 @@
+"""Byte streams over endpoints: the socket facade (and, on it, asyncio streams)."""

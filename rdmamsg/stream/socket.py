@@ -1,0 +1,430 @@
+"""RdmaSocket: a byte stream with the standard library's socket API, over RDMA.
+
+A stream is carried on an Endpoint as messages: every message holds stream
+bytes, and an empty message is the end of the stream from that side
+(``shutdown(SHUT_WR)``).  Both ends must therefore be RdmaSockets.  Received
+messages are lent by the engine (``recv_view``) and copied out as ``recv``
+asks, so a stream never holds more than one receive buffer of its own.
+
+Readiness for select/selectors: ``fileno()`` is the engine's fd, readable
+when there may be progress.  The completion queue only signals once per
+arming, and data can wait above the engine (the rest of a message), so once
+``fileno()`` has been asked for, every receive leaves the queue armed (poll)
+and holds the fd readable while data is waiting (``signal``).  The fd never
+reports writable (it is an epoll fd): a non-blocking send that cannot go now
+raises BlockingIOError, and returning credits make the fd readable.
+"""
+from __future__ import annotations
+
+import errno
+import socket as _socket
+import struct
+import warnings
+import threading
+from typing import Any, Iterable
+
+from ..channel.bootstrap import Listener, connect
+from ..channel.endpoint import Endpoint
+from ..errors import PeerClosedError, closed_error
+
+Address = tuple[str, int]
+CHUNK = 4 << 20          #: the largest message a blocking send makes (zero-copy above 64 KiB)
+_ACCEPTED_OPTS = {
+    (_socket.SOL_SOCKET, _socket.SO_TYPE): _socket.SOCK_STREAM,
+    (_socket.SOL_SOCKET, _socket.SO_ERROR): 0,
+    (_socket.SOL_SOCKET, _socket.SO_KEEPALIVE): 1,       # the bootstrap TCP link is watched
+    (_socket.IPPROTO_TCP, _socket.TCP_NODELAY): 1,       # every send goes out at once
+}
+
+
+class RdmaSocket:
+    """A SOCK_STREAM socket over RDMA, as ``socket.socket(AF_INET, SOCK_STREAM)``.
+
+    ``connect`` and ``accept`` make the RDMA connection (a TCP bootstrap on the
+    same address, then an RC queue pair); ``options`` are rdmamsg.Options
+    fields for it (``channel="write"``, ``buffer_size``, ...).
+    """
+
+    family = _socket.AF_INET
+    type = _socket.SOCK_STREAM
+    proto = 0
+
+    def __init__(self, family: int = _socket.AF_INET, type: int = _socket.SOCK_STREAM,
+                 proto: int = 0, *, token: str | bytes | None = None, **options: Any) -> None:
+        if family != _socket.AF_INET or (type & ~_socket.SOCK_NONBLOCK
+                                         & ~_socket.SOCK_CLOEXEC) != _socket.SOCK_STREAM:
+            raise OSError(errno.EAFNOSUPPORT, "RdmaSocket is AF_INET, SOCK_STREAM only")
+        self._token, self._options = token, options
+        self._timeout: float | None = _socket.getdefaulttimeout()
+        if type & _socket.SOCK_NONBLOCK:
+            self._timeout = 0.0
+        self._ep: Endpoint | None = None
+        self._listener: Listener | None = None
+        self._bound: Address | None = None
+        self._closed = False
+        self._io_refs = 0
+        self._view = None                    # the message being read, and how far
+        self._off = 0
+        self._eof = False                    # the peer's end of stream was read
+        self._shut_rd = self._shut_wr = False
+        self._selectable = False
+        self._rlock = threading.Lock()
+        self._opts: dict[tuple[int, int], int] = {}
+
+    @classmethod
+    def _from_endpoint(cls, ep: Endpoint, timeout: float | None, token, options) -> "RdmaSocket":
+        s = cls(token=token, **options)
+        s._ep, s._timeout = ep, timeout
+        return s
+
+    # -- set-up ------------------------------------------------------------------
+
+    def bind(self, address: Address) -> None:
+        self._check()
+        if self._ep is not None or self._listener is not None or self._bound is not None:
+            raise OSError(errno.EINVAL, "the socket is already bound")
+        self._bound = (address[0], address[1])
+
+    def listen(self, backlog: int = 128) -> None:
+        self._check()
+        if self._ep is not None:
+            raise OSError(errno.EINVAL, "a connected socket cannot listen")
+        if self._listener is None:
+            self._listener = Listener(self._bound or ("0.0.0.0", 0), self._token,
+                                      backlog=max(backlog, 1), **self._options)
+
+    def accept(self) -> tuple["RdmaSocket", Address]:
+        self._check()
+        if self._listener is None:
+            raise OSError(errno.EINVAL, "accept() on a socket that is not listening")
+        try:
+            ep = self._listener.accept(timeout=self._timeout)
+        except TimeoutError:
+            if self._timeout == 0:
+                raise BlockingIOError(errno.EAGAIN, "no connection is waiting") from None
+            raise
+        child = self._from_endpoint(ep, _socket.getdefaulttimeout(), self._token, self._options)
+        return child, ep.raddr
+
+    def connect(self, address: Address) -> None:
+        self._check()
+        if self._ep is not None:
+            raise OSError(errno.EISCONN, "the socket is already connected")
+        if self._listener is not None:
+            raise OSError(errno.EINVAL, "a listening socket cannot connect")
+        timeout = None if not self._timeout else self._timeout
+        self._ep = connect((address[0], address[1]), timeout=timeout, token=self._token,
+                           source_address=self._bound, **self._options)
+
+    def connect_ex(self, address: Address) -> int:
+        try:
+            self.connect(address)
+        except OSError as exc:
+            return exc.errno or errno.EIO
+        return 0
+
+    # -- sending -------------------------------------------------------------------
+
+    def send(self, data, flags: int = 0) -> int:
+        """Send some of ``data``; the number of bytes sent."""
+        ep = self._connected()
+        if self._shut_wr:
+            raise BrokenPipeError(errno.EPIPE, "the socket was shut down for writing")
+        mv = memoryview(data).cast("B")
+        if not mv.nbytes:
+            return 0
+        # With a timeout, one fragment at a time: a message either goes whole or not.
+        piece = mv[:CHUNK if self._timeout is None else ep.fragment]
+        try:
+            ep.send(piece, self._timeout)
+        except TimeoutError:
+            if self._timeout == 0:
+                raise BlockingIOError(errno.EAGAIN, "the peer is not taking data now") from None
+            raise
+        return piece.nbytes
+
+    def sendall(self, data, flags: int = 0) -> None:
+        mv = memoryview(data).cast("B")
+        while mv.nbytes:
+            mv = mv[self.send(mv):]
+
+    def sendmsg(self, buffers: Iterable, ancdata=(), flags: int = 0, address=None) -> int:
+        """Send the buffers in order; the bytes sent (all of them unless a timeout
+        or non-blocking send stops part-way)."""
+        if ancdata:
+            raise OSError(errno.EOPNOTSUPP, "RdmaSocket has no ancillary data")
+        views = [memoryview(b).cast("B") for b in buffers]
+        if sum(v.nbytes for v in views) <= self._connected().fragment:
+            return self.send(b"".join(views))     # one message, not many small ones
+        sent = 0
+        for v in views:
+            while v.nbytes:
+                try:
+                    n = self.send(v)
+                except (BlockingIOError, TimeoutError):
+                    if sent:
+                        return sent
+                    raise
+                sent += n
+                v = v[n:]
+        return sent
+
+    # -- receiving -------------------------------------------------------------------
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        """Up to ``bufsize`` bytes, as soon as any are there; b"" at end of stream."""
+        if bufsize < 0:
+            raise ValueError("negative buffersize in recv")
+        with self._rlock:
+            data = self._next()
+            if data is None:
+                return b""
+            n = min(bufsize, len(data) - self._off)
+            out = bytes(data[self._off:self._off + n])
+            self._consumed(n)
+            return out
+
+    def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
+        dst = memoryview(buffer).cast("B")
+        if dst.readonly:
+            raise TypeError("recv_into() needs a writable buffer")
+        if nbytes < 0:
+            raise ValueError("negative buffersize in recv_into")
+        want = min(nbytes or dst.nbytes, dst.nbytes)
+        with self._rlock:
+            data = self._next()
+            if data is None:
+                return 0
+            n = min(want, len(data) - self._off)
+            dst[:n] = data[self._off:self._off + n]
+            self._consumed(n)
+            return n
+
+    def _next(self) -> memoryview | None:
+        """The message being read (None at end of stream), waiting for one as the
+        timeout says."""
+        ep = self._connected()
+        if self._view is not None:
+            return self._view.data
+        if self._eof or self._shut_rd:
+            return None
+        try:
+            view = ep.recv_view(self._timeout)
+        except PeerClosedError:
+            self._eof = True
+            return None
+        except TimeoutError:
+            if self._timeout == 0:
+                raise BlockingIOError(errno.EAGAIN, "no data is waiting") from None
+            raise
+        if len(view) == 0:                       # the peer's shutdown(SHUT_WR)
+            view.release()
+            self._eof = True
+            return None
+        self._view, self._off = view, 0
+        return view.data
+
+    def _consumed(self, n: int) -> None:
+        self._off += n
+        if self._off == len(self._view):
+            self._view.release()
+            self._view = None
+        if self._selectable:
+            self._rearm()
+
+    def _rearm(self) -> None:
+        """Keep fileno() level-triggered: readable while data waits, and the
+        completion queue armed for the next arrival otherwise."""
+        ep = self._ep
+        waiting = self._view is not None or ep.pending() or ep.poll()
+        ep.signal(bool(waiting))
+
+    # -- ending ------------------------------------------------------------------------
+
+    def shutdown(self, how: int) -> None:
+        """SHUT_WR sends the end of stream (the peer's recv gives b"" while it
+        can still send to us); SHUT_RD makes our recv give b""."""
+        ep = self._connected()
+        if how not in (_socket.SHUT_RD, _socket.SHUT_WR, _socket.SHUT_RDWR):
+            raise ValueError(f"invalid shutdown how {how}")
+        if how in (_socket.SHUT_WR, _socket.SHUT_RDWR) and not self._shut_wr:
+            self._shut_wr = True
+            try:
+                ep.send(b"", self._timeout if self._timeout else None)
+            except (BrokenPipeError, ConnectionResetError):
+                pass                                  # nobody left to tell
+        if how in (_socket.SHUT_RD, _socket.SHUT_RDWR):
+            self._shut_rd = True
+
+    def close(self) -> None:
+        """Close once no makefile() object uses the socket any more."""
+        self._closed = True
+        if self._io_refs <= 0:
+            self._real_close()
+
+    def _real_close(self) -> None:
+        if self._view is not None:
+            try:
+                self._view.release()
+            except BufferError:
+                pass
+            self._view = None
+        ep, self._ep = self._ep, None
+        ln, self._listener = self._listener, None
+        if ep is not None:
+            ep.close(self._opts.get((_socket.SOL_SOCKET, _socket.SO_LINGER)))
+        if ln is not None:
+            ln.close()
+
+    def detach(self) -> int:
+        raise OSError(errno.EOPNOTSUPP, "an RdmaSocket has no kernel socket to detach")
+
+    def _decref_socketios(self) -> None:     # makefile()'s objects closing
+        if self._io_refs > 0:
+            self._io_refs -= 1
+        if self._closed:
+            self.close()
+
+    def makefile(self, mode: str = "r", buffering: int | None = None, *, encoding=None,
+                 errors=None, newline=None):
+        """A file object on the stream (binary or text), as socket.makefile."""
+        return _socket.socket.makefile(self, mode, buffering, encoding=encoding,
+                                       errors=errors, newline=newline)
+
+    def __enter__(self) -> "RdmaSocket":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True) and (self._ep or self._listener):
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1)
+            self._real_close()
+
+    # -- modes and information ---------------------------------------------------------
+
+    def settimeout(self, value: float | None) -> None:
+        if value is not None:
+            value = float(value)
+            if value < 0:
+                raise ValueError("Timeout value out of range")
+        self._timeout = value
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def setblocking(self, flag: bool) -> None:
+        self._timeout = None if flag else 0.0
+
+    def getblocking(self) -> bool:
+        return self._timeout != 0.0
+
+    def fileno(self) -> int:
+        """An fd for select/selectors, readable when recv() (or accept()) will
+        not block; -1 once closed or before connect/listen."""
+        if self._closed:
+            return -1
+        if self._listener is not None:
+            return self._listener.fileno()
+        if self._ep is None:
+            return -1
+        if not self._selectable:
+            self._selectable = True
+            with self._rlock:
+                self._rearm()
+        return self._ep.fileno()
+
+    def getsockname(self) -> Address:
+        self._check()
+        if self._listener is not None:
+            return self._listener.address
+        if self._ep is not None:
+            return self._ep.laddr[:2]
+        return self._bound or ("0.0.0.0", 0)
+
+    def getpeername(self) -> Address:
+        return self._connected().raddr[:2]
+
+    def setsockopt(self, level: int, option: int, value, optlen: int | None = None) -> None:
+        """Accepted for every option; SO_LINGER ((onoff, seconds) packed as
+        struct linger, or an int of seconds) sets how long close() waits."""
+        self._check()
+        if (level, option) == (_socket.SOL_SOCKET, _socket.SO_LINGER):
+            if isinstance(value, (bytes, bytearray)):
+                onoff, secs = struct.unpack("ii", bytes(value[:8]))
+                value = secs if onoff else None
+            self._opts[level, option] = value
+            return
+        self._opts[level, option] = value
+
+    def getsockopt(self, level: int, option: int, buflen: int = 0):
+        self._check()
+        if (level, option) in self._opts:
+            return self._opts[level, option]
+        return _ACCEPTED_OPTS.get((level, option), 0)
+
+    @property
+    def timeout(self) -> float | None:
+        return self._timeout
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The Endpoint carrying the stream (for stats())."""
+        return self._connected()
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return "<rdmamsg.RdmaSocket [closed]>"
+        if self._listener is not None:
+            return f"<rdmamsg.RdmaSocket listening on {self._listener.address}>"
+        if self._ep is not None:
+            return f"<rdmamsg.RdmaSocket {self._ep.laddr[:2]} -> {self._ep.raddr[:2]}>"
+        return "<rdmamsg.RdmaSocket unconnected>"
+
+    # -- checks ------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._closed:
+            raise closed_error("socket")
+
+    def _connected(self) -> Endpoint:
+        self._check()
+        if self._ep is None:
+            raise OSError(errno.ENOTCONN, "the socket is not connected")
+        return self._ep
+
+    def _checkClosed(self) -> None:           # io.RawIOBase's name, used by SocketIO
+        self._check()
+
+
+def create_connection(address: Address, timeout: float | None = None,
+                      source_address: Address | None = None, **options: Any) -> RdmaSocket:
+    """Connect to an RdmaSocket server at ``address`` (as socket.create_connection)."""
+    s = RdmaSocket(**options)
+    try:
+        if timeout is not None:
+            s.settimeout(timeout)
+        if source_address is not None:
+            s.bind(source_address)
+        s.connect(address)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def create_server(address: Address, *, family: int = _socket.AF_INET, backlog: int | None = None,
+                  reuse_port: bool = False, **options: Any) -> RdmaSocket:
+    """A listening RdmaSocket on ``address`` (as socket.create_server)."""
+    s = RdmaSocket(family, **options)
+    try:
+        s.bind(address)
+        s.listen(128 if backlog is None else backlog)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+__all__ = ["RdmaSocket", "create_connection", "create_server"]

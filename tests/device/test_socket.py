@@ -1,0 +1,294 @@
+"""The socket facade on the device: stream semantics, errors, selectors, makefile."""
+import errno
+import hashlib
+import os
+import random
+import selectors
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+import rdmamsg
+from support.peers import run_in_thread, spawn
+
+IP = os.environ.get("RDMAMSG_SELF", "")
+
+
+@pytest.fixture(params=["send", "write"])
+def channel(request):
+    return request.param
+
+
+def socket_pair(**options):
+    """(client, server-side) RdmaSockets, connected."""
+    with rdmamsg.create_server((IP, 0), **options) as srv:
+        accepted = run_in_thread(srv.accept)
+        cli = rdmamsg.create_connection(srv.getsockname(), timeout=60, **options)
+        conn, addr = accepted.result()
+    assert addr == cli.getsockname() and conn.getpeername() == cli.getsockname()
+    cli.settimeout(None)
+    return cli, conn
+
+
+def _send_randomly(sock, data: bytes, rng: random.Random) -> None:
+    mv = memoryview(data)
+    while mv:
+        n = min(len(mv), rng.choice([1, 7, 100, 4096, 65536, 300_000]))
+        if rng.random() < 0.5:
+            sock.sendall(mv[:n])
+        else:
+            n = sock.send(mv[:n])
+        mv = mv[n:]
+
+
+def _recv_randomly(sock, total: int, rng: random.Random) -> bytes:
+    out = bytearray()
+    buf = bytearray(1 << 20)
+    while len(out) < total:
+        want = rng.choice([1, 13, 1000, 4096, 70_000, 1 << 20])
+        if rng.random() < 0.5:
+            chunk = sock.recv(want)
+        else:
+            n = sock.recv_into(buf, want)
+            chunk = bytes(buf[:n])
+        assert chunk, "early end of stream"
+        out += chunk
+    return bytes(out)
+
+
+def test_stream_integrity_with_random_chunking_both_ways(channel):
+    cli, conn = socket_pair(channel=channel)
+    with cli, conn:
+        for size in (1, 1000, 65536, 1 << 20, 5 << 20):
+            data = random.Random(size).randbytes(size)
+            sender = run_in_thread(_send_randomly, cli, data, random.Random(1))
+            echoed = _recv_randomly(conn, size, random.Random(2))
+            sender.result()
+            assert hashlib.sha256(echoed).digest() == hashlib.sha256(data).digest()
+            back = run_in_thread(_send_randomly, conn, echoed, random.Random(3))
+            assert _recv_randomly(cli, size, random.Random(4)) == data
+            back.result()
+
+
+def test_half_close_delivers_eof_and_the_other_way_stays_open():
+    cli, conn = socket_pair()
+    with cli, conn:
+        cli.sendall(b"request")
+        cli.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := conn.recv(100):
+            got += chunk
+        assert got == b"request"
+        assert conn.recv(10) == b""                       # EOF stays EOF
+        conn.sendall(b"reply after your EOF")
+        conn.close()
+        assert cli.recv(100) == b"reply after your EOF"
+        assert cli.recv(100) == b""
+        with pytest.raises(BrokenPipeError):
+            cli.send(b"more")
+
+
+def test_timeouts_and_non_blocking():
+    cli, conn = socket_pair()
+    with cli, conn:
+        conn.settimeout(0.3)
+        assert conn.gettimeout() == 0.3
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            conn.recv(10)
+        assert 0.25 < time.monotonic() - t0 < 5
+        conn.setblocking(False)
+        assert conn.gettimeout() == 0.0 and not conn.getblocking()
+        with pytest.raises(BlockingIOError) as e:
+            conn.recv(10)
+        assert e.value.errno == errno.EAGAIN
+        cli.sendall(b"x")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert conn.recv(10) == b"x"
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+
+
+def test_errors_are_the_standard_ones():
+    with pytest.raises(ConnectionRefusedError):
+        probe = socket.socket()
+        probe.bind((IP, 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        rdmamsg.create_connection((IP, port), timeout=10)
+    cli, conn = socket_pair()
+    conn.close()
+    assert cli.recv(10) == b""
+    with pytest.raises(BrokenPipeError):
+        for _ in range(1000):
+            cli.send(b"to nobody")
+    cli.close()
+    for call in (lambda: cli.recv(1), lambda: cli.send(b"x"), lambda: cli.getpeername()):
+        with pytest.raises(OSError) as e:
+            call()
+        assert e.value.errno == errno.EBADF
+    assert cli.fileno() == -1
+
+
+PEER = """
+import sys, rdmamsg
+s = rdmamsg.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
+print("connected", flush=True)
+while True:
+    s.sendall(b"y" * 4096)
+"""
+
+
+def test_a_peer_that_dies_gives_connection_reset_within_5s():
+    with rdmamsg.create_server((IP, 0)) as srv:
+        child = spawn(PEER, IP, srv.getsockname()[1])
+        try:
+            srv.settimeout(60)
+            conn, _ = srv.accept()
+            assert child.stdout.readline().strip() == "connected"
+            with conn:
+                assert conn.recv(4096)
+                os.kill(child.pid, signal.SIGKILL)
+                t0 = time.monotonic()
+                with pytest.raises(ConnectionResetError):
+                    while conn.recv(1 << 16):
+                        pass
+                assert time.monotonic() - t0 < 5
+        finally:
+            child.kill()
+            child.wait()
+
+
+def test_a_selectors_echo_server():
+    """A textbook selectors echo server: non-blocking sockets, EVENT_READ only."""
+    srv = rdmamsg.create_server((IP, 0))
+    srv.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(srv, selectors.EVENT_READ)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            for key, _ in sel.select(timeout=0.2):
+                if key.fileobj is srv:
+                    try:
+                        conn, _ = srv.accept()
+                    except BlockingIOError:
+                        continue
+                    conn.setblocking(False)
+                    sel.register(conn, selectors.EVENT_READ)
+                    continue
+                conn = key.fileobj
+                try:
+                    data = conn.recv(1000)             # less than arrives: data waits above
+                except BlockingIOError:
+                    continue
+                if not data:
+                    sel.unregister(conn)
+                    conn.close()
+                    continue
+                conn.setblocking(True)
+                conn.sendall(data)
+                conn.setblocking(False)
+
+    server = run_in_thread(serve)
+    clients = [rdmamsg.create_connection(srv.getsockname(), timeout=60) for _ in range(3)]
+    try:
+        for round_ in range(20):
+            for i, c in enumerate(clients):
+                msg = f"{i}:{round_}:".encode() * (1 + round_ * 50)
+                c.sendall(msg)
+                got = b""
+                while len(got) < len(msg):
+                    got += c.recv(1 << 16)
+                assert got == msg
+    finally:
+        for c in clients:
+            c.close()
+        stop.set()
+        server.result()
+        sel.close()
+        srv.close()
+
+
+def test_a_line_protocol_over_makefile():
+    cli, conn = socket_pair()
+    with cli, conn:
+        def server():
+            with conn.makefile("rb") as rf, conn.makefile("w", encoding="utf-8") as wf:
+                for line in rf:
+                    wf.write(line.decode().upper())
+                    wf.flush()
+        t = run_in_thread(server)
+        rf = cli.makefile("r", encoding="utf-8", newline="\n")
+        wf = cli.makefile("wb", buffering=0)
+        for i in range(200):
+            wf.write(f"line {i} of the protocol\n".encode())
+            assert rf.readline() == f"LINE {i} OF THE PROTOCOL\n"
+        cli.shutdown(socket.SHUT_WR)
+        t.result()
+        rf.close()
+        wf.close()
+
+
+def test_sockopts_and_names():
+    cli, conn = socket_pair()
+    with cli, conn:
+        cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        cli.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        assert cli.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_STREAM
+        assert cli.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        assert cli.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 1 << 20
+        assert cli.getpeername() == conn.getsockname()
+        assert cli.family == socket.AF_INET and cli.type == socket.SOCK_STREAM
+        cli.sendmsg([b"one ", bytearray(b"two "), memoryview(b"three")])
+        got = b""
+        while len(got) < 13:
+            got += conn.recv(100)
+        assert got == b"one two three"
+
+
+def test_sixty_four_connections_each_moving_1_mib():
+    blob = random.Random(64).randbytes(1 << 20)
+    digest = hashlib.sha256(blob).digest()
+    with rdmamsg.create_server((IP, 0), backlog=64) as srv:
+        def serve_one(conn):
+            with conn:
+                h = hashlib.sha256()
+                n = 0
+                while chunk := conn.recv(1 << 20):
+                    h.update(chunk)
+                    n += len(chunk)
+                conn.sendall(h.digest())
+
+        def acceptor():
+            done = []
+            for _ in range(64):
+                conn, _ = srv.accept()
+                done.append(run_in_thread(serve_one, conn))
+            for d in done:
+                d.result(timeout=600)
+
+        acc = run_in_thread(acceptor)
+
+        def client():
+            with rdmamsg.create_connection(srv.getsockname(), timeout=120) as c:
+                c.settimeout(None)
+                c.sendall(blob)
+                c.shutdown(socket.SHUT_WR)
+                got = b""
+                while chunk := c.recv(64):
+                    got += chunk
+                return got
+
+        results = [run_in_thread(client) for _ in range(64)]
+        for r in results:
+            assert r.result(timeout=600) == digest
+        acc.result(timeout=60)
