@@ -1,0 +1,129 @@
+"""asyncio streams over RDMA: the counterparts of asyncio.open_connection and
+asyncio.start_server, giving asyncio's own StreamReader and StreamWriter.
+
+    reader, writer = await rdmamsg.aio.open_connection("10.88.0.1", 7471)
+    writer.write(b"ping\\n"); await writer.drain()
+    print(await reader.readline())
+
+Both ends must be rdmamsg (an RdmaSocket or these streams).  Options
+(``channel="write"``, ``buffer_size``...) are rdmamsg.Options fields.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+from typing import Any, Awaitable, Callable
+
+from .stream.socket import RdmaSocket, create_connection, create_server
+from .stream.transport import RdmaTransport
+
+LIMIT = 2 ** 16       # asyncio's default StreamReader limit
+
+ClientCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], "Awaitable[None] | None"]
+
+
+def _streams(loop, sock: RdmaSocket, limit: int, cb=None):
+    reader = asyncio.StreamReader(limit=limit, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, cb, loop=loop)
+    transport = RdmaTransport(loop, sock, protocol)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+async def open_connection(host: str, port: int, *, limit: int = LIMIT,
+                          timeout: float | None = 60.0, **options: Any
+                          ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to an rdmamsg stream server; (reader, writer) as asyncio's.
+    The handshake runs in the loop's executor, so the loop keeps running."""
+    loop = asyncio.get_running_loop()
+    sock = await loop.run_in_executor(
+        None, functools.partial(create_connection, (host, port), timeout, **options))
+    try:
+        return _streams(loop, sock, limit)
+    except BaseException:
+        sock.close()
+        raise
+
+
+class Server:
+    """What start_server returns: close(), wait_closed(), serve_forever(),
+    ``sockets``, and ``async with``."""
+
+    def __init__(self, loop, sock: RdmaSocket, cb: ClientCallback, limit: int) -> None:
+        self._loop, self._sock, self._cb, self._limit = loop, sock, cb, limit
+        self._closed = loop.create_future()
+        # Its own thread: on the loop's executor, clients of this same loop that
+        # are connecting could take every worker and starve the accepts.
+        self._acceptor = concurrent.futures.ThreadPoolExecutor(1, "rdmamsg-accept")
+        self._accepting = loop.create_task(self._accept_loop())
+
+    async def _accept_loop(self) -> None:
+        # accept() runs the handshake, which may wait on a slow client, so it
+        # runs in the executor; only once the listening fd is readable, and
+        # with a time limit, so that close() never strands a thread in it.
+        while self._sock.fileno() >= 0:
+            await self._readable()
+            try:
+                conn, _ = await self._loop.run_in_executor(self._acceptor, self._sock.accept)
+            except OSError:                    # refused, timed out, or closed under us
+                continue
+            try:
+                _streams(self._loop, conn, self._limit, self._cb)
+            except OSError:
+                conn.close()
+
+    async def _readable(self) -> None:
+        fd = self._sock.fileno()
+        ready = self._loop.create_future()
+        self._loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            await ready
+        finally:
+            self._loop.remove_reader(fd)
+
+    @property
+    def sockets(self) -> tuple[RdmaSocket, ...]:
+        return () if self._sock.fileno() < 0 else (self._sock,)
+
+    def is_serving(self) -> bool:
+        return not self._closed.done()
+
+    def close(self) -> None:
+        if not self._closed.done():
+            self._sock.close()
+            self._accepting.cancel()
+            self._acceptor.shutdown(wait=False)
+            self._closed.set_result(None)
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    async def serve_forever(self) -> None:
+        try:
+            await asyncio.shield(self._closed)
+        except asyncio.CancelledError:
+            self.close()
+            raise
+
+    async def start_serving(self) -> None:
+        pass                                  # serving from the start
+
+    async def __aenter__(self) -> "Server":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def start_server(client_connected_cb: ClientCallback, host: str, port: int, *,
+                       limit: int = LIMIT, backlog: int = 128, **options: Any) -> Server:
+    """Serve rdmamsg streams on (host, port): ``client_connected_cb(reader,
+    writer)`` (a coroutine function or a plain one) for each connection."""
+    loop = asyncio.get_running_loop()
+    sock = create_server((host, port), backlog=backlog, **options)
+    sock.settimeout(1.0)
+    return Server(loop, sock, client_connected_cb, limit)
+
+
+__all__ = ["open_connection", "start_server", "Server"]
