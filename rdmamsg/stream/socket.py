@@ -236,8 +236,14 @@ class RdmaSocket:
         """Keep fileno() level-triggered: readable while data waits, and the
         completion queue armed for the next arrival otherwise."""
         ep = self._ep
-        waiting = self._view is not None or ep.pending() or ep.poll()
-        ep.signal(bool(waiting))
+        try:
+            waiting = self._view is not None or ep.pending() or ep.poll()
+        except (OSError, EOFError):
+            waiting = True      # the next recv raises it; this one has its data
+        try:
+            ep.signal(bool(waiting))
+        except OSError:
+            pass
 
     # -- ending ------------------------------------------------------------------------
 
