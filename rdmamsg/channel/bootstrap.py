@@ -76,7 +76,7 @@ def _finish(parts: Parts, sock: socket.socket, peer: hs.QPInfo, opts: Options, t
     if (peer_ring is None) != (parts.ring is None):
         raise HandshakeError("the two sides chose different channels (one offered a ring for "
                              "the write channel, the other did not)")
-    fragment = min(parts.send_bufs[0].size, peer.bufsize)
+    fragment = parts.fragment(peer)
     config = EngineConfig(peer_depth=peer.depth, fragment=fragment, send_max=peer.max_message,
                           recv_max=opts.max_message, max_inline=opts.max_inline,
                           zc_fragment=peer.bufsize, zerocopy_min=opts.zerocopy_min,

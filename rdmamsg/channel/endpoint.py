@@ -59,6 +59,10 @@ class Parts:
             self.release()
             raise
 
+    def fragment(self, peer: QPInfo) -> int:
+        """The longest message that goes as one send or write (no fragments)."""
+        return min(self.send_bufs[0].size, peer.bufsize)
+
     def ring_info(self, opts: Options) -> RingInfo | None:
         if self.ring is None:
             return None
@@ -217,7 +221,7 @@ class Endpoint:
     @property
     def fragment(self) -> int:
         """The longest message that goes as one send or write (no fragments)."""
-        return min(self._parts.send_bufs[0].size, self._peer.bufsize)
+        return self._parts.fragment(self._peer)
 
     def pending(self) -> int:
         """Whole messages ready now (no polling)."""

@@ -356,12 +356,10 @@ class RdmaSocket:
         """Accepted for every option; SO_LINGER ((onoff, seconds) packed as
         struct linger, or an int of seconds) sets how long close() waits."""
         self._check()
-        if (level, option) == (_socket.SOL_SOCKET, _socket.SO_LINGER):
-            if isinstance(value, (bytes, bytearray)):
-                onoff, secs = struct.unpack("ii", bytes(value[:8]))
-                value = secs if onoff else None
-            self._opts[level, option] = value
-            return
+        if (level, option) == (_socket.SOL_SOCKET, _socket.SO_LINGER) and isinstance(
+                value, (bytes, bytearray)):
+            onoff, secs = struct.unpack("ii", bytes(value[:8]))
+            value = secs if onoff else None
         self._opts[level, option] = value
 
     def getsockopt(self, level: int, option: int, buflen: int = 0):
