@@ -10,7 +10,8 @@
 The layers, bottom up: ``verbs`` (devices, memory pool, CQ, QP), ``protocol``
 (framing, credits, handshake; no I/O), ``transport`` (the pollers), and
 ``channel`` (endpoints, listen/connect), and ``stream`` (the socket facade:
-``RdmaSocket``, ``create_connection``, ``create_server``).
+``RdmaSocket``, ``create_connection``, ``create_server``), with
+``transparent`` (``patch``, ``python -m rdmamsg.run``) above it.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from .errors import (
     WorkCompletionError,
 )
 from .stream.socket import RdmaSocket, create_connection, create_server
+from .transparent import patch, unpatch
 from .transport.backend import poller_in_use
 from .verbs.context import configure_pool
 from .verbs.device import DeviceInfo, GidEntry, LocalAddress, PortInfo, list_devices, resolve_local
@@ -41,7 +43,7 @@ from .verbs.qp import QueuePair, RemoteQP, Timing
 __version__ = "0.1.0"
 
 __all__ = [
-    "listen", "connect", "Listener", "RdmaSocket", "create_connection", "create_server", "Endpoint", "Options", "Grant", "RemoteBuffer",
+    "listen", "connect", "Listener", "RdmaSocket", "create_connection", "create_server", "patch", "unpatch", "Endpoint", "Options", "Grant", "RemoteBuffer",
     "list_devices", "resolve_local", "DeviceInfo", "PortInfo", "GidEntry", "LocalAddress",
     "MemoryPool", "Buffer", "QueuePair", "RemoteQP", "Timing", "configure_pool", "poller_in_use",
     "RdmaError", "WorkCompletionError", "RemoteAccessError", "ProtocolError", "HandshakeError", "AuthenticationError",

@@ -23,34 +23,27 @@ LIMIT = 2 ** 16       # asyncio's default StreamReader limit
 ClientCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], "Awaitable[None] | None"]
 
 
-def _streams(loop, sock: RdmaSocket, limit: int, cb=None):
-    reader = asyncio.StreamReader(limit=limit, loop=loop)
-    protocol = asyncio.StreamReaderProtocol(reader, cb, loop=loop)
-    transport = RdmaTransport(loop, sock, protocol)
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
-
-
 async def open_connection(host: str, port: int, *, limit: int = LIMIT,
                           timeout: float | None = 60.0, **options: Any
                           ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect to an rdmamsg stream server; (reader, writer) as asyncio's.
     The handshake runs in the loop's executor, so the loop keeps running."""
     loop = asyncio.get_running_loop()
-    sock = await loop.run_in_executor(
-        None, functools.partial(create_connection, (host, port), timeout, **options))
-    try:
-        return _streams(loop, sock, limit)
-    except BaseException:
-        sock.close()
-        raise
+    reader = asyncio.StreamReader(limit=limit, loop=loop)
+    transport, protocol = await connect(
+        loop, lambda: asyncio.StreamReaderProtocol(reader, loop=loop), host, port,
+        timeout=timeout, **options)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
-class Server:
-    """What start_server returns: close(), wait_closed(), serve_forever(),
-    ``sockets``, and ``async with``."""
+class Server(asyncio.AbstractServer):
+    """What start_server returns (asyncio.Server's API): close(),
+    wait_closed(), serve_forever(), ``sockets``, and ``async with``.  Each
+    accepted connection gets an RdmaTransport and a ``protocol_factory()``."""
 
-    def __init__(self, loop, sock: RdmaSocket, cb: ClientCallback, limit: int) -> None:
-        self._loop, self._sock, self._cb, self._limit = loop, sock, cb, limit
+    def __init__(self, loop, sock: RdmaSocket,
+                 protocol_factory: Callable[[], asyncio.BaseProtocol]) -> None:
+        self._loop, self._sock, self._factory = loop, sock, protocol_factory
         self._closed = loop.create_future()
         # Its own thread: on the loop's executor, clients of this same loop that
         # are connecting could take every worker and starve the accepts.
@@ -68,7 +61,7 @@ class Server:
             except OSError:                    # refused, timed out, or closed under us
                 continue
             try:
-                _streams(self._loop, conn, self._limit, self._cb)
+                RdmaTransport(self._loop, conn, self._factory())
             except OSError:
                 conn.close()
 
@@ -84,6 +77,9 @@ class Server:
     @property
     def sockets(self) -> tuple[RdmaSocket, ...]:
         return () if self._sock.fileno() < 0 else (self._sock,)
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
 
     def is_serving(self) -> bool:
         return not self._closed.done()
@@ -121,9 +117,36 @@ async def start_server(client_connected_cb: ClientCallback, host: str, port: int
     """Serve rdmamsg streams on (host, port): ``client_connected_cb(reader,
     writer)`` (a coroutine function or a plain one) for each connection."""
     loop = asyncio.get_running_loop()
-    sock = create_server((host, port), backlog=backlog, **options)
-    sock.settimeout(1.0)
-    return Server(loop, sock, client_connected_cb, limit)
+
+    def protocol() -> asyncio.StreamReaderProtocol:
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
+
+    return serve(loop, protocol, host, port, backlog=backlog, **options)
 
 
-__all__ = ["open_connection", "start_server", "Server"]
+def serve(loop: asyncio.AbstractEventLoop, protocol_factory: Callable[[], asyncio.BaseProtocol],
+          host: str | None, port: int, *, backlog: int = 128, **options: Any) -> Server:
+    """A Server on (host, port) giving each connection ``protocol_factory()``
+    (the counterpart of loop.create_server)."""
+    sock = create_server((host or "0.0.0.0", port), backlog=backlog, **options)
+    sock.settimeout(1.0)            # accepts in the acceptor thread never outlive close()
+    return Server(loop, sock, protocol_factory)
+
+
+async def connect(loop: asyncio.AbstractEventLoop, protocol_factory: Callable[[], asyncio.BaseProtocol],
+                  host: str, port: int, *, timeout: float | None = 60.0, **options: Any
+                  ) -> tuple[RdmaTransport, asyncio.BaseProtocol]:
+    """(transport, protocol) connected to (host, port) (the counterpart of
+    loop.create_connection); the handshake runs in the loop's executor."""
+    sock = await loop.run_in_executor(
+        None, functools.partial(create_connection, (host, port), timeout, **options))
+    try:
+        protocol = protocol_factory()
+        return RdmaTransport(loop, sock, protocol), protocol
+    except BaseException:
+        sock.close()
+        raise
+
+
+__all__ = ["open_connection", "start_server", "Server", "serve", "connect"]

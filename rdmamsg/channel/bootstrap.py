@@ -19,6 +19,7 @@ from ..verbs.device import resolve_local
 from ..verbs.qp import RemoteQP, Timing
 from .endpoint import Endpoint, Parts
 from .options import Options
+from . import tcp
 
 log = logging.getLogger("rdmamsg")
 
@@ -134,7 +135,7 @@ def connect(address: Address, timeout: float | None = None, token: str | bytes |
     opts = Options.from_kwargs(options, kwargs)
     tok = hs.token_bytes(token)
     deadline = None if timeout is None else time.monotonic() + timeout
-    sock = socket.create_connection(address, timeout=timeout, source_address=source_address)
+    sock = tcp.dial(address, timeout, source_address)
     parts = engine = None
     try:
         local = resolve_local(sock.getsockname()[0], device=device, gid_index=gid_index)
@@ -161,7 +162,7 @@ class Listener:
         self._opts = Options.from_kwargs(options, kwargs)
         self._token = hs.token_bytes(token)
         self._timing, self._device, self._gid_index = timing, device, gid_index
-        self._sock = socket.create_server(address, backlog=backlog)
+        self._sock = tcp.serve(address, backlog)
         self._closed = False
         self.refused = 0                                  #: handshakes refused so far
         self.last_refusal: BaseException | None = None    #: why the last one was

@@ -19,7 +19,7 @@ SYSFS = "/sys/class/infiniband"
 MTU_BYTES = {1: 256, 2: 512, 3: 1024, 4: 2048, 5: 4096}
 MTU_ENUM = {v: k for k, v in MTU_BYTES.items()}
 
-__all__ = ["GidEntry", "PortInfo", "DeviceInfo", "LocalAddress", "list_devices", "resolve_local",
+__all__ = ["GidEntry", "PortInfo", "DeviceInfo", "LocalAddress", "list_devices", "resolve_local", "rdma_networks",
            "path_mtu", "MTU_BYTES", "MTU_ENUM"]
 
 
@@ -178,6 +178,32 @@ def list_devices() -> list[DeviceInfo]:
         return []
     return [DeviceInfo(dev, _read(f"{SYSFS}/{dev}/node_guid") or "", tuple(_query_ports(dev)))
             for dev in names]
+
+
+def rdma_networks() -> list[ipaddress.IPv4Network]:
+    """The IPv4 networks of the interfaces behind ACTIVE RoCE ports: the
+    addresses an RDMA connection can reach directly."""
+    nets = set()
+    for dev in list_devices():
+        for p in dev.ports:
+            for g in p.gids if p.active else ():
+                ip = g.ip
+                if ip is not None and g.netdev and ":" not in ip:
+                    nets.add(ipaddress.IPv4Interface(f"{ip}/{_netmask(g.netdev)}").network)
+    return sorted(nets)
+
+
+def _netmask(netdev: str) -> str:
+    """The IPv4 netmask of ``netdev`` (SIOCGIFNETMASK); /32 if it has none."""
+    import fcntl
+    import struct
+    req = struct.pack("16s16x", netdev.encode()[:15])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            out = fcntl.ioctl(s.fileno(), 0x891B, req)       # SIOCGIFNETMASK
+        except OSError:
+            return "255.255.255.255"
+    return socket.inet_ntoa(out[20:24])
 
 
 _NO_DEVICE_HINT = (
