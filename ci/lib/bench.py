@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark rdmamsg against perftest on the same device, in the same boot:
 the send/recv channel against ib_send_*, the write channel and ep.write
-(remote buffers; rows rma_*) against ib_write_*.
+(remote buffers; rows rma_*) against ib_write_*, and the socket facade
+(stream_*) against rsockets' rstream, with rstream -T s (kernel TCP over the
+same interface) as a reference row.
 
 Run by ci/bench inside the soft-RoCE VM (or on a host with an ACTIVE port).
 For each shape it alternates perftest and rdmamsg (python -m rdmamsg bench,
@@ -58,6 +60,32 @@ def perftest(tool: str, size: int, addr, ip: str, extra: list[str]) -> dict:
     raise RuntimeError(f"{tool} -s {size} printed no result:\n{cli.stdout}\n{cli.stderr}")
 
 
+RSTREAM_PORT = 18800
+
+
+def rstream(size: int, count: int, iters: int, ip: str, tcp: bool = False) -> dict:
+    """rstream in its custom mode: ``iters`` rounds of ``count`` transfers of
+    ``size`` bytes each way; its Gb/sec (both directions) and usec/xfer."""
+    global RSTREAM_PORT
+    RSTREAM_PORT += 1
+    base = ["rstream", "-p", str(RSTREAM_PORT), "-S", str(size), "-C", str(count),
+            "-I", str(iters), *(["-T", "s"] if tcp else [])]
+    srv = subprocess.Popen(base + ["-b", ip], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    time.sleep(2)
+    try:
+        cli = subprocess.run(base + ["-s", ip], capture_output=True, text=True, timeout=300)
+    finally:
+        try:
+            srv.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+    last = cli.stdout.strip().splitlines()[-1:] or [""]
+    cols = last[0].split()
+    if cli.returncode or len(cols) < 8:
+        raise RuntimeError(f"rstream -S {size} printed no result:\n{cli.stdout}\n{cli.stderr}")
+    return {"MB_per_s": float(cols[-2]) * 1e3 / 8, "usec_per_xfer": float(cols[-1])}
+
+
 def ours(test: str, size: int, ip: str, poller: str, duration: float, iters: int) -> dict:
     cmd = [sys.executable, "-m", "rdmamsg", "bench", "--client", ip, "--port",
            str(BENCH_PORT[poller]), "--test", test, "--size", str(size), "--json",
@@ -85,10 +113,13 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=5000)
     ap.add_argument("--pollers", default="cython,python")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per shape")
+    ap.add_argument("--only", default="perftest,stream",
+                    help="which groups to run: perftest (channels, ep.write), stream (facade)")
     args = ap.parse_args()
     ip = os.environ.get("RDMAMSG_SELF")
     addr = rdmamsg.resolve_local(ip, device=os.environ.get("RDMAMSG_DEVICE"))
     pollers = args.pollers.split(",")
+    only = set(args.only.split(","))
     servers = []
     for p in pollers:
         env = dict(os.environ, RDMAMSG_POLLER=p)
@@ -108,44 +139,67 @@ def main() -> int:
         print(f"  {name}: {mine:.2f} vs {tool} {theirs:.2f} {unit}", flush=True)
 
     try:
-        # Each perftest baseline is shared by the rdmamsg tests compared with it.
-        # ep.write (rma_*) does not go through the poller: one poller is enough.
-        for tool, tests in (("ib_send_bw", ("send_bw",)), ("ib_write_bw", ("write_bw", "rma_bw"))):
-            for size in (64, 4096, 65536, 1 << 20):
+        if "perftest" in only:
+            # Each perftest baseline is shared by the rdmamsg tests compared with it.
+            # ep.write (rma_*) does not go through the poller: one poller is enough.
+            for tool, tests in (("ib_send_bw", ("send_bw",)), ("ib_write_bw", ("write_bw", "rma_bw"))):
+                for size in (64, 4096, 65536, 1 << 20):
+                    base, mine = [], {(t, p): [] for t in tests for p in pollers}
+                    for r in range(args.rounds):
+                        base.append(perftest(tool, size, addr, ip,
+                                             ["-D", str(int(args.duration))])["msg_per_s"])
+                        for test, p in _ours_this_round(tests, pollers, r):
+                            mine[test, p].append(ours(test, size, ip, p, args.duration,
+                                                      args.iters)["msg_per_s"])
+                    theirs = statistics.median(base)
+                    for (test, p), got in mine.items():
+                        if not got:
+                            continue
+                        tag = "" if p == "cython" else " [python poller, 1 round]"
+                        top = ">= 0.95" if tool == "ib_write_bw" and size == 1 << 20 else ">= 0.9"
+                        m = statistics.median(got)
+                        if size == 64:
+                            row(f"{test} {human(size)} message rate{tag}", "Kmsg/s", m / 1e3,
+                                theirs / 1e3, ">= 0.5" if not tag else "", tool)
+                        else:
+                            row(f"{test} {human(size)}{tag}", "MiB/s", m * size / (1 << 20),
+                                theirs * size / (1 << 20),
+                                top if size >= 65536 and not tag else "", tool)
+            for tool, tests in (("ib_send_lat", ("send_lat",)),
+                                ("ib_write_lat", ("write_lat", "rma_lat"))):
                 base, mine = [], {(t, p): [] for t in tests for p in pollers}
                 for r in range(args.rounds):
-                    base.append(perftest(tool, size, addr, ip,
-                                         ["-D", str(int(args.duration))])["msg_per_s"])
+                    base.append(perftest(tool, 64, addr, ip, ["-n", str(args.iters)])["typical_us"])
                     for test, p in _ours_this_round(tests, pollers, r):
-                        mine[test, p].append(ours(test, size, ip, p, args.duration,
-                                                  args.iters)["msg_per_s"])
-                theirs = statistics.median(base)
+                        mine[test, p].append(ours(test, 64, ip, p, args.duration,
+                                                  args.iters)["median_us"])
                 for (test, p), got in mine.items():
-                    if not got:
-                        continue
-                    tag = "" if p == "cython" else " [python poller, 1 round]"
-                    top = ">= 0.95" if tool == "ib_write_bw" and size == 1 << 20 else ">= 0.9"
-                    m = statistics.median(got)
-                    if size == 64:
-                        row(f"{test} {human(size)} message rate{tag}", "Kmsg/s", m / 1e3,
-                            theirs / 1e3, ">= 0.5" if not tag else "", tool)
-                    else:
-                        row(f"{test} {human(size)}{tag}", "MiB/s", m * size / (1 << 20),
-                            theirs * size / (1 << 20),
-                            top if size >= 65536 and not tag else "", tool)
-        for tool, tests in (("ib_send_lat", ("send_lat",)),
-                            ("ib_write_lat", ("write_lat", "rma_lat"))):
-            base, mine = [], {(t, p): [] for t in tests for p in pollers}
+                    if got:
+                        tag = "" if p == "cython" else " [python poller, 1 round]"
+                        row(f"{test} 64 B one-way median{tag}", "us", statistics.median(got),
+                            statistics.median(base), "<= 2.0" if not tag else "", tool)
+        if "stream" in only:
+            # The socket facade, in rstream's shapes: 64 KiB writes (each way), 64 B ping-pong.
+            count = max(args.iters // 2, 200)
+            base, tcp, mine = [], [], []
             for r in range(args.rounds):
-                base.append(perftest(tool, 64, addr, ip, ["-n", str(args.iters)])["typical_us"])
-                for test, p in _ours_this_round(tests, pollers, r):
-                    mine[test, p].append(ours(test, 64, ip, p, args.duration,
-                                              args.iters)["median_us"])
-            for (test, p), got in mine.items():
-                if got:
-                    tag = "" if p == "cython" else " [python poller, 1 round]"
-                    row(f"{test} 64 B one-way median{tag}", "us", statistics.median(got),
-                        statistics.median(base), "<= 2.0" if not tag else "", tool)
+                base.append(rstream(65536, count, 1, ip)["MB_per_s"])
+                tcp.append(rstream(65536, count, 1, ip, tcp=True)["MB_per_s"])
+                mine.append(ours("stream_bw", 65536, ip, pollers[0], 0, count)["MB_per_s"])
+            m = statistics.median(mine) * 1e6 / (1 << 20)
+            row("stream_bw 64 KiB writes", "MiB/s", m,
+                statistics.median(base) * 1e6 / (1 << 20), ">= 1.0", "rstream")
+            row("stream_bw 64 KiB writes [TCP reference]", "MiB/s", m,
+                statistics.median(tcp) * 1e6 / (1 << 20), "", "rstream -T s")
+            base, tcp, mine = [], [], []
+            for r in range(args.rounds):
+                base.append(rstream(64, 1, args.iters, ip)["usec_per_xfer"])
+                tcp.append(rstream(64, 1, args.iters, ip, tcp=True)["usec_per_xfer"])
+                mine.append(ours("stream_lat", 64, ip, pollers[0], 0, args.iters)["mean_us"])
+            m = statistics.median(mine)
+            row("stream_lat 64 B one-way mean", "us", m, statistics.median(base), "<= 1.5", "rstream")
+            row("stream_lat 64 B one-way mean [TCP reference]", "us", m, statistics.median(tcp), "",
+                "rstream -T s")
     finally:
         for s in servers:
             s.terminate()

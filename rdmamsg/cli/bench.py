@@ -19,6 +19,11 @@ client's first message names the test (msgpack); then:
             once the server's device has it).
   rma_lat   ping-pong of ep.write() into buffers both sides expose; each side
             spins on the last byte of its own buffer, as ib_write_lat does.
+  stream_bw the socket facade (RdmaSocket) as rsockets' rstream measures it:
+            the client sends ``iters`` writes of ``size`` bytes, the server
+            sends them back; both directions' bytes over the whole time.
+  stream_lat  ping-pong of ``size`` bytes on the facade, ``iters`` times; the
+            mean one-way time (as rstream's usec/xfer) and the median.
 """
 from __future__ import annotations
 
@@ -31,8 +36,10 @@ import time
 import msgpack
 
 from ..channel.bootstrap import connect, listen
+from ..stream.socket import RdmaSocket
 
-TESTS = ("send_bw", "send_lat", "write_bw", "write_lat", "rma_bw", "rma_lat")
+TESTS = ("send_bw", "send_lat", "write_bw", "write_lat", "rma_bw", "rma_lat", "stream_bw",
+         "stream_lat")
 WRITE_RING = 8 << 20
 DEFAULT_PORT = 18515 + 1   # beside perftest's default port
 
@@ -65,8 +72,26 @@ def _serve_one(ep) -> None:
             if spec["test"] == "rma_lat":
                 _ping_pong(ep, ep.recv(timeout=60), mine, spec["size"], spec["iters"], False)
             ep.recv(timeout=600)                  # the client is done
+    elif spec["test"] in ("stream_bw", "stream_lat"):
+        with RdmaSocket.from_endpoint(ep) as sock:
+            buf = memoryview(bytearray(spec["size"]))
+            rounds, count = (1, spec["iters"]) if spec["test"] == "stream_bw" else (spec["iters"], 1)
+            for _ in range(rounds):
+                for _ in range(count):
+                    _recv_exactly(sock, buf)
+                for _ in range(count):
+                    sock.sendall(buf)
     else:
         ep.send(msgpack.packb({"error": f"unknown test {spec['test']!r}"}))
+
+
+def _recv_exactly(sock: RdmaSocket, buf: memoryview) -> None:
+    got = 0
+    while got < buf.nbytes:
+        n = sock.recv_into(buf[got:])
+        if not n:
+            raise EOFError("the stream ended early")
+        got += n
 
 
 def _ping_pong(ep, theirs: bytes, mine: bytearray, size: int, iters: int, first: bool,
@@ -192,6 +217,35 @@ def rma_lat(host: str, port: int, size: int, iters: int, **opts) -> dict:
     return _latency("rma_lat", size, iters, samples, poller)
 
 
+def stream(host: str, port: int, size: int, iters: int, test: str, **opts) -> dict:
+    """stream_bw or stream_lat, in rstream's shape (see the module's docstring)."""
+    payload = bytes(size)
+    buf = memoryview(bytearray(size))
+    rounds, count = (1, iters) if test == "stream_bw" else (iters, 1)
+    samples = []
+    clock = time.perf_counter_ns
+    ep = connect((host, port), timeout=60, **opts)
+    ep.send(msgpack.packb({"test": test, "size": size, "iters": iters}))
+    with RdmaSocket.from_endpoint(ep) as sock:
+        t0 = clock()
+        for _ in range(rounds):
+            t = clock()
+            for _ in range(count):
+                sock.sendall(payload)
+            for _ in range(count):
+                _recv_exactly(sock, buf)
+            samples.append(clock() - t)
+        secs = (clock() - t0) / 1e9
+        poller = ep.poller
+    if test == "stream_bw":
+        return {"test": test, "size": size, "messages": 2 * count, "seconds": secs,
+                "MB_per_s": 2 * count * size / secs / 1e6, "msg_per_s": 2 * count / secs,
+                "poller": poller}
+    r = _latency(test, size, iters, samples, poller)
+    r["mean_us"] = secs * 1e6 / iters / 2
+    return r
+
+
 def _latency(test: str, size: int, iters: int, samples: list[int], poller: str) -> dict:
     one_way = sorted(s / 2000 for s in samples[iters // 10:])   # skip the warm-up tenth
     return {"test": test, "size": size, "iters": iters,
@@ -211,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test", default="send_bw,send_lat")
     ap.add_argument("--size", default="64,4096,65536,1048576")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per bandwidth test")
-    ap.add_argument("--iters", type=int, default=5000, help="round trips per latency test")
+    ap.add_argument("--iters", type=int, default=5000, help="round trips per latency test; writes each way in stream_bw")
     ap.add_argument("--opt", action="append", default=[], metavar="NAME=VALUE",
                     help="an endpoint option (rdmamsg.Options), e.g. spin_us=200; repeatable")
     ap.add_argument("--json", action="store_true", help="print JSON lines, not a table")
@@ -235,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                 r = rma_bw(args.client, args.port, size, args.duration, **opts)
             elif test == "rma_lat":
                 r = rma_lat(args.client, args.port, size, args.iters, **opts)
+            elif test.startswith("stream"):
+                r = stream(args.client, args.port, size, args.iters, test, **opts)
             elif test.endswith("_bw"):
                 r = send_bw(args.client, args.port, size, args.duration, test, **opts)
             else:

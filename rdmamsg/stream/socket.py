@@ -72,8 +72,10 @@ class RdmaSocket:
         self._opts: dict[tuple[int, int], int] = {}
 
     @classmethod
-    def _from_endpoint(cls, ep: Endpoint, timeout: float | None, token, options) -> "RdmaSocket":
-        s = cls(token=token, **options)
+    def from_endpoint(cls, ep: Endpoint, timeout: float | None = None) -> "RdmaSocket":
+        """A stream on a connected Endpoint, whose next messages carry it (the
+        socket owns the endpoint from now on)."""
+        s = cls()
         s._ep, s._timeout = ep, timeout
         return s
 
@@ -103,7 +105,7 @@ class RdmaSocket:
             if self._timeout == 0:
                 raise BlockingIOError(errno.EAGAIN, "no connection is waiting") from None
             raise
-        child = self._from_endpoint(ep, _socket.getdefaulttimeout(), self._token, self._options)
+        child = self.from_endpoint(ep, _socket.getdefaulttimeout())
         return child, ep.raddr
 
     def connect(self, address: Address) -> None:
@@ -192,6 +194,10 @@ class RdmaSocket:
             raise ValueError("negative buffersize in recv_into")
         want = min(nbytes or dst.nbytes, dst.nbytes)
         with self._rlock:
+            if self._view is None and want:
+                n = self._whole_into(dst if want == dst.nbytes else dst[:want])
+                if n is not None:
+                    return n
             data = self._next()
             if data is None:
                 return 0
@@ -199,6 +205,32 @@ class RdmaSocket:
             dst[:n] = data[self._off:self._off + n]
             self._consumed(n)
             return n
+
+    def _whole_into(self, dst: memoryview) -> int | None:
+        """The fast path: the next message straight into ``dst`` (one copy, no
+        view); None if it is longer than ``dst`` (it stays queued)."""
+        ep = self._connected()
+        if self._eof or self._shut_rd:
+            return 0
+        try:
+            n = ep.recv_into(dst, self._timeout)
+        except ValueError:
+            return None
+        except PeerClosedError:
+            n = 0
+        except TimeoutError:
+            raise self._recv_timed_out() from None
+        if n == 0:                                # the peer's shutdown(SHUT_WR)
+            self._eof = True
+        if self._selectable:
+            self._rearm()
+        return n
+
+    def _recv_timed_out(self) -> OSError:
+        """A receive's timeout, as the socket module reports it."""
+        if self._timeout == 0:
+            return BlockingIOError(errno.EAGAIN, "no data is waiting")
+        return TimeoutError("timed out")
 
     def _next(self) -> memoryview | None:
         """The message being read (None at end of stream), waiting for one as the
@@ -214,9 +246,7 @@ class RdmaSocket:
             self._eof = True
             return None
         except TimeoutError:
-            if self._timeout == 0:
-                raise BlockingIOError(errno.EAGAIN, "no data is waiting") from None
-            raise
+            raise self._recv_timed_out() from None
         if len(view) == 0:                       # the peer's shutdown(SHUT_WR)
             view.release()
             self._eof = True
