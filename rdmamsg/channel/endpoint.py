@@ -258,14 +258,17 @@ class Endpoint:
         If the peer stops taking messages for longer than ``linger``, what
         is still unsent is dropped and no CLOSE goes out: the peer then gets
         ConnectionResetError, never PeerClosedError, so it knows the stream
-        was cut short (as with a TCP socket whose linger expires)."""
+        was cut short (as with a TCP socket whose linger expires).  A linger
+        of 0 aborts at once, with no CLOSE (as SO_LINGER 0 does for TCP)."""
         if self._closed:
             return
         self._closed = True
         if os.getpid() != self._pid:
             return  # inherited across fork: the parent still owns all of it
+        linger = self._opts.linger if linger is None else linger
         try:
-            self._engine.shutdown(self._opts.linger if linger is None else linger)
+            if linger > 0:
+                self._engine.shutdown(linger)
         finally:
             self._engine.close()
             self._parts.release()
@@ -286,6 +289,6 @@ class Endpoint:
             return
         warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1)
         try:
-            self.close(linger=0)
+            self.close(linger=0.01)           # an orderly end, if it can go at once
         except Exception:
             pass

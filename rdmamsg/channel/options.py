@@ -29,7 +29,7 @@ class Options:
                                       #: (registered, cached) instead of copied; 0: never
     spin_us: int = 1000               #: busy-poll up to this long before sleeping on the
                                       #: fd, while traffic flows (50 us after idling)
-    linger: float = 2.0               #: close() waits this long for sends to complete
+    linger: float = 2.0               #: close() waits this long for sends to complete; 0 aborts
     handshake_timeout: float = 10.0   #: limit for one bootstrap handshake
     remote_buffers: bool = True       #: a second QP for expose()/write()/read() (the
                                       #: connecting side chooses; a listener follows)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket as _socket
+import warnings
 from .socket import RdmaSocket
 
 READ_SIZE = 1 << 20
@@ -194,6 +195,15 @@ class RdmaTransport(asyncio.Transport):
 
         done = self._loop.run_in_executor(None, close)   # the orderly close may wait
         done.add_done_callback(lambda _: self._protocol.connection_lost(exc))
+
+    def __del__(self) -> None:
+        if getattr(self, "_conn_lost", True):
+            return
+        warnings.warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+        self._conn_lost = True
+        if self._out:       # output we hold is lost: the peer must not see a clean end
+            self._sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, 0)
+        self._sock.close()
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol

@@ -6,6 +6,7 @@ import random
 import selectors
 import signal
 import socket
+import struct
 import threading
 import time
 
@@ -13,6 +14,7 @@ import pytest
 
 import rdmamsg
 from support.peers import run_in_thread, spawn
+from support.streams import recv_randomly, send_randomly
 
 IP = os.environ.get("RDMAMSG_SELF", "")
 
@@ -33,43 +35,17 @@ def socket_pair(**options):
     return cli, conn
 
 
-def _send_randomly(sock, data: bytes, rng: random.Random) -> None:
-    mv = memoryview(data)
-    while mv:
-        n = min(len(mv), rng.choice([1, 7, 100, 4096, 65536, 300_000]))
-        if rng.random() < 0.5:
-            sock.sendall(mv[:n])
-        else:
-            n = sock.send(mv[:n])
-        mv = mv[n:]
-
-
-def _recv_randomly(sock, total: int, rng: random.Random) -> bytes:
-    out = bytearray()
-    buf = bytearray(1 << 20)
-    while len(out) < total:
-        want = rng.choice([1, 13, 1000, 4096, 70_000, 1 << 20])
-        if rng.random() < 0.5:
-            chunk = sock.recv(want)
-        else:
-            n = sock.recv_into(buf, want)
-            chunk = bytes(buf[:n])
-        assert chunk, "early end of stream"
-        out += chunk
-    return bytes(out)
-
-
 def test_stream_integrity_with_random_chunking_both_ways(channel):
     cli, conn = socket_pair(channel=channel)
     with cli, conn:
         for size in (1, 1000, 65536, 1 << 20, 5 << 20):
             data = random.Random(size).randbytes(size)
-            sender = run_in_thread(_send_randomly, cli, data, random.Random(1))
-            echoed = _recv_randomly(conn, size, random.Random(2))
+            sender = run_in_thread(send_randomly, cli, data, random.Random(1))
+            echoed = recv_randomly(conn, size, random.Random(2))
             sender.result()
             assert hashlib.sha256(echoed).digest() == hashlib.sha256(data).digest()
-            back = run_in_thread(_send_randomly, conn, echoed, random.Random(3))
-            assert _recv_randomly(cli, size, random.Random(4)) == data
+            back = run_in_thread(send_randomly, conn, echoed, random.Random(3))
+            assert recv_randomly(cli, size, random.Random(4)) == data
             back.result()
 
 
@@ -89,6 +65,18 @@ def test_half_close_delivers_eof_and_the_other_way_stays_open():
         assert cli.recv(100) == b""
         with pytest.raises(BrokenPipeError):
             cli.send(b"more")
+
+
+def test_so_linger_zero_aborts_so_the_peer_knows_the_stream_was_cut():
+    cli, conn = socket_pair()
+    with conn:
+        cli.sendall(b"x" * 1000)
+        cli.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        cli.close()
+        conn.settimeout(10)
+        with pytest.raises(ConnectionResetError):
+            while conn.recv(4096):
+                pass
 
 
 def test_timeouts_and_non_blocking():

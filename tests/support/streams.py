@@ -1,0 +1,28 @@
+"""Byte streams in random pieces, for the socket facade's tests."""
+import random
+
+
+def send_randomly(sock, data: bytes, rng: random.Random) -> None:
+    mv = memoryview(data)
+    while mv:
+        n = min(len(mv), rng.choice([1, 7, 100, 4096, 65536, 300_000]))
+        if rng.random() < 0.5:
+            sock.sendall(mv[:n])
+        else:
+            n = sock.send(mv[:n])
+        mv = mv[n:]
+
+
+def recv_randomly(sock, total: int, rng: random.Random) -> bytes:
+    out = bytearray()
+    buf = bytearray(1 << 20)
+    while len(out) < total:
+        want = rng.choice([1, 13, 1000, 4096, 70_000, 1 << 20])
+        if rng.random() < 0.5:
+            chunk = sock.recv(want)
+        else:
+            n = sock.recv_into(buf, want)
+            chunk = bytes(buf[:n])
+        assert chunk, "early end of stream"
+        out += chunk
+    return bytes(out)
