@@ -38,7 +38,7 @@ class _Wire:
         if self.deadline is not None:
             left = self.deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError("the handshake timed out")
+                raise TimeoutError("the handshake timed out (is the peer an rdmamsg endpoint?)")
             self.sock.settimeout(left)
         else:
             self.sock.settimeout(None)
@@ -53,7 +53,7 @@ class _Wire:
             try:
                 data = self.sock.recv(4096)
             except socket.timeout:
-                raise TimeoutError("the handshake timed out") from None
+                raise TimeoutError("the handshake timed out (is the peer an rdmamsg endpoint?)") from None
             if not data:
                 raise HandshakeError("the peer closed the connection during the handshake")
             self.queue.extend(self.decoder.feed(data))

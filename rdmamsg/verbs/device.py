@@ -6,9 +6,11 @@ call (reading sysfs entry by entry is the fallback: rxe has 1024 of them).
 """
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import os
 import socket
+import struct
 from dataclasses import dataclass, field
 
 from ..errors import NoDeviceError, RdmaError
@@ -195,8 +197,6 @@ def rdma_networks() -> list[ipaddress.IPv4Network]:
 
 def _netmask(netdev: str) -> str:
     """The IPv4 netmask of ``netdev`` (SIOCGIFNETMASK); /32 if it has none."""
-    import fcntl
-    import struct
     req = struct.pack("16s16x", netdev.encode()[:15])
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
