@@ -14,7 +14,7 @@ import pytest
 
 import rdmamsg
 from support.peers import run_in_thread, spawn
-from support.streams import recv_randomly, send_randomly
+from support.streams import recv_randomly, reply_digest, send_for_digest, send_randomly
 
 IP = os.environ.get("RDMAMSG_SELF", "")
 
@@ -247,36 +247,18 @@ def test_sixty_four_connections_each_moving_1_mib():
     blob = random.Random(64).randbytes(1 << 20)
     digest = hashlib.sha256(blob).digest()
     with rdmamsg.create_server((IP, 0), backlog=64) as srv:
-        def serve_one(conn):
-            with conn:
-                h = hashlib.sha256()
-                n = 0
-                while chunk := conn.recv(1 << 20):
-                    h.update(chunk)
-                    n += len(chunk)
-                conn.sendall(h.digest())
-
         def acceptor():
             done = []
             for _ in range(64):
                 conn, _ = srv.accept()
-                done.append(run_in_thread(serve_one, conn))
+                done.append(run_in_thread(reply_digest, conn))
             for d in done:
                 d.result(timeout=600)
 
         acc = run_in_thread(acceptor)
 
-        def client():
-            with rdmamsg.create_connection(srv.getsockname(), timeout=120) as c:
-                c.settimeout(None)
-                c.sendall(blob)
-                c.shutdown(socket.SHUT_WR)
-                got = b""
-                while chunk := c.recv(64):
-                    got += chunk
-                return got
-
-        results = [run_in_thread(client) for _ in range(64)]
+        results = [run_in_thread(send_for_digest, srv.getsockname(), blob, 120)
+                   for _ in range(64)]
         for r in results:
             assert r.result(timeout=600) == digest
         acc.result(timeout=60)

@@ -1,5 +1,9 @@
 """Byte streams in random pieces, for the socket facade's tests."""
+import hashlib
 import random
+import socket
+
+import rdmamsg
 
 
 def send_randomly(sock, data: bytes, rng: random.Random) -> None:
@@ -26,3 +30,24 @@ def recv_randomly(sock, total: int, rng: random.Random) -> bytes:
         assert chunk, "early end of stream"
         out += chunk
     return bytes(out)
+
+
+def reply_digest(conn) -> None:
+    """Server side of a digest exchange: read to EOF, send back the sha256, close."""
+    with conn:
+        h = hashlib.sha256()
+        while chunk := conn.recv(1 << 20):
+            h.update(chunk)
+        conn.sendall(h.digest())
+
+
+def send_for_digest(address, blob: bytes, timeout: float) -> bytes:
+    """Client side: connect, send ``blob``, half-close, return what comes back."""
+    with rdmamsg.create_connection(address, timeout) as c:
+        c.settimeout(None)
+        c.sendall(blob)
+        c.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := c.recv(64):
+            got += chunk
+        return got

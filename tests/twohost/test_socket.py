@@ -15,7 +15,7 @@ import pytest
 import rdmamsg
 import rdmamsg.aio
 from support.peers import TESTS_DIR, run_in_thread, spawn
-from support.streams import recv_randomly, send_randomly
+from support.streams import recv_randomly, reply_digest, send_for_digest, send_randomly
 
 SIZES = (1, 65536, 1 << 20, 4 << 20)
 
@@ -109,32 +109,14 @@ def test_sixty_four_connections_each_moving_1_mib(pair):
         with rdmamsg.create_server((pair.self_ip, pair.data_port), backlog=64) as srv:
             srv.settimeout(300)
             pair.barrier()
-
-            def serve_one(conn):
-                with conn:
-                    h = hashlib.sha256()
-                    while chunk := conn.recv(1 << 20):
-                        h.update(chunk)
-                    conn.sendall(h.digest())
-
-            served = [run_in_thread(serve_one, srv.accept()[0]) for _ in range(64)]
+            served = [run_in_thread(reply_digest, srv.accept()[0]) for _ in range(64)]
             for s in served:
                 s.result(timeout=600)
         pair.barrier()
     else:
         pair.barrier()
-
-        def client():
-            with rdmamsg.create_connection((pair.peer_ip, pair.data_port), 300) as c:
-                c.settimeout(None)
-                c.sendall(blob)
-                c.shutdown(socket.SHUT_WR)
-                got = b""
-                while chunk := c.recv(64):
-                    got += chunk
-                return got
-
-        results = [run_in_thread(client) for _ in range(64)]
+        results = [run_in_thread(send_for_digest, (pair.peer_ip, pair.data_port), blob, 300)
+                   for _ in range(64)]
         digest = hashlib.sha256(blob).digest()
         assert [r.result(timeout=600) for r in results] == [digest] * 64
         pair.barrier()
