@@ -119,6 +119,7 @@ cdef class Engine:
     cdef ibv_cq *cq
     cdef ibv_comp_channel *ch
     cdef int cc_fd, live_fd, ep_fd, wake_fd
+    cdef int sig_fd, sel_fd         # fileno(): ep_fd or the level signal() holds
     cdef object keep
     cdef list rviews               # each receive buffer's memoryview (for recv_view)
     cdef int lent                  # receive buffers lent out as MessageViews
@@ -273,12 +274,17 @@ cdef class Engine:
         cdef epoll_event ev
         self.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         self.ep_fd = epoll_create1(EPOLL_CLOEXEC)
-        if self.wake_fd < 0 or self.ep_fd < 0:
+        # A separate fd for signal(), so that no wait of ours can take it away.
+        self.sig_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        self.sel_fd = epoll_create1(EPOLL_CLOEXEC)
+        if self.wake_fd < 0 or self.ep_fd < 0 or self.sig_fd < 0 or self.sel_fd < 0:
             raise RdmaError("epoll_create1/eventfd", errno)
-        for fd in (self.cc_fd, self.live_fd, self.wake_fd):
+        for epfd, fd in ((self.ep_fd, self.cc_fd), (self.ep_fd, self.live_fd),
+                         (self.ep_fd, self.wake_fd), (self.sel_fd, self.ep_fd),
+                         (self.sel_fd, self.sig_fd)):
             ev.events = EPOLLIN
             ev.data.fd = fd
-            if epoll_ctl(self.ep_fd, EPOLL_CTL_ADD, fd, &ev) != 0:
+            if epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
                 raise RdmaError("epoll_ctl", errno)
 
     cdef void _free_arrays(self) noexcept:
@@ -1128,7 +1134,8 @@ cdef class Engine:
     # -- the rest of the contract -------------------------------------------------
 
     def poll(self):
-        """Progress without blocking; leaves the CQ armed.  Whole messages ready."""
+        """Progress without blocking; leaves the CQ armed.  Whole messages ready
+        (or 1 once nothing more can arrive: recv reports why)."""
         self._lock()
         try:
             self._check_open()
@@ -1144,7 +1151,11 @@ cdef class Engine:
                         and mono() - self.eof_at > EOF_GRACE):
                     self.peer_gone = True
             self._prune()
-            return self.whole_ready + (self.held is not None)
+            if self.whole_ready or self.held is not None:
+                return self.whole_ready + (self.held is not None)
+            # Nothing more can arrive: 1, so that the caller's recv reports it.
+            return int(self.err != E_NONE or self.peer_gone
+                       or (self.peer_closed and self.rq_count == 0))
         finally:
             self._unlock()
 
@@ -1162,7 +1173,12 @@ cdef class Engine:
 
     def fileno(self):
         self._check_open()
-        return self.ep_fd
+        return self.sel_fd
+
+    def progress_count(self):
+        """A counter that moves whenever completions are handled: a layer that
+        gave up on a non-blocking call compares it to learn whether to retry."""
+        return self.changes
 
     def pending(self):
         """Whole messages ready now, without polling."""
@@ -1176,9 +1192,9 @@ cdef class Engine:
         try:
             self._check_open()
             if on:
-                write(self.wake_fd, &one, 8)
-            elif not self.leader:
-                read(self.wake_fd, &one, 8)
+                write(self.sig_fd, &one, 8)
+            else:
+                read(self.sig_fd, &one, 8)
         finally:
             self._unlock()
 
@@ -1246,6 +1262,8 @@ cdef class Engine:
             if self.unacked:
                 ibv_ack_cq_events(self.cq, self.unacked)
                 self.unacked = 0
+            close(self.sel_fd)
+            close(self.sig_fd)
             close(self.ep_fd)
             close(self.wake_fd)
             self._free_arrays()

@@ -167,7 +167,8 @@ class Endpoint:
         return self._engine.recv_view(timeout)
 
     def poll(self) -> int:
-        """Make progress without blocking; the number of whole messages ready."""
+        """Make progress without blocking; the number of whole messages ready
+        (1 once nothing more can arrive, so that recv() reports why)."""
         return self._engine.poll()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -231,6 +232,12 @@ class Endpoint:
         """Hold fileno() readable, or stop: for layers that keep data above the
         engine (the socket facade), so that selectors still see it."""
         self._engine.signal(on)
+
+    def progress_count(self) -> int:
+        """A counter that moves whenever completions are handled.  A layer that
+        gave up on a non-blocking send compares it later: if it moved, credits
+        may have come back (the fd's event for them may already be taken)."""
+        return self._engine.progress_count()
 
     @property
     def max_message(self) -> int:

@@ -12,7 +12,10 @@ arming, and data can wait above the engine (the rest of a message), so once
 ``fileno()`` has been asked for, every receive leaves the queue armed (poll)
 and holds the fd readable while data is waiting (``signal``).  The fd never
 reports writable (it is an epoll fd): a non-blocking send that cannot go now
-raises BlockingIOError, and returning credits make the fd readable.
+raises BlockingIOError, and returning credits make the fd readable.  Those
+credits may come in during some other call (a recv's poll takes every
+completion), so a blocked send leaves a mark, the engine's progress count,
+and the fd is held readable once the count has moved past it.
 """
 from __future__ import annotations
 
@@ -68,6 +71,7 @@ class RdmaSocket:
         self._eof = False                    # the peer's end of stream was read
         self._shut_rd = self._shut_wr = False
         self._selectable = False
+        self._send_mark: int | None = None   # progress_count() when a send could not go
         self._rlock = threading.Lock()
         self._opts: dict[tuple[int, int], int] = {}
 
@@ -137,13 +141,28 @@ class RdmaSocket:
             return 0
         # With a timeout, one fragment at a time: a message either goes whole or not.
         piece = mv[:CHUNK if self._timeout is None else ep.fragment]
+        if not self._selectable:
+            self._send_piece(ep, piece)
+            return piece.nbytes
+        before = ep.progress_count()
+        try:
+            self._send_piece(ep, piece)
+        except BlockingIOError:
+            self._send_mark = ep.progress_count()
+            self._rearm_after_send()
+            raise
+        self._send_mark = None
+        if ep.progress_count() != before:      # it took completions: some may be arrivals
+            self._rearm_after_send()
+        return piece.nbytes
+
+    def _send_piece(self, ep: Endpoint, piece: memoryview) -> None:
         try:
             ep.send(piece, self._timeout)
         except TimeoutError:
             if self._timeout == 0:
                 raise BlockingIOError(errno.EAGAIN, "the peer is not taking data now") from None
             raise
-        return piece.nbytes
 
     def sendall(self, data, flags: int = 0) -> None:
         mv = memoryview(data).cast("B")
@@ -227,7 +246,10 @@ class RdmaSocket:
         return n
 
     def _recv_timed_out(self) -> OSError:
-        """A receive's timeout, as the socket module reports it."""
+        """A receive's timeout, as the socket module reports it (the wait may
+        have taken completions a blocked send was waiting for)."""
+        if self._selectable:
+            self._rearm()
         if self._timeout == 0:
             return BlockingIOError(errno.EAGAIN, "no data is waiting")
         return TimeoutError("timed out")
@@ -262,18 +284,32 @@ class RdmaSocket:
         if self._selectable:
             self._rearm()
 
-    def _rearm(self) -> None:
-        """Keep fileno() level-triggered: readable while data waits, and the
-        completion queue armed for the next arrival otherwise."""
+    def _rearm(self, reading: bool = True) -> None:
+        """Keep fileno() level-triggered: readable while data waits (if
+        ``reading``) or a blocked send may go on, and the completion queue
+        armed for the next arrival otherwise."""
         ep = self._ep
         try:
-            waiting = self._view is not None or ep.pending() or ep.poll()
+            if reading and (self._view is not None or ep.pending()):
+                waiting = True
+            else:
+                waiting = bool(ep.poll()) and reading
+                mark = self._send_mark
+                waiting = waiting or (mark is not None and ep.progress_count() != mark)
         except (OSError, EOFError):
-            waiting = True      # the next recv raises it; this one has its data
+            waiting = True      # the next call raises it
         try:
-            ep.signal(bool(waiting))
+            ep.signal(waiting)
         except OSError:
             pass
+
+    def _rearm_after_send(self) -> None:
+        # A reader holding the lock rearms when it is done.
+        if self._rlock.acquire(blocking=False):
+            try:
+                self._rearm()
+            finally:
+                self._rlock.release()
 
     # -- ending ------------------------------------------------------------------------
 

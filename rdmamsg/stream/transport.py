@@ -60,7 +60,7 @@ class RdmaTransport(asyncio.Transport):
             if self._reading and not self._eof_read:
                 self._read()
             else:
-                self._sock.endpoint.poll()      # take the event and rearm
+                self._sock._rearm(reading=False)   # take the event; readable only for credits
         except OSError as exc:
             self._fatal(exc)
 

@@ -104,6 +104,13 @@ class Engine:
         self._ep.register(cq.fd, select.EPOLLIN)
         self._ep.register(liveness.fileno(), select.EPOLLIN)
         self._ep.register(self._wake, select.EPOLLIN)
+        # fileno(): our epoll set, or the level that signal() holds.  A
+        # separate fd, so that no wait of ours can take the signal away.
+        self._sig = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._sel = select.epoll()
+        self._sel.register(self._ep.fileno(), select.EPOLLIN)
+        self._sel.register(self._sig, select.EPOLLIN)
+        self._changes = 0           # completions handled and kicks (progress_count)
         self._inside = 0
         self._spin = config.spin_us / 1e6
         self._last_active = 0.0
@@ -136,6 +143,7 @@ class Engine:
         """Wake waiters after a change that no completion will announce.  (The
         lock is held from a waiter's check until it sleeps, so a notify or the
         eventfd always reaches it.)"""
+        self._changes += 1
         self._cond.notify_all()
         if self._leader:
             os.eventfd_write(self._wake, 1)
@@ -219,6 +227,7 @@ class Engine:
             else:
                 self._sent_through(wc.wr_id)
         if n:
+            self._changes += 1
             self._post_credit_update()
             self._cond.notify_all()
             self._last_active = time.monotonic()
@@ -655,7 +664,11 @@ class Engine:
             while self._progress():
                 pass
             self._prune()
-            return self._whole_ready + (self._held is not None)
+            if self._whole_ready or self._held is not None:
+                return self._whole_ready + (self._held is not None)
+            # Nothing more can arrive: 1, so that the caller's recv reports it.
+            return int(self._error is not None or self._peer_gone
+                       or (self._peer_closed and not self._ready))
 
     def pending(self) -> int:
         """Whole messages ready now, without polling."""
@@ -667,12 +680,17 @@ class Engine:
         with self._lock:
             self._check_open()
             if on:
-                os.eventfd_write(self._wake, 1)
-            elif not self._leader:
+                os.eventfd_write(self._sig, 1)
+            else:
                 try:
-                    os.eventfd_read(self._wake)
+                    os.eventfd_read(self._sig)
                 except BlockingIOError:
                     pass
+
+    def progress_count(self) -> int:
+        """A counter that moves whenever completions are handled: a layer that
+        gave up on a non-blocking call compares it to learn whether to retry."""
+        return self._changes
 
     def wait(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -684,7 +702,7 @@ class Engine:
 
     def fileno(self) -> int:
         self._check_open()
-        return self._ep.fileno()
+        return self._sel.fileno()
 
     def shutdown(self, timeout: float | None = 2.0) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -740,7 +758,9 @@ class Engine:
             self._recv_wrs = []
             while self._zc_pending:
                 self._regcache.release(self._zc_pending.popleft()[1])
+            self._sel.close()
             self._ep.close()
+            os.close(self._sig)
             os.close(self._wake)
 
 

@@ -27,10 +27,12 @@ ENGINE_API = (
     "recv_into",       # (buffer, timeout) -> int: the next message into a caller's buffer
     "recv_view",       # (timeout) -> MessageView: the next message lent without a copy
     "poll",            # () -> int: progress without blocking; whole messages ready
+                       #   (1 once nothing more can arrive: recv then says why)
     "wait",            # (timeout) -> bool: block until there may be progress
     "fileno",          # () -> int: readable when there may be progress (for selectors)
     "pending",         # () -> int: whole messages ready now, without polling
     "signal",          # (on) -> None: hold fileno() readable, or stop (data waits above us)
+    "progress_count",  # () -> int: moves whenever completions are handled
     "shutdown",        # (timeout) -> None: orderly CLOSE, then wait for our sends to complete
     "close",           # () -> None: stop; the caller then destroys the QP and CQ
     "stats",           # () -> dict: counters (see STAT_KEYS)

@@ -206,6 +206,29 @@ def test_a_selectors_echo_server():
         srv.close()
 
 
+
+@pytest.mark.parametrize("channel", ["send", "write"])
+def test_credits_a_recv_took_still_make_the_fd_readable(channel):
+    """A blocked non-blocking sender whose credits come back while it polls
+    for data (the recv takes the completion, and the fd's event with it)
+    must still see its fd readable: the lost wake-up that hung asyncio."""
+    cli, conn = socket_pair(channel=channel)
+    with cli, conn, selectors.DefaultSelector() as sel:
+        cli.setblocking(False)
+        sel.register(cli, selectors.EVENT_READ)
+        chunk = bytes(cli.endpoint.fragment)
+        sent = 0
+        with pytest.raises(BlockingIOError):
+            while sent < 1 << 30:
+                sent += cli.send(chunk)
+        assert recv_randomly(conn, sent, random.Random(5)) == bytes(sent)
+        time.sleep(0.5)                        # the peer's credit returns arrive
+        with pytest.raises(BlockingIOError):
+            cli.recv(10)                       # ... and this recv takes them
+        assert sel.select(timeout=5), "credits came back but the fd stayed silent"
+        assert cli.send(chunk) == len(chunk)
+        assert conn.recv(len(chunk)) == chunk
+
 def test_a_line_protocol_over_makefile():
     cli, conn = socket_pair()
     with cli, conn:
