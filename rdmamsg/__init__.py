@@ -11,7 +11,8 @@ The layers, bottom up: ``verbs`` (devices, memory pool, CQ, QP), ``protocol``
 (framing, credits, handshake; no I/O), ``transport`` (the pollers), and
 ``channel`` (endpoints, listen/connect), and ``stream`` (the socket facade:
 ``RdmaSocket``, ``create_connection``, ``create_server``), with
-``transparent`` (``patch``, ``python -m rdmamsg.run``) above it.
+``transparent`` (``patch``, ``python -m rdmamsg.run``) above it; and ``rpc``
+(msgpack RPC: ``rdmamsg.rpc.Server``, ``Client``, ``AsyncClient``).
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from .errors import (
     ProtocolError,
     RdmaError,
     RemoteAccessError,
+    RemoteError,
+    UnknownMethodError,
     WorkCompletionError,
 )
 from .stream.socket import RdmaSocket, create_connection, create_server
@@ -48,5 +51,5 @@ __all__ = [
     "MemoryPool", "Buffer", "QueuePair", "RemoteQP", "Timing", "configure_pool", "poller_in_use",
     "RdmaError", "WorkCompletionError", "RemoteAccessError", "ProtocolError", "HandshakeError", "AuthenticationError",
     "PeerClosedError", "PoolExhaustedError", "PoolTimeoutError", "NoDeviceError",
-    "PollerUnavailableError",
+    "PollerUnavailableError", "RemoteError", "UnknownMethodError",
 ]

@@ -21,6 +21,8 @@ __all__ = [
     "PoolTimeoutError",
     "NoDeviceError",
     "PollerUnavailableError",
+    "RemoteError",
+    "UnknownMethodError",
     "closed_error",
 ]
 
@@ -158,6 +160,25 @@ class NoDeviceError(_Described):
 
 class PollerUnavailableError(RuntimeError):
     """The Cython poller cannot be used with these pyverbs objects."""
+
+
+class RemoteError(RuntimeError):
+    """An RPC handler raised on the server.  ``.type_name`` is its exception's
+    qualified name (``builtins.ValueError``), ``.message`` its text and
+    ``.remote_traceback`` the server's traceback."""
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self):
+        return (type(self), (self.type_name, self.message, self.remote_traceback))
+
+
+class UnknownMethodError(RemoteError, LookupError):
+    """The server has no handler of that name."""
 
 
 def closed_error(what: str) -> OSError:

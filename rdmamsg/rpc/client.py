@@ -1,0 +1,301 @@
+"""RPC clients: Client (threads and futures) and AsyncClient (asyncio).
+
+Every call gets an id; any number may be outstanding on one connection, and
+replies complete their futures in whatever order they come.  A call's
+timeout travels with it, so the server skips work nobody waits for; a
+timed-out or cancelled call sends a CANCEL (best effort) and its late reply
+is dropped.  When the connection is lost (the peer died, closed, went
+silent past the keepalive, or broke the protocol) every pending call fails
+with that error: ConnectionResetError for a lost peer.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import heapq
+import itertools
+import threading
+import time
+from typing import Any, Callable
+
+from ..channel.bootstrap import connect
+from ..errors import ProtocolError, RemoteError, UnknownMethodError, closed_error
+from . import wire
+from .link import Link
+
+Address = tuple[str, int]
+
+
+class Client:
+    """``Client(address, token=None, timeout=None)``: calls to an rdmamsg.rpc.Server.
+
+        with rdmamsg.rpc.Client(("10.88.0.1", 7480)) as client:
+            client.call("add", 1, 2)                    # 3
+            futures = [client.call_async("add", i, i) for i in range(100)]
+            client.with_timeout(0.5).call("slow")       # TimeoutError after 0.5 s
+
+    ``timeout`` is each call's default limit (None: wait as long as the
+    connection lives).  Binary values of ``inline_max`` bytes or more are
+    sent out of band, from their own memory.  ``options`` are rdmamsg.Options
+    fields; the write channel is the default.
+    """
+
+    def __init__(self, address: Address, token: str | bytes | None = None,
+                 timeout: float | None = None, *, connect_timeout: float | None = 30.0,
+                 keepalive: float = 1.0, dead_after: float = 3.5,
+                 inline_max: int = wire.INLINE_MAX, max_payload: int = wire.MAX_PAYLOAD,
+                 **options: Any) -> None:
+        options.setdefault("channel", "write")
+        self.timeout = timeout
+        self._inline_max = inline_max
+        self._lock = threading.Lock()
+        self._pending: dict[int, concurrent.futures.Future] = {}
+        self._ids = itertools.count(1)
+        self._lost: BaseException | None = None
+        self._deadlines = _Deadlines()
+        ep = connect(address, connect_timeout, token, **options)
+        self._link = Link(ep, self._on_frame, self._on_lost, keepalive=keepalive,
+                          dead_after=dead_after, max_payload=max_payload,
+                          name=f"rdmamsg-rpc-client-{address[0]}:{address[1]}")
+        self._link.start()
+
+    # -- calling ---------------------------------------------------------------------
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``name(*args, **kwargs)`` on the server and return its result.
+        Raises RemoteError (or UnknownMethodError) for the handler's exception,
+        TimeoutError after ``timeout``, ConnectionResetError if the server is lost."""
+        return self._wait(name, self._submit(name, args, kwargs, self.timeout, timer=False),
+                          self.timeout)
+
+    def call_async(self, name: str, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        """Start a call; a Future of its result.  ``future.cancel()`` cancels it."""
+        return self._submit(name, args, kwargs, self.timeout, timer=True)
+
+    def with_timeout(self, timeout: float | None) -> "_Scoped":
+        """This client with another timeout for the calls made through it."""
+        return _Scoped(self, timeout)
+
+    def _wait(self, name: str, fut: concurrent.futures.Future, timeout: float | None) -> Any:
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            if not fut.done():
+                fut.cancel()
+                raise TimeoutError(f"RPC call {name!r} timed out after {timeout:g} s") from None
+            return fut.result()
+
+    def _submit(self, name: str, args: tuple, kwargs: dict, timeout: float | None,
+                timer: bool) -> concurrent.futures.Future:
+        if not isinstance(name, str):
+            raise TypeError("an RPC method name must be a string")
+        call_id = next(self._ids)
+        frame, buffers = wire.encode_request(call_id, name, args, kwargs, timeout, self._inline_max)
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            if self._lost is not None:
+                raise self._down()
+            self._pending[call_id] = fut
+        fut.add_done_callback(functools.partial(self._done, call_id))
+        try:
+            self._link.send(frame, buffers)
+        except BaseException as exc:
+            with self._lock:
+                self._pending.pop(call_id, None)
+            if self._lost is not None:
+                raise self._down() from exc
+            raise
+        if timer and timeout is not None:
+            self._deadlines.add(time.monotonic() + timeout,
+                                functools.partial(self._expire, call_id, name, timeout))
+        return fut
+
+    def _expire(self, call_id: int, name: str, timeout: float) -> None:
+        with self._lock:
+            fut = self._pending.pop(call_id, None)
+        if fut is not None and _settle(fut, exc=TimeoutError(
+                f"RPC call {name!r} timed out after {timeout:g} s")):
+            self._link.try_send(wire.encode_cancel(call_id))
+
+    def _done(self, call_id: int, fut: concurrent.futures.Future) -> None:
+        if fut.cancelled():
+            with self._lock:
+                was_pending = self._pending.pop(call_id, None) is not None
+            if was_pending and self._lost is None:
+                self._link.try_send(wire.encode_cancel(call_id))
+
+    # -- replies ---------------------------------------------------------------------
+
+    def _on_frame(self, head: wire.Header, objects: list) -> None:
+        if head.kind != wire.REPLY:
+            raise ProtocolError(f"the RPC server sent a frame of kind {head.kind}")
+        body = wire.decode_body(head, objects)
+        with self._lock:
+            fut = self._pending.pop(head.id, None)
+        if fut is None:
+            return                              # timed out or cancelled: dropped
+        if head.status == wire.OK:
+            _settle(fut, result=body)
+        else:
+            _settle(fut, exc=_remote_exception(*wire.error_parts(body)))
+
+    def _on_lost(self, exc: BaseException) -> None:
+        with self._lock:
+            self._lost = exc
+            pending, self._pending = self._pending, {}
+        self._deadlines.close()
+        for fut in pending.values():
+            _settle(fut, exc=self._down())
+
+    def _down(self) -> BaseException:
+        exc = self._lost
+        if isinstance(exc, ConnectionAbortedError):
+            return closed_error("RPC client")
+        if isinstance(exc, ProtocolError):
+            return ProtocolError(f"the RPC connection was dropped: {exc}")
+        return ConnectionResetError(f"the RPC connection was lost: {exc}")
+
+    # -- ending ----------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._lost is not None
+
+    def close(self) -> None:
+        """Close the connection; calls still pending fail with OSError(EBADF)."""
+        self._link.close()
+        self._deadlines.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _Scoped:
+    """A Client seen with another timeout (Client.with_timeout)."""
+
+    def __init__(self, client: Client, timeout: float | None) -> None:
+        self._client, self.timeout = client, timeout
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        c = self._client
+        return c._wait(name, c._submit(name, args, kwargs, self.timeout, timer=False), self.timeout)
+
+    def call_async(self, name: str, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        return self._client._submit(name, args, kwargs, self.timeout, timer=True)
+
+
+class AsyncClient:
+    """The asyncio client: ``await client.call(name, *args, **kwargs)``.
+
+        async with rdmamsg.rpc.AsyncClient(("10.88.0.1", 7480)) as client:
+            print(await client.call("add", 1, 2))
+
+    Takes Client's arguments; connects in ``__aenter__`` (or ``await
+    client.connect()``), without blocking the loop.  Cancelling the awaiting
+    task cancels the call.
+    """
+
+    def __init__(self, address: Address, token: str | bytes | None = None,
+                 timeout: float | None = None, **kwargs: Any) -> None:
+        self._args = (address, token, timeout)
+        self._kwargs = kwargs
+        self._client: Client | None = None
+
+    async def connect(self) -> "AsyncClient":
+        if self._client is None:
+            loop = asyncio.get_running_loop()
+            self._client = await loop.run_in_executor(
+                None, functools.partial(Client, *self._args, **self._kwargs))
+        return self
+
+    async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.wrap_future(self._connected().call_async(name, *args, **kwargs))
+
+    def with_timeout(self, timeout: float | None) -> "_AsyncScoped":
+        return _AsyncScoped(self._connected().with_timeout(timeout))
+
+    def _connected(self) -> Client:
+        if self._client is None:
+            raise RuntimeError("AsyncClient is not connected: use 'async with' or await connect()")
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._client.close)
+
+    async def __aenter__(self) -> "AsyncClient":
+        return await self.connect()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+class _AsyncScoped:
+    def __init__(self, scoped: _Scoped) -> None:
+        self._scoped = scoped
+
+    async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.wrap_future(self._scoped.call_async(name, *args, **kwargs))
+
+
+def _remote_exception(type_name: str, message: str, tb: str) -> BaseException:
+    if type_name == wire.UNKNOWN_METHOD:
+        return UnknownMethodError(type_name, message, tb)
+    if type_name == wire.DEADLINE_EXCEEDED:
+        return TimeoutError(f"the server did not start the call in time: {message}")
+    return RemoteError(type_name, message, tb)
+
+
+def _settle(fut: concurrent.futures.Future, result: Any = None,
+            exc: BaseException | None = None) -> bool:
+    """Complete ``fut`` unless it was cancelled meanwhile; whether it was."""
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+        return True
+    except concurrent.futures.InvalidStateError:
+        return False
+
+
+class _Deadlines:
+    """Call-outs at given times, on one thread started when first needed."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = itertools.count()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def add(self, when: float, fn: Callable[[], None]) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            heapq.heappush(self._heap, (when, next(self._order), fn))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="rdmamsg-rpc-deadlines",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    self._cond.wait(None if not self._heap else self._heap[0][0] - time.monotonic())
+                if self._closed:
+                    return
+                fn = heapq.heappop(self._heap)[2]
+            fn()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._heap.clear()
+            self._cond.notify()

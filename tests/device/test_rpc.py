@@ -1,0 +1,217 @@
+"""msgpack RPC on the device: calls, payloads up to 16 MiB, concurrency,
+remote errors, deadlines, cancellation, dead servers and malformed frames."""
+import asyncio
+import concurrent.futures
+import hashlib
+import os
+import random
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import rdmamsg
+import rdmamsg.rpc
+from support.peers import spawn
+from support.rpc_handlers import SERVE_IN_CHILD, make_server
+
+IP = os.environ.get("RDMAMSG_SELF", "")
+SIZES = (0, 1, 1000, 65535, 65536, 1 << 20, 16 << 20)
+
+
+@pytest.fixture
+def server():
+    with make_server((IP, 0), workers=4).start() as srv:
+        yield srv
+
+
+@pytest.fixture(params=["write", "send"])
+def client(server, request):
+    with rdmamsg.rpc.Client(server.address, timeout=60, channel=request.param) as c:
+        yield c
+
+
+def random_value(rng: random.Random, depth: int = 0):
+    kind = rng.randrange(8 if depth < 3 else 5)
+    if kind == 0:
+        return rng.randrange(-2 ** 63, 2 ** 64)
+    if kind == 1:
+        return rng.random()
+    if kind == 2:
+        return "".join(chr(rng.randrange(32, 0x2000)) for _ in range(rng.randrange(20)))
+    if kind == 3:
+        return rng.randbytes(rng.choice([0, 5, 100, 5000, 70000]))
+    if kind == 4:
+        return rng.choice([None, True, False])
+    if kind in (5, 6):
+        return [random_value(rng, depth + 1) for _ in range(rng.randrange(5))]
+    return {str(rng.randrange(100)): random_value(rng, depth + 1) for _ in range(rng.randrange(5))}
+
+
+def test_ten_thousand_calls_with_random_arguments(client):
+    rng = random.Random(1)
+    for i in range(10_000):
+        args = [random_value(rng) for _ in range(rng.randrange(1, 4))]
+        if i % 2:
+            a, b = rng.randrange(-10 ** 9, 10 ** 9), rng.randrange(-10 ** 9, 10 ** 9)
+            assert client.call("add", a, b) == a + b
+        else:
+            expected = args[0] if len(args) == 1 else args
+            assert client.call("echo", *args) == expected
+
+
+def test_echo_of_payloads_from_0_b_to_16_mib_arrives_checked(client):
+    for size in SIZES:
+        data = random.Random(size).randbytes(size)
+        for value in (data, bytearray(data)):
+            got = client.call("echo", value)
+            assert type(got) is type(value) and hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+        arr = np.frombuffer(data[: size - size % 8], dtype=np.float64).reshape(-1, 1)
+        got = client.call("echo", arr)
+        assert isinstance(got, np.ndarray) and got.dtype == arr.dtype and got.shape == arr.shape
+        assert got.tobytes() == arr.tobytes()
+    matrix = np.arange(12, dtype=np.int32).reshape(3, 4)
+    assert client.call("describe", matrix) == ["<i4", [3, 4], 66.0]
+
+
+def test_128_outstanding_calls_complete_out_of_order(client):
+    delays = [random.Random(i).uniform(0, 0.5) for i in range(128)]
+    futures = [client.call_async("nap", i, d) for i, d in enumerate(delays)]
+    order = []
+    for fut in concurrent.futures.as_completed(futures, timeout=60):
+        order.append(fut.result())
+    assert sorted(order) == list(range(128))
+    assert order != list(range(128)), "replies came in request order: nothing ran concurrently"
+    assert [f.result() for f in futures] == list(range(128))
+
+
+def test_remote_exceptions_and_unknown_methods(client):
+    with pytest.raises(rdmamsg.RemoteError) as info:
+        client.call("fail", "it broke")
+    err = info.value
+    assert (err.type_name, err.message) == ("builtins.ValueError", "it broke")
+    assert "raise ValueError(message)" in err.remote_traceback
+    with pytest.raises(rdmamsg.rpc.UnknownMethodError, match="no_such"):
+        client.call("no_such")
+    with pytest.raises(rdmamsg.RemoteError, match="TypeError"):
+        client.call("add", 1)                      # a wrong signature is the handler's error
+    with pytest.raises(TypeError, match="cannot send"):
+        client.call("echo", object())
+    assert client.call("add", 2, 3) == 5           # the connection is fine
+
+
+def test_a_timeout_is_a_timeout_error_and_the_server_skips_expired_work(server):
+    with rdmamsg.rpc.Client(server.address) as client:
+        busy = [client.call_async("sleep", 1.0) for _ in range(4)]     # every worker
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            client.with_timeout(0.3).call("record", "late")
+        assert time.monotonic() - t0 < 1.0
+        late = client.with_timeout(0.3).call_async("record", "late-async")
+        with pytest.raises(TimeoutError):
+            late.result(5)
+        assert [f.result(10) for f in busy] == [1.0] * 4
+        time.sleep(0.2)
+        assert client.call("records") == []         # both expired before a worker was free
+
+
+def test_a_cancelled_call_does_not_run(server):
+    with rdmamsg.rpc.Client(server.address) as client:
+        busy = [client.call_async("sleep", 0.5) for _ in range(4)]
+        doomed = client.call_async("record", "cancelled")
+        assert doomed.cancel()
+        [f.result(10) for f in busy]
+        assert client.call("record", "kept") == "kept"
+        assert client.call("records") == ["kept"]
+
+
+def test_asyncio_client_and_asyncio_handlers(server):
+    async def main():
+        async with rdmamsg.rpc.AsyncClient(server.address, timeout=30) as client:
+            assert await client.call("add", 1, 2) == 3
+            got = await asyncio.gather(*(client.call("nap", i, 0.1) for i in range(64)))
+            assert got == list(range(64))
+            task = asyncio.ensure_future(client.call("nap", 0, 10))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            with pytest.raises(TimeoutError):
+                await client.with_timeout(0.2).call("sleep", 1)
+            assert await client.call("echo", b"x" * 100_000) == b"x" * 100_000
+
+    asyncio.run(main())
+
+
+def test_handlers_on_the_event_loop():
+    with make_server((IP, 0), handlers="asyncio").start() as srv, \
+            rdmamsg.rpc.Client(srv.address, timeout=30) as client:
+        assert client.call("add", 5, 6) == 11
+        assert client.call("nap", 7, 0.01) == 7
+
+
+def serve_in_child():
+    child = spawn(SERVE_IN_CHILD, IP, 0)
+    port = int(child.stdout.readline())
+    return child, (IP, port)
+
+
+def test_a_server_killed_mid_call_fails_the_call_within_5s():
+    child, address = serve_in_child()
+    try:
+        with rdmamsg.rpc.Client(address) as client:
+            assert client.call("add", 1, 1) == 2
+            pending = client.call_async("sleep", 60)
+            time.sleep(0.3)
+            child.send_signal(signal.SIGKILL)
+            t0 = time.monotonic()
+            with pytest.raises(ConnectionResetError):
+                pending.result(10)
+            assert time.monotonic() - t0 < 5
+            with pytest.raises(ConnectionResetError):
+                client.call("add", 1, 1)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_hung_server_is_found_by_the_keepalive_within_5s():
+    child, address = serve_in_child()
+    try:
+        with rdmamsg.rpc.Client(address) as client:
+            assert client.call("add", 1, 1) == 2
+            pending = client.call_async("sleep", 60)
+            time.sleep(0.3)
+            child.send_signal(signal.SIGSTOP)
+            t0 = time.monotonic()
+            with pytest.raises(ConnectionResetError, match="silent"):
+                pending.result(10)
+            assert time.monotonic() - t0 < 5
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_malformed_frame_closes_that_connection_only(server):
+    with rdmamsg.rpc.Client(server.address, timeout=30) as good:
+        assert good.call("add", 1, 2) == 3
+        with rdmamsg.connect(server.address, timeout=30) as bad:
+            bad.send(b"\x95\x00\x01garbage")
+            with pytest.raises((ConnectionResetError, EOFError)):
+                bad.recv(timeout=10)
+        assert good.call("add", 3, 4) == 7
+        deadline = time.monotonic() + 5
+        while server.connections != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def test_a_closed_client_fails_its_pending_calls_and_refuses_new_ones(server):
+    client = rdmamsg.rpc.Client(server.address)
+    pending = client.call_async("sleep", 2)
+    client.close()
+    with pytest.raises(OSError):
+        pending.result(5)
+    with pytest.raises(OSError):
+        client.call("add", 1, 2)

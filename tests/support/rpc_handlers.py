@@ -1,0 +1,62 @@
+"""The RPC handlers the device and two-host tests call."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import rdmamsg.rpc
+
+
+def make_server(address, **kw) -> rdmamsg.rpc.Server:
+    server = rdmamsg.rpc.Server(address, **kw)
+    ran: list = []
+    lock = threading.Lock()
+
+    @server.register
+    def echo(*args, **kwargs):
+        return [list(args), kwargs] if kwargs else (args[0] if len(args) == 1 else list(args))
+
+    @server.register
+    def add(a, b):
+        return a + b
+
+    @server.register
+    def fail(message):
+        raise ValueError(message)
+
+    @server.register
+    def sleep(seconds):
+        time.sleep(seconds)
+        return seconds
+
+    @server.register("record")
+    def record(tag):
+        with lock:
+            ran.append(tag)
+        return tag
+
+    @server.register
+    def records():
+        with lock:
+            return list(ran)
+
+    @server.register
+    async def nap(i, seconds):
+        await asyncio.sleep(seconds)
+        return i
+
+    @server.register
+    def describe(arr):
+        return [arr.dtype.str, list(arr.shape), float(arr.sum())]
+
+    return server
+
+
+SERVE_IN_CHILD = """
+import sys
+from support.rpc_handlers import make_server
+server = make_server((sys.argv[1], int(sys.argv[2])))
+print(server.address[1], flush=True)
+server.serve_forever()
+"""
