@@ -3,7 +3,8 @@
 the send/recv channel against ib_send_*, the write channel and ep.write
 (remote buffers; rows rma_*) against ib_write_*, and the socket facade
 (stream_*) against rsockets' rstream, with rstream -T s (kernel TCP over the
-same interface) as a reference row.
+same interface) as a reference row, and rdmamsg.rpc (rpc_*) against
+perftest's round trip (2 x ib_send_lat) and ib_send_bw's 64 B message rate.
 
 Run by ci/bench inside the soft-RoCE VM (or on a host with an ACTIVE port).
 For each shape it alternates perftest and rdmamsg (python -m rdmamsg bench,
@@ -113,8 +114,9 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=5000)
     ap.add_argument("--pollers", default="cython,python")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per shape")
-    ap.add_argument("--only", default="perftest,stream",
-                    help="which groups to run: perftest (channels, ep.write), stream (facade)")
+    ap.add_argument("--only", default="perftest,stream,rpc",
+                    help="which groups to run: perftest (channels, ep.write), stream (facade), "
+                         "rpc")
     args = ap.parse_args()
     ip = os.environ.get("RDMAMSG_SELF")
     addr = rdmamsg.resolve_local(ip, device=os.environ.get("RDMAMSG_DEVICE"))
@@ -200,6 +202,21 @@ def main() -> int:
             row("stream_lat 64 B one-way mean", "us", m, statistics.median(base), "<= 1.5", "rstream")
             row("stream_lat 64 B one-way mean [TCP reference]", "us", m, statistics.median(tcp), "",
                 "rstream -T s")
+        if "rpc" in only:
+            base, mine = [], []
+            for r in range(args.rounds):
+                base.append(2 * perftest("ib_send_lat", 64, addr, ip,
+                                         ["-n", str(args.iters)])["typical_us"])
+                mine.append(ours("rpc_lat", 64, ip, pollers[0], 0, args.iters)["rtt_median_us"])
+            row("rpc_lat 64 B echo round trip median", "us", statistics.median(mine),
+                statistics.median(base), "<= 2.5", "2x ib_send_lat")
+            base, mine = [], []
+            for r in range(args.rounds):
+                base.append(perftest("ib_send_bw", 64, addr, ip,
+                                     ["-D", str(int(args.duration))])["msg_per_s"])
+                mine.append(ours("rpc_rate", 64, ip, pollers[0], args.duration, 0)["calls_per_s"])
+            row("rpc_rate 64 B echo, 32 outstanding", "Kcall/s", statistics.median(mine) / 1e3,
+                statistics.median(base) / 1e3, "", "ib_send_bw msgs")
     finally:
         for s in servers:
             s.terminate()

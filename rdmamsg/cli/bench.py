@@ -24,6 +24,7 @@ client's first message names the test (msgpack); then:
             sends them back; both directions' bytes over the whole time.
   stream_lat  ping-pong of ``size`` bytes on the facade, ``iters`` times; the
             mean one-way time (as rstream's usec/xfer) and the median.
+  rpc_lat, rpc_rate   rdmamsg.rpc echo calls (see bench_rpc.py).
 """
 from __future__ import annotations
 
@@ -37,16 +38,19 @@ import msgpack
 
 from ..channel.bootstrap import connect, listen
 from ..stream.socket import RdmaSocket
+from .bench_rpc import rpc_lat, rpc_rate, serve_rpc
 
 TESTS = ("send_bw", "send_lat", "write_bw", "write_lat", "rma_bw", "rma_lat", "stream_bw",
-         "stream_lat")
+         "stream_lat", "rpc_lat", "rpc_rate")
 WRITE_RING = 8 << 20
 DEFAULT_PORT = 18515 + 1   # beside perftest's default port
 
 
-def _serve_one(ep) -> None:
+def _serve_one(ep, bind: str, opts: dict) -> None:
     spec = msgpack.unpackb(ep.recv(timeout=60))
-    if spec["test"] in ("send_bw", "write_bw"):
+    if spec["test"] in ("rpc_lat", "rpc_rate"):
+        serve_rpc(ep, bind, **opts)
+    elif spec["test"] in ("send_bw", "write_bw"):
         n = nbytes = 0
         first = last = 0.0
         while True:
@@ -130,7 +134,7 @@ def serve(bind: str, port: int, once: bool = False, **opts) -> None:
         while True:
             with ln.accept() as ep:
                 try:
-                    _serve_one(ep)
+                    _serve_one(ep, bind, opts)
                 except (ConnectionError, EOFError, TimeoutError) as exc:
                     print(f"bench server: client went away: {exc}", file=sys.stderr)
             if once:
@@ -285,7 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for test in tests:
         for size in (int(s) for s in args.size.split(",")):
-            if test == "rma_bw":
+            if test.startswith("rpc"):
+                with connect((args.client, args.port), timeout=60) as ep:
+                    r = (rpc_lat(ep, args.client, size, args.iters, **opts) if test == "rpc_lat"
+                         else rpc_rate(ep, args.client, size, args.duration, **opts))
+            elif test == "rma_bw":
                 r = rma_bw(args.client, args.port, size, args.duration, **opts)
             elif test == "rma_lat":
                 r = rma_lat(args.client, args.port, size, args.iters, **opts)
@@ -298,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r)
             if args.json:
                 print(json.dumps(r), flush=True)
+            elif test == "rpc_lat":
+                print(f"{test:<9} {size:>9} B  round trip median {r['rtt_median_us']:8.1f} us  "
+                      f"p99 {r['rtt_p99_us']:8.1f} us  ({r['poller']})", flush=True)
+            elif test == "rpc_rate":
+                print(f"{test:<9} {size:>9} B  {r['calls_per_s']:10.0f} calls/s with "
+                      f"{r['outstanding']} outstanding  ({r['poller']})", flush=True)
             elif test.endswith("_bw"):
                 print(f"{test:<9} {size:>9} B  {r['MB_per_s']:10.2f} MB/s  "
                       f"{r['msg_per_s']:10.0f} msg/s  ({r['poller']})", flush=True)

@@ -50,16 +50,18 @@ class Pair:
         self._sock.settimeout(CONNECT_WAIT)
         return self._sock
 
-    def exchange(self, obj):
-        """Send obj to the peer and return what the peer sent (a barrier too)."""
+    def exchange(self, obj, timeout: float | None = None):
+        """Send obj to the peer and return what the peer sent (a barrier too);
+        ``timeout``: how long to wait for it, if not CONNECT_WAIT."""
         s = self._conn()
+        s.settimeout(timeout or CONNECT_WAIT)
         data = msgpack.packb(obj, use_bin_type=True)
         s.sendall(struct.pack("!I", len(data)) + data)
         (n,) = struct.unpack("!I", self._recvn(s, 4))
         return msgpack.unpackb(self._recvn(s, n), raw=False)
 
-    def barrier(self) -> None:
-        self.exchange(None)
+    def barrier(self, timeout: float | None = None) -> None:
+        self.exchange(None, timeout)
 
     @staticmethod
     def _recvn(s: socket.socket, n: int) -> bytes:
