@@ -219,8 +219,10 @@ class _Connection:
 
     def _run(self, call_id: int, fn: Callable, args: list, kwargs: dict,
              deadline: float | None) -> None:
-        if self._skip(call_id, deadline):
-            return
+        if not self._skip(call_id, deadline):
+            self._call(call_id, fn, args, kwargs)
+
+    def _call(self, call_id: int, fn: Callable, args: list, kwargs: dict) -> None:
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:          # noqa: BLE001 (sent to the caller)
@@ -233,20 +235,12 @@ class _Connection:
         if self._skip(call_id, deadline):
             return
         if not asyncio.iscoroutinefunction(fn):
-            self._run_on_loop(call_id, fn, args, kwargs)
+            self._call(call_id, fn, args, kwargs)
             return
         task = loop.create_task(fn(*args, **kwargs))
         with self._lock:
             self._running[call_id] = task
         task.add_done_callback(lambda t: self._task_done(call_id, t))
-
-    def _run_on_loop(self, call_id: int, fn: Callable, args: list, kwargs: dict) -> None:
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:          # noqa: BLE001
-            self._finish(call_id, exc=exc)
-        else:
-            self._finish(call_id, result=result)
 
     def _task_done(self, call_id: int, task: asyncio.Task) -> None:
         if task.cancelled():
