@@ -157,7 +157,7 @@ def serve_in_child():
     return child, (IP, port)
 
 
-@pytest.mark.parametrize("sig, why", [(signal.SIGKILL, ""), (signal.SIGSTOP, "silent")],
+@pytest.mark.parametrize("sig, why", [(signal.SIGKILL, None), (signal.SIGSTOP, "silent")],
                          ids=["killed", "hung (keepalive)"])
 def test_a_server_killed_or_hung_mid_call_fails_the_call_within_5s(sig, why):
     child, address = serve_in_child()
