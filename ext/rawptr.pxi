@@ -108,6 +108,17 @@ cdef ibv_mr *mr_ptr(object mr, ibv_pd *p) except NULL:
     return m
 
 
+#: The pyverbs classes whose layout the poller reads, with the size it expects.
+LAYOUT = {
+    "pyverbs.device.Context": RM_PV_CONTEXT_SIZE,
+    "pyverbs.pd.PD": RM_PV_PD_SIZE,
+    "pyverbs.cq.CompChannel": RM_PV_COMP_CHANNEL_SIZE,
+    "pyverbs.cq.CQ": RM_PV_CQ_SIZE,
+    "pyverbs.qp.QP": RM_PV_QP_SIZE,
+    "pyverbs.mr.MR": RM_PV_MR_SIZE,
+}
+
+
 def raw_pointers(ctx, pd, cq, channel, qp, mrs=()):
     """Validate and return the raw pointers behind pyverbs objects, as ints.
 

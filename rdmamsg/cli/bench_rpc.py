@@ -1,9 +1,9 @@
 """The RPC rows of ``python -m rdmamsg bench``.
 
-  rpc_lat   ``iters`` calls of a ``size``-byte echo, one at a time; the
-            round trip (call to result), median and p99.
-  rpc_rate  echo calls of ``size`` bytes with ``OUTSTANDING`` in flight,
-            for the duration; calls per second.
+  rpc_lat   calls of a ``size``-byte echo, one at a time; the round trip
+            (call to result), median and p99.
+  rpc_rate  echo calls of ``size`` bytes with ``OUTSTANDING`` in flight;
+            calls per second.
 
 The bench server answers either by starting an rdmamsg.rpc.Server on a
 port of its own, which it names to the client over the control endpoint
@@ -18,6 +18,7 @@ import time
 import msgpack
 
 from ..rpc import Client, Server
+from .budget import Budget
 
 OUTSTANDING = 32
 
@@ -31,39 +32,41 @@ def serve_rpc(ep, bind: str, **opts) -> None:
         ep.recv(timeout=3600)                     # the client is done
 
 
-def _client(ep, host: str, test: str, size: int, iters: int, **opts) -> Client:
-    ep.send(msgpack.packb({"test": test, "size": size, "iters": iters}))
+def _client(ep, host: str, **opts) -> Client:
     port = msgpack.unpackb(ep.recv(timeout=60))["port"]
     return Client((host, port), timeout=60, **opts)
 
 
-def rpc_lat(ep, host: str, size: int, iters: int, **opts) -> dict:
+def rpc_lat(ep, host: str, size: int, budget: Budget, **opts) -> dict:
+    """The client's side of rpc_lat, on control endpoint ``ep`` (the test named)."""
     payload = bytes(size)
     clock = time.perf_counter_ns
     samples = []
-    with _client(ep, host, "rpc_lat", size, iters, **opts) as client:
-        for _ in range(iters):
+    with _client(ep, host, **opts) as client:
+        budget.start()
+        while budget.more(len(samples)):
             t0 = clock()
             client.call("echo", payload)
             samples.append(clock() - t0)
     ep.send(b"done")
-    rtt = sorted(s / 1000 for s in samples[iters // 10:])     # skip the warm-up tenth
-    return {"test": "rpc_lat", "size": size, "iters": iters,
+    rtt = sorted(s / 1000 for s in samples[len(samples) // 10:])   # skip the warm-up tenth
+    return {"test": "rpc_lat", "size": size, "iters": len(samples),
             "rtt_median_us": statistics.median(rtt), "rtt_min_us": rtt[0],
-            "rtt_p99_us": rtt[int(len(rtt) * 0.99) - 1], "poller": ep.poller}
+            "rtt_p99_us": rtt[max(int(len(rtt) * 0.99) - 1, 0)], "poller": ep.poller}
 
 
-def rpc_rate(ep, host: str, size: int, duration: float, **opts) -> dict:
+def rpc_rate(ep, host: str, size: int, budget: Budget, **opts) -> dict:
+    """The client's side of rpc_rate, on control endpoint ``ep`` (the test named)."""
     payload = bytes(size)
-    with _client(ep, host, "rpc_rate", size, 0, **opts) as client:
+    with _client(ep, host, **opts) as client:
+        budget.start()
+        t0 = time.perf_counter()
         window = collections.deque(client.call_async("echo", payload) for _ in range(OUTSTANDING))
         done = 0
-        t0 = time.perf_counter()
-        end = t0 + duration
         while True:
             window.popleft().result()
             done += 1
-            if time.perf_counter() >= end:
+            if not budget.more(done + len(window)):
                 break
             window.append(client.call_async("echo", payload))
         secs = time.perf_counter() - t0

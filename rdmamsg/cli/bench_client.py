@@ -1,0 +1,162 @@
+"""The client side of ``python -m rdmamsg bench``: one function per test
+shape, each returning a result row (a dict).  See bench_serve.py for the
+server's half of each.
+
+  send_bw   ``size``-byte messages, back to back; the server's count and time.
+  send_lat  ping-pong; one-way latency is half the round trip (as ib_send_lat).
+  write_bw, write_lat   the same on the write channel, with a ring of
+            WRITE_RING bytes so that a 1 MiB message is one write.
+  rma_bw    ep.write() into a buffer the server exposes, one after another,
+            timed by the client (each write returns once the server has it).
+  rma_lat   ping-pong of ep.write() into buffers both sides expose; each side
+            spins on the last byte of its own buffer, as ib_write_lat does.
+  stream_bw the socket facade as rsockets' rstream measures it: writes of
+            ``size`` bytes, sent and then echoed back in batches; both
+            directions' bytes over the whole time.
+  stream_lat  ping-pong of ``size`` bytes on the facade; the mean one-way
+            time (rstream's usec/xfer) and the median.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import msgpack
+
+from ..channel.bootstrap import connect
+from ..stream.socket import RdmaSocket
+from .bench_serve import recv_exactly, spin_until
+from .budget import Budget
+
+WRITE_RING = 8 << 20
+STREAM_BATCH = 64        #: stream_bw by duration: writes each way per round
+
+
+def _channel(test: str, opts: dict) -> dict:
+    if test.startswith("write"):
+        return {"channel": "write", "ring_size": WRITE_RING, **opts}
+    return opts
+
+
+def open_test(addr, test: str, spec: dict, opts: dict):
+    ep = connect(addr, timeout=60, **_channel(test, opts))
+    ep.send(msgpack.packb({"test": test, **spec}))
+    return ep
+
+
+def _rate(test: str, size: int, n: int, nbytes: int, secs: float, poller: str) -> dict:
+    secs = secs or float("nan")
+    return {"test": test, "size": size, "messages": n, "seconds": secs,
+            "MB_per_s": nbytes / secs / 1e6, "msg_per_s": n / secs, "poller": poller}
+
+
+def latency_row(test: str, size: int, samples: list[int], poller: str) -> dict:
+    """Half-round-trip statistics of ``samples`` (ns), without the warm-up tenth."""
+    one_way = sorted(s / 2000 for s in samples[len(samples) // 10:])
+    return {"test": test, "size": size, "iters": len(samples),
+            "median_us": statistics.median(one_way), "min_us": one_way[0],
+            "p99_us": one_way[max(int(len(one_way) * 0.99) - 1, 0)], "poller": poller}
+
+
+def send_bw(addr, size: int, budget: Budget, test: str = "send_bw", **opts) -> dict:
+    payload = bytes(size)
+    with open_test(addr, test, {"size": size}, opts) as ep:
+        budget.start()
+        sent = 0
+        while True:
+            batch = 64 if budget.iters is None else min(64, budget.iters - sent)
+            for _ in range(batch):
+                ep.send(payload)
+            sent += batch
+            if not budget.more(sent):
+                break
+        ep.send(b"")
+        r = msgpack.unpackb(ep.recv(timeout=120))
+        return _rate(test, size, r["messages"], r["bytes"], r["seconds"], ep.poller)
+
+
+def send_lat(addr, size: int, budget: Budget, test: str = "send_lat", **opts) -> dict:
+    payload = bytes(size)
+    buf = bytearray(size)
+    samples = []
+    clock = time.perf_counter_ns
+    with open_test(addr, test, {"size": size}, opts) as ep:
+        budget.start()
+        while budget.more(len(samples)):
+            t0 = clock()
+            ep.send(payload)
+            ep.recv_into(buf, timeout=60)
+            samples.append(clock() - t0)
+        ep.send(b"")
+        return latency_row(test, size, samples, ep.poller)
+
+
+def rma_bw(addr, size: int, budget: Budget, **opts) -> dict:
+    payload = bytes(size)
+    with open_test(addr, "rma_bw", {"size": size}, opts) as ep:
+        desc = ep.recv(timeout=60)
+        n = 0
+        budget.start()
+        t0 = time.perf_counter()
+        while budget.more(n):
+            ep.write(desc, payload)
+            n += 1
+        secs = time.perf_counter() - t0
+        ep.send(b"done")
+        return _rate("rma_bw", size, n, n * size, secs, ep.poller)
+
+
+def rma_lat(addr, size: int, budget: Budget, **opts) -> dict:
+    mine = bytearray(size)
+    payload = bytearray(size)
+    samples = []
+    clock = time.perf_counter_ns
+    with open_test(addr, "rma_lat", {"size": size}, opts) as ep:
+        theirs = ep.recv(timeout=60)
+        with ep.expose(mine, "write") as grant:
+            ep.send(grant.descriptor)
+            budget.start()
+            while budget.more(len(samples)):
+                tag = len(samples) % 255 + 1
+                payload[-1] = tag
+                t0 = clock()
+                ep.write(theirs, payload)
+                spin_until(mine, tag)
+                samples.append(clock() - t0)
+            ep.send(b"done")
+        return latency_row("rma_lat", size, samples, ep.poller)
+
+
+def stream(addr, size: int, budget: Budget, test: str, **opts) -> dict:
+    """stream_bw or stream_lat, in rstream's shape (see the module's docstring)."""
+    if test == "stream_lat":
+        batch = 1
+    else:   # by count: all writes in one round, as rstream -C N -I 1
+        batch = budget.iters if budget.iters is not None else STREAM_BATCH
+    payload = bytes(size)
+    buf = memoryview(bytearray(size))
+    samples = []
+    clock = time.perf_counter_ns
+    ep = open_test(addr, test, {"size": size, "batch": batch}, opts)
+    with RdmaSocket.from_endpoint(ep) as sock:
+        budget.start()
+        t0 = clock()
+        done = 0
+        while budget.more(done if test == "stream_lat" else done * batch):
+            t = clock()
+            for _ in range(batch):
+                sock.sendall(payload)
+            for _ in range(batch):
+                recv_exactly(sock, buf)
+            samples.append(clock() - t)
+            done += 1
+            if test == "stream_bw" and budget.iters is not None:
+                break
+        secs = (clock() - t0) / 1e9
+        poller = ep.poller
+    if test == "stream_bw":
+        n = 2 * batch * done
+        return _rate(test, size, n, n * size, secs, poller)
+    r = latency_row(test, size, samples, poller)
+    r["mean_us"] = secs * 1e6 / done / 2
+    return r
