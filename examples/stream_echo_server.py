@@ -3,6 +3,7 @@
     python examples/stream_echo_server.py [HOST [PORT]]   (HOST: the RDMA device's IP)
 
 Each client gets a thread; it reads lines through makefile() and writes them back.
+STREAM_ONCE=1 makes it serve one client, then exit (for ci/demo).
 """
 import os
 import sys
@@ -25,6 +26,9 @@ def main() -> None:
         print(f"stream echo server on {host}:{port}", flush=True)
         while True:
             conn, addr = srv.accept()
+            if os.environ.get("STREAM_ONCE") == "1":     # ci/demo: one client, then exit
+                serve(conn, addr)
+                return
             threading.Thread(target=serve, args=(conn, addr), daemon=True).start()
 
 

@@ -25,6 +25,7 @@ import sys
 import time
 
 import rdmamsg
+from rdmamsg.cli.plot import MIB, plot
 
 PERFTEST_PORT = 18600
 BENCH_PORT = {"cython": 18700, "python": 18701}
@@ -88,9 +89,12 @@ def rstream(size: int, count: int, iters: int, ip: str, tcp: bool = False) -> di
 
 
 def ours(test: str, size: int, ip: str, poller: str, duration: float, iters: int) -> dict:
+    """One rdmamsg bench row; bandwidth tests run ``duration`` s, latency tests
+    ``iters`` round trips (0: not given)."""
     cmd = [sys.executable, "-m", "rdmamsg", "bench", "--client", ip, "--port",
-           str(BENCH_PORT[poller]), "--test", test, "--size", str(size), "--json",
-           "--duration", str(duration), "--iters", str(iters)]
+           str(BENCH_PORT[poller]), "--test", test, "--size", str(size), "--json"]
+    cmd += ["--duration", str(duration)] if duration else []
+    cmd += ["--iters", str(iters)] if iters else []
     env = dict(os.environ, RDMAMSG_POLLER=poller)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     if out.returncode:
@@ -110,6 +114,7 @@ def _ours_this_round(tests, pollers: list[str], r: int):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--plot", help="draw ours and the baselines against message size here")
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--iters", type=int, default=5000)
     ap.add_argument("--pollers", default="cython,python")
@@ -131,6 +136,10 @@ def main() -> int:
     time.sleep(2)
     rows = []
     targets = {}
+    points = []     # for the plot: {"label", "kind", "size", "value"} (MiB/s, one-way us)
+
+    def point(label, kind, size, value):
+        points.append({"label": label, "kind": kind, "size": size, "value": value})
 
     def row(name, unit, mine, theirs, target, tool):
         rows.append({"name": name, "unit": unit, "rdmamsg": round(mine, 3),
@@ -154,18 +163,21 @@ def main() -> int:
                             mine[test, p].append(ours(test, size, ip, p, args.duration,
                                                       args.iters)["msg_per_s"])
                     theirs = statistics.median(base)
+                    point(tool, "bw", size, theirs * size / MIB)
                     for (test, p), got in mine.items():
                         if not got:
                             continue
                         tag = "" if p == "cython" else " [python poller, 1 round]"
+                        point(f"rdmamsg {test}" + (f" ({p})" if tag else ""), "bw", size,
+                              statistics.median(got) * size / MIB)
                         top = ">= 0.95" if tool == "ib_write_bw" and size == 1 << 20 else ">= 0.9"
                         m = statistics.median(got)
                         if size == 64:
                             row(f"{test} {human(size)} message rate{tag}", "Kmsg/s", m / 1e3,
                                 theirs / 1e3, ">= 0.5" if not tag else "", tool)
                         else:
-                            row(f"{test} {human(size)}{tag}", "MiB/s", m * size / (1 << 20),
-                                theirs * size / (1 << 20),
+                            row(f"{test} {human(size)}{tag}", "MiB/s", m * size / MIB,
+                                theirs * size / MIB,
                                 top if size >= 65536 and not tag else "", tool)
             for tool, tests in (("ib_send_lat", ("send_lat",)),
                                 ("ib_write_lat", ("write_lat", "rma_lat"))):
@@ -175,9 +187,12 @@ def main() -> int:
                     for test, p in _ours_this_round(tests, pollers, r):
                         mine[test, p].append(ours(test, 64, ip, p, args.duration,
                                                   args.iters)["median_us"])
+                point(tool, "lat", 64, statistics.median(base))
                 for (test, p), got in mine.items():
                     if got:
                         tag = "" if p == "cython" else " [python poller, 1 round]"
+                        point(f"rdmamsg {test}" + (f" ({p})" if tag else ""), "lat", 64,
+                              statistics.median(got))
                         row(f"{test} 64 B one-way median{tag}", "us", statistics.median(got),
                             statistics.median(base), "<= 2.0" if not tag else "", tool)
         if "stream" in only:
@@ -188,17 +203,21 @@ def main() -> int:
                 base.append(rstream(65536, count, 1, ip)["MB_per_s"])
                 tcp.append(rstream(65536, count, 1, ip, tcp=True)["MB_per_s"])
                 mine.append(ours("stream_bw", 65536, ip, pollers[0], 0, count)["MB_per_s"])
-            m = statistics.median(mine) * 1e6 / (1 << 20)
+            m = statistics.median(mine) * 1e6 / MIB
+            point("rdmamsg stream_bw", "bw", 65536, m)
+            point("rstream", "bw", 65536, statistics.median(base) * 1e6 / MIB)
             row("stream_bw 64 KiB writes", "MiB/s", m,
-                statistics.median(base) * 1e6 / (1 << 20), ">= 1.0", "rstream")
+                statistics.median(base) * 1e6 / MIB, ">= 1.0", "rstream")
             row("stream_bw 64 KiB writes [TCP reference]", "MiB/s", m,
-                statistics.median(tcp) * 1e6 / (1 << 20), "", "rstream -T s")
+                statistics.median(tcp) * 1e6 / MIB, "", "rstream -T s")
             base, tcp, mine = [], [], []
             for r in range(args.rounds):
                 base.append(rstream(64, 1, args.iters, ip)["usec_per_xfer"])
                 tcp.append(rstream(64, 1, args.iters, ip, tcp=True)["usec_per_xfer"])
                 mine.append(ours("stream_lat", 64, ip, pollers[0], 0, args.iters)["mean_us"])
             m = statistics.median(mine)
+            point("rdmamsg stream_lat", "lat", 64, m)
+            point("rstream", "lat", 64, statistics.median(base))
             row("stream_lat 64 B one-way mean", "us", m, statistics.median(base), "<= 1.5", "rstream")
             row("stream_lat 64 B one-way mean [TCP reference]", "us", m, statistics.median(tcp), "",
                 "rstream -T s")
@@ -208,6 +227,7 @@ def main() -> int:
                 base.append(2 * perftest("ib_send_lat", 64, addr, ip,
                                          ["-n", str(args.iters)])["typical_us"])
                 mine.append(ours("rpc_lat", 64, ip, pollers[0], 0, args.iters)["rtt_median_us"])
+            point("rdmamsg rpc_lat (half the round trip)", "lat", 64, statistics.median(mine) / 2)
             row("rpc_lat 64 B echo round trip median", "us", statistics.median(mine),
                 statistics.median(base), "<= 2.5", "2x ib_send_lat")
             base, mine = [], []
@@ -231,6 +251,9 @@ def main() -> int:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
         print(f"\nrows written to {args.json}")
+    if args.plot:
+        plot(points, args.plot, "rdmamsg against perftest and rstream (same device, same boot)")
+        print(f"plot written to {args.plot}")
     return 0
 
 
