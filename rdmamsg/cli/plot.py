@@ -154,6 +154,8 @@ def plot(points: list[dict], path: str, title: str = "rdmamsg") -> None:
             ax.set_xticks(sizes, [_size_label(s) for s in sizes], rotation=45)
         if kind == "lat" and series:
             ax.set_yscale("log")
+        elif series:
+            ax.set_ylim(bottom=0)
         ax.set_xlabel("message size (bytes)")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
