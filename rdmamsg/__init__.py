@@ -16,10 +16,6 @@ The layers, bottom up: ``verbs`` (devices, memory pool, CQ, QP), ``protocol``
 """
 from __future__ import annotations
 
-from .channel.bootstrap import Listener, connect, listen
-from .channel.endpoint import Endpoint
-from .channel.options import Options
-from .channel.remote import Grant, RemoteBuffer
 from .errors import (
     AuthenticationError,
     HandshakeError,
@@ -35,13 +31,29 @@ from .errors import (
     UnknownMethodError,
     WorkCompletionError,
 )
-from .stream.socket import RdmaSocket, create_connection, create_server
-from .transparent import patch, unpatch
-from .transport.backend import poller_in_use
-from .verbs.context import configure_pool
-from .verbs.device import DeviceInfo, GidEntry, LocalAddress, PortInfo, list_devices, resolve_local
-from .verbs.pool import Buffer, MemoryPool
-from .verbs.qp import QueuePair, RemoteQP, Timing
+
+try:
+    from .channel.bootstrap import Listener, connect, listen
+    from .channel.endpoint import Endpoint
+    from .channel.options import Options
+    from .channel.remote import Grant, RemoteBuffer
+    from .stream.socket import RdmaSocket, create_connection, create_server
+    from .transparent import patch, unpatch
+    from .transport.backend import poller_in_use
+    from .verbs.context import configure_pool
+    from .verbs.device import (DeviceInfo, GidEntry, LocalAddress, PortInfo, list_devices,
+                               resolve_local)
+    from .verbs.pool import Buffer, MemoryPool
+    from .verbs.qp import QueuePair, RemoteQP, Timing
+except NoDeviceError as _missing:
+    # pyverbs does not import.  The package still imports, so that the errors
+    # and ``python -m rdmamsg doctor`` work; using anything else says why.
+    _why = _missing
+
+    def __getattr__(name: str):
+        if name in __all__:
+            raise _why
+        raise AttributeError(f"module 'rdmamsg' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 

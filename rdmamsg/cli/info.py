@@ -9,23 +9,33 @@ import dataclasses
 import json
 import sys
 
+from ..errors import NoDeviceError
 from . import probe
 
 
 def collect() -> dict:
     """What ``info`` shows, as plain data (its ``--json`` output)."""
+    from ..verbs import _pyverbs  # noqa: F401  (NoDeviceError, saying why, without pyverbs)
     from ..transport.backend import poller_mode
     from ..verbs.device import list_devices
 
     mode = poller_mode()
     why_not = probe.cython_error()
-    poller = "python" if mode == "python" or (why_not and mode == "auto") else "cython"
+    if mode == "python" or (why_not and mode == "auto"):
+        poller = "python"
+    else:
+        poller = None if why_not else "cython"     # None: cython required, but it cannot run
+    devices = list_devices()
+    out = [dataclasses.asdict(d) for d in devices]
+    for d, dd in zip(devices, out):
+        for p, pp in zip(d.ports, dd["ports"]):
+            for g, gg in zip(p.gids, pp["gids"]):
+                gg["ip"] = g.ip
     return {
-        "devices": [dataclasses.asdict(d) for d in list_devices()],
+        "devices": out,
         "memlock_bytes": probe.memlock(),           # None: unlimited
         "cap_ipc_lock": probe.has_ipc_lock(),
-        "poller": {"mode": mode, "in_use": poller if not (mode == "cython" and why_not) else None,
-                   "cython_unavailable": why_not},
+        "poller": {"mode": mode, "in_use": poller, "cython_unavailable": why_not},
     }
 
 
@@ -44,9 +54,8 @@ def show(info: dict, out=sys.stdout) -> None:
             if p["gids"]:
                 print(f"    {'idx':>4}  {'GID':<40} {'type':<11} {'netdev':<10} IP", file=out)
             for g in p["gids"]:
-                ip = _gid_ip(g)
                 print(f"    {g['index']:>4}  {g['gid']:<40} {g['type']:<11} "
-                      f"{g['netdev'] or '-':<10} {ip or '-'}", file=out)
+                      f"{g['netdev'] or '-':<10} {g['ip'] or '-'}", file=out)
     lock = "does not apply (CAP_IPC_LOCK)" if info["cap_ipc_lock"] else _limit(info["memlock_bytes"])
     print(f"RLIMIT_MEMLOCK: {lock}", file=out)
     pl = info["poller"]
@@ -56,12 +65,6 @@ def show(info: dict, out=sys.stdout) -> None:
     print(line, file=out)
 
 
-def _gid_ip(g: dict) -> str | None:
-    from ..verbs.device import GidEntry
-
-    return GidEntry(**g).ip
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rdmamsg info", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         info = collect()
-    except ImportError as exc:
+    except NoDeviceError as exc:        # pyverbs does not import
         print(f"rdmamsg info: {exc}", file=sys.stderr)
         return 1
     if args.json:

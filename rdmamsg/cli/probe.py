@@ -14,6 +14,7 @@ import subprocess
 import threading
 import warnings
 
+from ..errors import NoDeviceError
 from .diagnose import Facts
 
 CAP_IPC_LOCK = 14
@@ -147,7 +148,7 @@ def gather(ip: str | None = None, peer: str | None = None, run_selftest: bool = 
     f = Facts()
     try:
         from ..verbs import _pyverbs  # noqa: F401
-    except ImportError as exc:
+    except NoDeviceError as exc:
         f.pyverbs_error = str(exc.__cause__ or exc)
         return f
     from ..channel.options import Options

@@ -85,7 +85,8 @@ def make_engine(*, cq, qp, recv_bufs, send_bufs, liveness, config: EngineConfig,
             if mode == "cython":
                 raise PollerUnavailableError(f"RDMAMSG_POLLER=cython but: {exc}") from exc
             warnings.warn(f"rdmamsg: the Cython poller cannot run ({exc}); using the "
-                          "pure-pyverbs poller, which is slower", RuntimeWarning, stacklevel=3)
+                          "pure-pyverbs poller, which is slower ('python -m rdmamsg doctor' "
+                          "says how to fix it)", RuntimeWarning, stacklevel=3)
     from ._pyengine import Engine as PyEngine
 
     _choice = "python"

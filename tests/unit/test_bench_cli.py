@@ -113,3 +113,26 @@ def test_the_command_line_names_its_commands(capsys):
     err = capsys.readouterr().err
     assert all(c in err for c in ("info", "doctor", "bench"))
     assert rdmamsg_main(["--help"]) == 0
+
+
+def test_without_pyverbs_the_package_imports_and_the_doctor_says_what_to_install(tmp_path):
+    import subprocess
+    import sys
+
+    fake = tmp_path / "pyverbs"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('simulated: no pyverbs here')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    out = subprocess.run([sys.executable, "-m", "rdmamsg", "doctor"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert "ERROR pyverbs does not import: simulated: no pyverbs here" in out.stdout
+    assert "apt install python3-pyverbs" in out.stdout
+    code = ("import rdmamsg\n"
+            "try:\n    rdmamsg.connect\nexcept rdmamsg.NoDeviceError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert "pyverbs is not importable" in out.stdout and "doctor" in out.stdout, out.stderr
+    out = subprocess.run([sys.executable, "-m", "rdmamsg", "info"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert out.returncode == 1 and "python3-pyverbs" in out.stderr
