@@ -6,6 +6,7 @@ so that every rule is unit-tested without a device.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from ..verbs.device import DeviceInfo
@@ -15,6 +16,9 @@ from ..verbs.device import DeviceInfo
 ROCE_HEADROOM = 80
 
 ERROR, WARN, OK = "error", "warn", "ok"
+
+#: The rdma-core release whose pyverbs rdmamsg is built against (Debian 12).
+SUPPORTED_RDMA_CORE = 44
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,18 @@ def _poller(f: Facts) -> list[Finding]:
                           "pure-pyverbs fallback is in use", fix)]
 
 
+def _version(version: str | None) -> Finding:
+    m = re.match(r"(\d+)", version or "")
+    if m is None:
+        return Finding(OK, "pyverbs imports (rdma-core version unknown)")
+    if int(m.group(1)) < SUPPORTED_RDMA_CORE:
+        return Finding(WARN, f"pyverbs is from rdma-core {version}, older than the "
+                             f"{SUPPORTED_RDMA_CORE} rdmamsg is built and tested with",
+                       f"use rdma-core {SUPPORTED_RDMA_CORE} or later (Debian 12's, or a newer "
+                       "distribution's python3-pyverbs)")
+    return Finding(OK, f"pyverbs imports (rdma-core {version})")
+
+
 def diagnose(f: Facts) -> list[Finding]:
     """Every finding about ``f``, most basic first; ERROR ones block use."""
     if f.pyverbs_error is not None:
@@ -172,7 +188,7 @@ def diagnose(f: Facts) -> list[Finding]:
                         "install rdma-core's Python bindings (Debian/Ubuntu: "
                         "'apt install python3-pyverbs') and make the venv with "
                         "--system-site-packages so it sees them (ci/setup does both)")]
-    out = [Finding(OK, f"pyverbs imports (rdma-core {f.pyverbs_version or 'version unknown'})")]
+    out = [_version(f.pyverbs_version)]
     out += _poller(f)
     out += _memlock(f)
     if not f.devices:

@@ -111,3 +111,9 @@ def test_a_failed_selftest_blocks():
     findings = diagnose(healthy(selftest="RdmaError: ibv_reg_mr failed"))
     assert blocked(findings)
     assert any("ibv_reg_mr" in x.what for x in findings if x.level == ERROR)
+
+
+def test_an_older_rdma_core_is_a_warning():
+    got = levels(healthy(pyverbs_version="38.0-1"))
+    assert any("rdma-core 38.0-1, older than the 44" in w for w in got[WARN])
+    assert not levels(healthy(pyverbs_version="50.0-2"))[WARN]
