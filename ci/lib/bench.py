@@ -88,13 +88,15 @@ def rstream(size: int, count: int, iters: int, ip: str, tcp: bool = False) -> di
     return {"MB_per_s": float(cols[-2]) * 1e3 / 8, "usec_per_xfer": float(cols[-1])}
 
 
-def ours(test: str, size: int, ip: str, poller: str, duration: float, iters: int) -> dict:
+def ours(test: str, size: int, ip: str, poller: str, duration: float, iters: int,
+         *extra: str) -> dict:
     """One rdmamsg bench row; bandwidth tests run ``duration`` s, latency tests
     ``iters`` round trips (0: not given)."""
     cmd = [sys.executable, "-m", "rdmamsg", "bench", "--client", ip, "--port",
            str(BENCH_PORT[poller]), "--test", test, "--size", str(size), "--json"]
     cmd += ["--duration", str(duration)] if duration else []
     cmd += ["--iters", str(iters)] if iters else []
+    cmd += list(extra)
     env = dict(os.environ, RDMAMSG_POLLER=poller)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     if out.returncode:
@@ -222,14 +224,20 @@ def main() -> int:
             row("stream_lat 64 B one-way mean [TCP reference]", "us", m, statistics.median(tcp), "",
                 "rstream -T s")
         if "rpc" in only:
-            base, mine = [], []
+            # Handlers on the server's thread pool (the default), and inline on
+            # its reader thread (handlers="inline": one thread hand-off fewer).
+            base, mine, inline = [], [], []
             for r in range(args.rounds):
                 base.append(2 * perftest("ib_send_lat", 64, addr, ip,
                                          ["-n", str(args.iters)])["typical_us"])
                 mine.append(ours("rpc_lat", 64, ip, pollers[0], 0, args.iters)["rtt_median_us"])
+                inline.append(ours("rpc_lat", 64, ip, pollers[0], 0, args.iters,
+                                   "--rpc-handlers", "inline")["rtt_median_us"])
             point("rdmamsg rpc_lat (half the round trip)", "lat", 64, statistics.median(mine) / 2)
             row("rpc_lat 64 B echo round trip median", "us", statistics.median(mine),
                 statistics.median(base), "<= 2.5", "2x ib_send_lat")
+            row("rpc_lat 64 B echo round trip median [inline handlers]", "us",
+                statistics.median(inline), statistics.median(base), "", "2x ib_send_lat")
             base, mine = [], []
             for r in range(args.rounds):
                 base.append(perftest("ib_send_bw", 64, addr, ip,
@@ -242,10 +250,10 @@ def main() -> int:
             s.terminate()
             s.wait()
     print()
-    print(f"{'benchmark (rdmamsg / perftest, same boot, medians)':<52} {'unit':>7} "
+    print(f"{'benchmark (rdmamsg / perftest, same boot, medians)':<56} {'unit':>7} "
           f"{'rdmamsg':>10} {'perftest':>10} {'against':>13} {'ratio':>7}  target")
     for r in rows:
-        print(f"{r['name']:<52} {r['unit']:>7} {r['rdmamsg']:>10.2f} {r['baseline']:>10.2f} "
+        print(f"{r['name']:<56} {r['unit']:>7} {r['rdmamsg']:>10.2f} {r['baseline']:>10.2f} "
               f"{r['against']:>13} {r['ratio']:>7.2f}  {targets.get(r['name'], '')}")
     if args.json:
         with open(args.json, "w") as f:

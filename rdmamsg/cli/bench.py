@@ -36,12 +36,13 @@ DEFAULT_PORT = 18515 + 1   # beside perftest's default port
 SWEEP = tuple(1 << k for k in range(1, 24, 2))   # 2 B .. 8 MiB, as perftest -a steps
 
 
-def run_test(test: str, host: str, port: int, size: int, budget: Budget, opts: dict) -> dict:
+def run_test(test: str, host: str, port: int, size: int, budget: Budget, opts: dict,
+             handlers: str = "threads") -> dict:
     addr = (host, port)
     if test in ("rpc_lat", "rpc_rate"):
-        with bc.open_test(addr, test, {"size": size}, {}) as ep:
+        with bc.open_test(addr, test, {"size": size, "handlers": handlers}, {}) as ep:
             fn = rpc_lat if test == "rpc_lat" else rpc_rate
-            return fn(ep, host, size, budget, **opts)
+            return {**fn(ep, host, size, budget, **opts), "handlers": handlers}
     if test == "rma_bw":
         return bc.rma_bw(addr, size, budget, **opts)
     if test == "rma_lat":
@@ -58,10 +59,10 @@ def row_text(r: dict) -> str:
     head = f"{r['test']:<10} {r['size']:>9}  "
     if r["test"] == "rpc_lat":
         return head + (f"{'round trip':>12} {r['rtt_median_us']:10.1f} us median "
-                       f"{r['rtt_p99_us']:10.1f} us p99  {r['poller']}")
+                       f"{r['rtt_p99_us']:10.1f} us p99  {r['poller']}, {r['handlers']} handlers")
     if r["test"] == "rpc_rate":
         return head + (f"{r['calls_per_s']:12.0f} calls/s ({r['outstanding']} outstanding)"
-                       f"{'':>12}  {r['poller']}")
+                       f"{'':>12}  {r['poller']}, {r['handlers']} handlers")
     if "MB_per_s" in r:
         return head + (f"{r['MB_per_s']:12.2f} MB/s   {r['msg_per_s']:12.0f} msg/s    "
                        f"{r['poller']}")
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
                                               "per test (default: 5000 for latency tests)")
     ap.add_argument("--opt", action="append", default=[], metavar="NAME=VALUE",
                     help="an endpoint option (rdmamsg.Options), e.g. spin_us=200; repeatable")
+    ap.add_argument("--rpc-handlers", default="threads", choices=("threads", "inline", "asyncio"),
+                    help="rpc_*: where the server runs its handlers (rdmamsg.rpc.Server's "
+                         "handlers=)")
     ap.add_argument("--json", action="store_true", help="print JSON lines, not a table")
     ap.add_argument("--progress", action="store_true",
                     help="draw the progress bar even when stderr is not a terminal")
@@ -161,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         for size in size_list:
             progress.next(f"{test} {size} B")
             r = run_test(test, args.client, args.port, size,
-                         _budget(test, args.iters, args.duration, progress), opts)
+                         _budget(test, args.iters, args.duration, progress), opts,
+                         args.rpc_handlers)
             progress.finish()
             rows.append(r)
             print(json.dumps(r) if args.json else row_text(r), flush=True)

@@ -5,9 +5,10 @@
   rpc_rate  echo calls of ``size`` bytes with ``OUTSTANDING`` in flight;
             calls per second.
 
-The bench server answers either by starting an rdmamsg.rpc.Server on a
-port of its own, which it names to the client over the control endpoint
-and stops when the client says it is done.
+The bench server answers either by starting an rdmamsg.rpc.Server (in the
+handlers mode the client asks for: ``bench --rpc-handlers``) on a port of
+its own, which it names to the client over the control endpoint, and stops
+it when the client says it is done.
 """
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ from .budget import Budget
 OUTSTANDING = 32
 
 
-def serve_rpc(ep, bind: str, **opts) -> None:
-    """The server's side of either RPC test, on control endpoint ``ep``."""
-    with Server((bind, 0), **opts) as server:
+def serve_rpc(ep, bind: str, handlers: str, **opts) -> None:
+    """The server's side of either RPC test, on control endpoint ``ep``;
+    ``handlers`` is the Server's mode, as the client asked."""
+    with Server((bind, 0), handlers=handlers, **opts) as server:
         server.register("echo", lambda data: data)
         server.start()
         ep.send(msgpack.packb({"port": server.address[1]}))

@@ -108,7 +108,7 @@ def serve_one(ep, bind: str, opts: dict) -> None:
     spec = msgpack.unpackb(ep.recv(timeout=60))
     test = spec.get("test")
     if test in ("rpc_lat", "rpc_rate"):
-        serve_rpc(ep, bind, **opts)
+        serve_rpc(ep, bind, spec.get("handlers", "threads"), **opts)
     elif test in ("send_bw", "write_bw"):
         ep.send(msgpack.packb(_count(ep)))
     elif test in ("send_lat", "write_lat"):

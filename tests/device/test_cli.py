@@ -97,11 +97,13 @@ def test_bench_runs_every_test_by_count_and_plots_beside_perftest(bench_server, 
 
 
 def test_bench_by_duration_with_a_table_and_a_progress_bar(bench_server):
-    bench_server(3)
+    bench_server(4)
     out = rdmamsg("bench", "--client", IP, "--port", "18590", "--test",
-                  "send_lat,stream_bw,rma_lat", "--size", "64", "--duration", "1", "--progress")
+                  "send_lat,stream_bw,rma_lat,rpc_lat", "--size", "64", "--duration", "1",
+                  "--progress", "--rpc-handlers", "inline")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].split() == ["test", "bytes", "result"] and len(lines) == 4
+    assert lines[0].split() == ["test", "bytes", "result"] and len(lines) == 5
     assert "one-way" in lines[1] and "MB/s" in lines[2] and "one-way" in lines[3]
-    assert "3/3 rma_lat 64 B" in out.stderr
+    assert "round trip" in lines[4] and "inline handlers" in lines[4]
+    assert "4/4 rpc_lat 64 B" in out.stderr

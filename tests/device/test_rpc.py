@@ -151,6 +151,19 @@ def test_handlers_on_the_event_loop():
         assert client.call("nap", 7, 0.01) == 7
 
 
+def test_inline_handlers_run_one_at_a_time_in_order():
+    with make_server((IP, 0), handlers="inline").start() as srv, \
+            rdmamsg.rpc.Client(srv.address, timeout=30) as client:
+        futures = [client.call_async("record", i) for i in range(50)]
+        assert [f.result() for f in futures] == list(range(50))
+        assert client.call("records") == list(range(50))      # ran in arrival order
+        assert client.call("echo", b"y" * 200_000) == b"y" * 200_000
+        assert client.call("nap", 3, 0.01) == 3                 # coroutines: the loop still
+        with pytest.raises(rdmamsg.RemoteError, match="boom"):
+            client.call("fail", "boom")
+        assert client.call("add", 1, 2) == 3
+
+
 def serve_in_child():
     child = spawn(SERVE_IN_CHILD, IP, 0)
     port = int(child.stdout.readline())
