@@ -2,19 +2,18 @@
 interfaces, limits, the poller, and a loopback self-test."""
 from __future__ import annotations
 
-import fcntl
 import importlib
 import logging
 import os
 import platform
 import resource
 import socket
-import struct
 import subprocess
 import threading
 import warnings
 
 from ..errors import NoDeviceError
+from ..verbs.device import interface_ipv4, read_attr
 from .diagnose import Facts
 
 CAP_IPC_LOCK = 14
@@ -29,32 +28,15 @@ def pyverbs_version() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _ipv4(name: str) -> str | None:
-    req = struct.pack("16s16x", name.encode()[:15])
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            return socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x8915, req)[20:24])  # SIOCGIFADDR
-        except OSError:
-            return None
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
 def interfaces() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Every interface's MTU, and the (name, IPv4) of those up with an address, not lo."""
     mtus, usable = {}, []
     for name in sorted(os.listdir("/sys/class/net")):
-        mtu = _read(f"/sys/class/net/{name}/mtu")
+        mtu = read_attr(f"/sys/class/net/{name}/mtu")
         if mtu is not None:
             mtus[name] = int(mtu)
-        ip = _ipv4(name)
-        state = _read(f"/sys/class/net/{name}/operstate")
+        ip = interface_ipv4(name)
+        state = read_attr(f"/sys/class/net/{name}/operstate")
         if name != "lo" and ip and state in ("up", "unknown"):
             usable.append((name, ip))
     return mtus, usable
@@ -71,7 +53,7 @@ def kernel_has_rxe() -> bool:
 
 
 def has_ipc_lock() -> bool:
-    for line in (_read("/proc/self/status") or "").splitlines():
+    for line in (read_attr("/proc/self/status") or "").splitlines():
         if line.startswith("CapEff:"):
             return bool(int(line.split()[1], 16) >> CAP_IPC_LOCK & 1)
     return False

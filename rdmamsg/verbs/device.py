@@ -96,7 +96,8 @@ class LocalAddress:
         return self.link_layer == "Ethernet" or any(self.gid)
 
 
-def _read(path: str) -> str | None:
+def read_attr(path: str) -> str | None:
+    """A sysfs attribute's text, stripped; None if it cannot be read."""
     try:
         with open(path) as f:
             return f.read().strip()
@@ -116,14 +117,14 @@ def _gids_sysfs(dev: str, port: int) -> list[GidEntry]:
     except OSError:
         return []
     for name in sorted(names, key=int):
-        raw = _read(f"{base}/gids/{name}")
-        gtype = _read(f"{base}/gid_attrs/types/{name}")
+        raw = read_attr(f"{base}/gids/{name}")
+        gtype = read_attr(f"{base}/gid_attrs/types/{name}")
         if not raw or gtype is None:
             continue  # unpopulated entries read as zero or fail with EINVAL
         addr = ipaddress.IPv6Address(int(raw.replace(":", ""), 16))
         if addr == ipaddress.IPv6Address(0):
             continue
-        ndev = _read(f"{base}/gid_attrs/ndevs/{name}") or None
+        ndev = read_attr(f"{base}/gid_attrs/ndevs/{name}") or None
         out.append(GidEntry(int(name), _gid_text(addr), gtype, ndev))
     return out
 
@@ -156,7 +157,7 @@ def _query_ports(dev: str) -> list[PortInfo]:
         with pv.fd_lock, pv.device.Context(name=dev) as ctx:
             nports = ctx.query_device().phys_port_cnt
             attrs = {p: ctx.query_port(p) for p in range(1, nports + 1)}
-            layers = {p: _read(f"{SYSFS}/{dev}/ports/{p}/link_layer") or "?" for p in attrs}
+            layers = {p: read_attr(f"{SYSFS}/{dev}/ports/{p}/link_layer") or "?" for p in attrs}
             try:
                 gids = _gid_table(ctx, nports, sum(a.gid_tbl_len for a in attrs.values()), layers)
             except pv.PyverbsError:
@@ -165,7 +166,7 @@ def _query_ports(dev: str) -> list[PortInfo]:
         raise RdmaError("ibv_open_device/ibv_query_port", exc.error_code or 0, dev) from exc
     ports = []
     for p, attr in attrs.items():
-        state = (_read(f"{SYSFS}/{dev}/ports/{p}/state") or "?: UNKNOWN").split(":", 1)[-1].strip()
+        state = (read_attr(f"{SYSFS}/{dev}/ports/{p}/state") or "?: UNKNOWN").split(":", 1)[-1].strip()
         ports.append(PortInfo(dev, p, state, layers[p], attr.lid, MTU_BYTES.get(attr.active_mtu, 0),
                               MTU_BYTES.get(attr.max_mtu, 0),
                               tuple(sorted(gids[p], key=lambda g: g.index))))
@@ -178,7 +179,7 @@ def list_devices() -> list[DeviceInfo]:
         names = sorted(os.listdir(SYSFS))
     except OSError:
         return []
-    return [DeviceInfo(dev, _read(f"{SYSFS}/{dev}/node_guid") or "", tuple(_query_ports(dev)))
+    return [DeviceInfo(dev, read_attr(f"{SYSFS}/{dev}/node_guid") or "", tuple(_query_ports(dev)))
             for dev in names]
 
 
@@ -195,15 +196,23 @@ def rdma_networks() -> list[ipaddress.IPv4Network]:
     return sorted(nets)
 
 
-def _netmask(netdev: str) -> str:
-    """The IPv4 netmask of ``netdev`` (SIOCGIFNETMASK); /32 if it has none."""
+SIOCGIFADDR, SIOCGIFNETMASK = 0x8915, 0x891B
+
+
+def interface_ipv4(netdev: str, request: int = SIOCGIFADDR) -> str | None:
+    """An IPv4 attribute of ``netdev`` by ioctl (its address, or with
+    SIOCGIFNETMASK its netmask); None if it has none."""
     req = struct.pack("16s16x", netdev.encode()[:15])
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
-            out = fcntl.ioctl(s.fileno(), 0x891B, req)       # SIOCGIFNETMASK
+            return socket.inet_ntoa(fcntl.ioctl(s.fileno(), request, req)[20:24])
         except OSError:
-            return "255.255.255.255"
-    return socket.inet_ntoa(out[20:24])
+            return None
+
+
+def _netmask(netdev: str) -> str:
+    """The IPv4 netmask of ``netdev``; /32 if it has none."""
+    return interface_ipv4(netdev, SIOCGIFNETMASK) or "255.255.255.255"
 
 
 _NO_DEVICE_HINT = (
