@@ -127,6 +127,7 @@ cdef class Engine:
     cdef pthread_cond_t cond
     cdef bint mu_ok, leader
     cdef int inside
+    cdef int intr                  # interrupt() asked a receiver to step aside (atomic)
     cdef uint64_t changes          # completions handled or kicks: a waiter that sees it
                                    # move returns, whichever thread made the change
     # receive side
@@ -548,14 +549,15 @@ cdef class Engine:
             return self.spin_s
         return IDLE_SPIN if self.spin_s > IDLE_SPIN else self.spin_s
 
-    cdef int _block(self, double deadline) except -1:
+    cdef int _block(self, double deadline, bint receiving=False) except -1:
         """Wait for progress (GIL and mutex held on entry and exit).  0 once
         ``deadline`` has passed with nothing happening.
 
         The first GIL_SPIN seconds spin with the GIL held: giving it up and
         taking it back costs more than a short wait does, and Python lets a
         thread hold the GIL for milliseconds between switches anyway.  The
-        rest of the spin, and the sleep, run without it."""
+        rest of the spin, and the sleep, run without it.  A receiver
+        (``receiving``) also returns once interrupt() was called."""
         cdef int r, i
         cdef double now = mono()
         cdef double spin = self._spin_budget(now)
@@ -566,18 +568,18 @@ cdef class Engine:
             for i in range(CLOCK_EVERY):
                 if self._progress():
                     return 1
-            if mono() >= end:
+            if mono() >= end or (receiving and rdmamsg_load(&self.intr)):
                 break
         cdef uint64_t seen = self.changes
         self.inside += 1
         with nogil:
-            r = self._wait(deadline, seen)
+            r = self._wait(deadline, seen, receiving)
         self.inside -= 1
         if self.closed:
             raise closed_error("endpoint")
         return r
 
-    cdef int _wait(self, double deadline, uint64_t seen) noexcept nogil:
+    cdef int _wait(self, double deadline, uint64_t seen, bint receiving) noexcept nogil:
         cdef double spin_end = mono()
         spin_end += self._spin_budget(spin_end)
         if deadline >= 0 and spin_end > deadline:
@@ -593,6 +595,8 @@ cdef class Engine:
                     return 1
             if mono() >= spin_end:
                 break
+            if receiving and rdmamsg_load(&self.intr):
+                return 1
             pthread_mutex_unlock(&self.mu)     # let another thread in between spins
             pthread_mutex_lock(&self.mu)
             # Only here can another thread have run: its progress may be ours.
@@ -608,7 +612,7 @@ cdef class Engine:
                 pthread_cond_timedwait(&self.cond, &self.mu, &ts)
             return 1 if deadline < 0 else mono() < deadline
         ibv_req_notify_cq(self.cq, 0)
-        if self._progress():
+        if self._progress() or (receiving and rdmamsg_load(&self.intr)):
             return 1
         now = mono()
         if self.live_eof and not self.peer_gone and not self.peer_closed:
@@ -750,6 +754,9 @@ cdef class Engine:
         if self.peer_gone:
             raise ConnectionResetError("the peer is gone: its process ended or its host is "
                                        "unreachable (the bootstrap TCP connection closed)")
+        if rdmamsg_load(&self.intr):
+            rdmamsg_store(&self.intr, 0)
+            raise InterruptedError("the receive was interrupted (Engine.interrupt)")
         return 0
 
     # -- send --------------------------------------------------------------------
@@ -1052,7 +1059,7 @@ cdef class Engine:
                 self._check_recv()
                 if self._progress():
                     continue
-                if not self._block(deadline):
+                if not self._block(deadline, True):
                     raise TimeoutError("no message arrived in time")
         finally:
             self._unlock()
@@ -1075,7 +1082,7 @@ cdef class Engine:
                     self._check_recv()
                     if self._progress():
                         continue
-                    if not self._block(deadline):
+                    if not self._block(deadline, True):
                         raise TimeoutError("no message arrived in time")
             finally:
                 self._detach_user()
@@ -1114,7 +1121,7 @@ cdef class Engine:
                 self._check_recv()
                 if self._progress():
                     continue
-                if not self._block(deadline):
+                if not self._block(deadline, True):
                     raise TimeoutError("no message arrived in time")
         finally:
             self._unlock()
@@ -1183,6 +1190,17 @@ cdef class Engine:
     def pending(self):
         """Whole messages ready now, without polling."""
         return self.whole_ready + (self.held is not None)
+
+    def interrupt(self):
+        """Make the receive waiting in another thread raise InterruptedError,
+        or, if none waits, the next one that would: how a thread that wants
+        to receive itself asks the one receiving now to step aside.  Takes
+        no lock, so a spinning receiver cannot hold it up."""
+        cdef uint64_t one = 1
+        if self.closed or not self.mu_ok:
+            return
+        rdmamsg_store(&self.intr, 1)
+        write(self.wake_fd, &one, 8)       # a receiver asleep in epoll wakes
 
     def signal(self, bint on):
         """Hold fileno() readable (``on``) or stop holding it: data waits above

@@ -166,6 +166,12 @@ class Endpoint:
         then the peer has one credit fewer."""
         return self._engine.recv_view(timeout)
 
+    def interrupt(self) -> None:
+        """Make the recv (recv_into, recv_view) waiting in another thread raise
+        InterruptedError, or, if none waits, the next one that would.  For a
+        layer where one thread hands receiving over to another."""
+        self._engine.interrupt()
+
     def poll(self) -> int:
         """Make progress without blocking; the number of whole messages ready
         (1 once nothing more can arrive, so that recv() reports why)."""

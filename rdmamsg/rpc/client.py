@@ -66,8 +66,7 @@ class Client:
         """Call ``name(*args, **kwargs)`` on the server and return its result.
         Raises RemoteError (or UnknownMethodError) for the handler's exception,
         TimeoutError after ``timeout``, ConnectionResetError if the server is lost."""
-        return self._wait(name, self._submit(name, args, kwargs, self.timeout, timer=False),
-                          self.timeout)
+        return self._call(name, args, kwargs, self.timeout)
 
     def call_async(self, name: str, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
         """Start a call; a Future of its result.  ``future.cancel()`` cancels it."""
@@ -77,9 +76,20 @@ class Client:
         """This client with another timeout for the calls made through it."""
         return _Scoped(self, timeout)
 
-    def _wait(self, name: str, fut: concurrent.futures.Future, timeout: float | None) -> Any:
+    def _call(self, name: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
+        # The calling thread receives its own reply when no other caller is
+        # receiving: no reader thread spins meanwhile, and no hand-off follows.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        mine = self._link.take_turn()
         try:
-            return fut.result(timeout)
+            fut = self._submit(name, args, kwargs, timeout, timer=False)
+            if mine:
+                self._link.receive_until(fut.done, deadline)
+        finally:
+            if mine:
+                self._link.give_turn(park=lambda: not self._pending)
+        try:
+            return fut.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
         except concurrent.futures.TimeoutError:
             if not fut.done():
                 fut.cancel()
@@ -106,6 +116,8 @@ class Client:
             if self._lost is not None:
                 raise self._down() from exc
             raise
+        if timer:
+            self._link.wake()            # no caller receives this reply: the reader must
         if timer and timeout is not None:
             self._deadlines.add(time.monotonic() + timeout,
                                 functools.partial(self._expire, call_id, name, timeout))
@@ -181,8 +193,7 @@ class _Scoped:
         self._client, self.timeout = client, timeout
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        c = self._client
-        return c._wait(name, c._submit(name, args, kwargs, self.timeout, timer=False), self.timeout)
+        return self._client._call(name, args, kwargs, self.timeout)
 
     def call_async(self, name: str, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
         return self._client._submit(name, args, kwargs, self.timeout, timer=True)

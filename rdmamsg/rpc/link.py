@@ -7,6 +7,12 @@ hands the frame on.  The reader also keeps the connection alive: each side
 sends a PING after ``keepalive`` seconds without sending anything, and
 drops the connection (ConnectionResetError) after ``dead_after`` seconds
 without hearing anything.
+
+A thread that waits for a reply may receive frames itself instead
+(take_turn, receive_until, give_turn): the reader steps aside and, when
+nothing else is pending, stays parked.  A synchronous call then costs one
+thread on each side, as a plain send/recv round trip does, rather than a
+spinning reader and a hand-off to the caller.
 """
 from __future__ import annotations
 
@@ -35,6 +41,14 @@ class Link:
         self._send_lock = threading.Lock()
         self._last_rx = self._last_tx = time.monotonic()
         self._closing = False
+        # Who receives frames: the reader thread, a caller (take_turn), or
+        # nobody.  A caller that asked waits for the reader to step aside.
+        self._turn = threading.Condition()
+        self._receiver: threading.Thread | None = None
+        self._asked = False
+        self._parked = False       # the reader waits for wake() (or keepalive seconds idle)
+        self._turn_ended = 0.0
+        self._over = False         # lost: nobody receives any more
         self._reader = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -69,25 +83,100 @@ class Link:
     def _ping(self) -> None:
         self.try_send(wire.encode_ping())
 
+    # -- whose turn to receive ---------------------------------------------------------
+
+    def take_turn(self) -> bool:
+        """Become the thread that receives frames; False if another caller
+        is (or the connection is lost): then wait for your reply as usual."""
+        with self._turn:
+            if self._over or self._asked or self._receiver not in (None, self._reader):
+                return False
+            self._asked = True
+            if self._receiver is not None:
+                self.ep.interrupt()
+                while self._receiver is not None and not self._over:
+                    self._turn.wait()
+            self._asked = False
+            if self._over:
+                self._turn.notify_all()
+                return False
+            self._receiver = threading.current_thread()
+            return True
+
+    def receive_until(self, done: Callable[[], bool], deadline: float | None) -> None:
+        """Receive and dispatch frames on this thread (its turn) until
+        ``done()`` or ``deadline``.  A lost connection is reported through
+        on_lost, as the reader would report it."""
+        try:
+            while not done():
+                timeout = self._keepalive
+                if deadline is not None:
+                    timeout = min(timeout, deadline - time.monotonic())
+                    if timeout <= 0:
+                        return
+                self._step(timeout)
+        except BaseException as exc:      # noqa: BLE001 (reported through on_lost)
+            self._lost(exc)
+
+    def give_turn(self, park: Callable[[], bool]) -> None:
+        """End this thread's turn; the reader stays parked if ``park()`` (asked
+        under the turn lock, so that a wake() cannot slip in between)."""
+        with self._turn:
+            self._receiver = None
+            self._parked = park()
+            self._turn_ended = time.monotonic()
+            if self._asked or not self._parked:
+                self._turn.notify_all()    # else nobody is to wake: waking costs a switch
+
+    def wake(self) -> None:
+        """Unpark the reader: a reply is awaited that no caller receives."""
+        with self._turn:
+            if self._parked:
+                self._parked = False
+                self._turn.notify_all()
+
+    def _reader_turn(self) -> bool:
+        with self._turn:
+            while not self._over and (self._receiver is not None or self._asked or self._parked):
+                self._turn.wait(self._keepalive)
+                if (self._receiver is None and not self._asked
+                        and time.monotonic() - self._turn_ended >= self._keepalive):
+                    self._parked = False   # idle for a while: check the connection again
+            if self._over:
+                return False
+            self._receiver = self._reader
+            return True
+
+    def _end_reader_turn(self) -> None:
+        with self._turn:
+            if self._receiver is self._reader:
+                self._receiver = None
+            self._turn.notify_all()
+
     # -- in ------------------------------------------------------------------------
 
     def _run(self) -> None:
-        exc: BaseException = ConnectionResetError("the RPC connection ended")
+        while self._reader_turn():
+            try:
+                self._step(self._keepalive)
+            except BaseException as exc:  # noqa: BLE001 (reported through on_lost)
+                self._lost(exc)
+            finally:
+                self._end_reader_turn()
+
+    def _step(self, timeout: float) -> None:
+        """Receive one frame, if one comes within ``timeout``, and dispatch it."""
         try:
-            while True:
-                try:
-                    frame = self.ep.recv(self._keepalive)
-                except TimeoutError:
-                    self._check_alive()
-                    continue
-                self._heard()
-                head = wire.decode_header(frame, self._max_payload)
-                if head.kind != wire.PING:
-                    self._on_frame(head, [self._receive(spec) for spec in head.specs])
-        except BaseException as e:        # noqa: BLE001 (reported through on_lost)
-            exc = e
-        finally:
-            self._lost(exc)
+            frame = self.ep.recv(timeout)
+        except InterruptedError:
+            return                         # another thread takes over receiving
+        except TimeoutError:
+            self._check_alive()
+            return
+        self._heard()
+        head = wire.decode_header(frame, self._max_payload)
+        if head.kind != wire.PING:
+            self._on_frame(head, [self._receive(spec) for spec in head.specs])
 
     def _heard(self) -> None:
         self._last_rx = now = time.monotonic()
@@ -128,6 +217,8 @@ class Link:
         while True:
             try:
                 out = recv(self._keepalive)
+            except InterruptedError:
+                continue                   # a frame's buffers are received by one thread
             except TimeoutError:
                 self._check_alive()
                 continue
@@ -139,6 +230,11 @@ class Link:
     # -- ending ----------------------------------------------------------------------
 
     def _lost(self, exc: BaseException) -> None:
+        with self._turn:
+            if self._over:
+                return
+            self._over = True
+            self._turn.notify_all()
         if self._closing:
             exc = ConnectionAbortedError("the RPC connection was closed")
         orderly = self._closing or isinstance(exc, PeerClosedError)
@@ -153,6 +249,7 @@ class Link:
         """Close the connection (orderly); the reader ends, and on_lost runs."""
         self._closing = True
         self.ep.close()
+        self.wake()                        # a parked reader finds the endpoint closed
         if threading.current_thread() is not self._reader:
             self._reader.join(10)
 

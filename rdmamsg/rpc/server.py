@@ -61,7 +61,7 @@ class Server:
             raise ValueError("handlers must be 'threads', 'asyncio' or 'inline'")
         if workers < 1:
             raise ValueError("workers must be at least 1")
-        self._functions: dict[str, Callable] = {}
+        self._functions: dict[str, tuple[Callable, bool]] = {}   # name -> (fn, on the loop)
         self._mode = handlers
         self._link_args = dict(keepalive=keepalive, dead_after=dead_after, max_payload=max_payload)
         self._inline_max = inline_max
@@ -88,7 +88,8 @@ class Server:
             return lambda f: self.register(name_or_fn or f.__name__, f)
         if not isinstance(name_or_fn, str) or not name_or_fn:
             raise TypeError("a handler's name must be a non-empty string")
-        self._functions[name_or_fn] = fn
+        on_loop = asyncio.iscoroutinefunction(fn) or self._mode == "asyncio"
+        self._functions[name_or_fn] = (fn, on_loop)    # decided once: not per call
         return fn
 
     # -- serving -------------------------------------------------------------------
@@ -201,10 +202,10 @@ class _Connection:
         deadline = None if head.timeout is None else time.monotonic() + head.timeout
         with self._lock:
             self._running[head.id] = None
-        fn = self.server._functions.get(head.method)
+        fn, on_loop = self.server._functions.get(head.method, (None, False))
         if fn is None:
             self._finish(head.id, error=(wire.UNKNOWN_METHOD, f"no RPC method named {head.method!r}"))
-        elif asyncio.iscoroutinefunction(fn) or self.server._mode == "asyncio":
+        elif on_loop:
             loop = self.server._event_loop()
             loop.call_soon_threadsafe(self._start_on_loop, loop, head.id, fn, args, kwargs, deadline)
         elif self.server._mode == "inline":

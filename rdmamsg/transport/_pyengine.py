@@ -112,6 +112,7 @@ class Engine:
         self._sel.register(self._sig, select.EPOLLIN)
         self._changes = 0           # completions handled and kicks (progress_count)
         self._inside = 0
+        self._interrupted = False   # interrupt() asked a receiver to step aside
         self._spin = config.spin_us / 1e6
         self._last_active = 0.0
         self._stats = dict.fromkeys(("messages_sent", "messages_received", "bytes_sent",
@@ -335,16 +336,17 @@ class Engine:
 
     # -- waiting ---------------------------------------------------------------
 
-    def _wait_locked(self, deadline: float | None) -> bool:
+    def _wait_locked(self, deadline: float | None, receiving: bool = False) -> bool:
         """Wait for progress with the lock held (released while sleeping).
-        False once ``deadline`` has passed with nothing happening."""
+        False once ``deadline`` has passed with nothing happening.  A receiver
+        (``receiving``) also returns once interrupt() was called."""
         now = time.monotonic()
         busy = now - self._last_active < ACTIVE_WINDOW
         spin_end = now + (self._spin if busy else min(self._spin, IDLE_SPIN))
         if deadline is not None:
             spin_end = min(spin_end, deadline)      # a short timeout is not a spin licence
         while True:
-            if self._progress():
+            if self._progress() or (receiving and self._interrupted):
                 return True
             if time.monotonic() >= spin_end:
                 break
@@ -359,7 +361,7 @@ class Engine:
                 raise closed_error("endpoint")
             return deadline is None or time.monotonic() < deadline
         self._cq.cq.req_notify()
-        if self._progress():
+        if self._progress() or (receiving and self._interrupted):
             return True
         if self._live_eof and not self._peer_gone:
             if time.monotonic() - self._eof_at > EOF_GRACE:
@@ -581,6 +583,9 @@ class Engine:
         if self._peer_gone:
             raise ConnectionResetError("the peer is gone: its process ended or its host is "
                                        "unreachable (the bootstrap TCP connection closed)")
+        if self._interrupted:
+            self._interrupted = False
+            raise InterruptedError("the receive was interrupted (Engine.interrupt)")
 
     def recv(self, timeout: float | None = None) -> bytes:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -591,7 +596,7 @@ class Engine:
                 if msg is not None:
                     return msg
                 self._check_recv()
-                if not self._wait_locked(deadline):
+                if not self._wait_locked(deadline, True):
                     raise TimeoutError("no message arrived in time")
 
     def recv_into(self, buffer, timeout: float | None = None) -> int:
@@ -611,7 +616,7 @@ class Engine:
                     mv[:len(msg)] = msg
                     return len(msg)
                 self._check_recv()
-                if not self._wait_locked(deadline):
+                if not self._wait_locked(deadline, True):
                     raise TimeoutError("no message arrived in time")
 
     def recv_view(self, timeout: float | None = None) -> "MessageView":
@@ -630,7 +635,7 @@ class Engine:
                 if msg is not None:
                     return MessageView(self, -1, memoryview(msg))
                 self._check_recv()
-                if not self._wait_locked(deadline):
+                if not self._wait_locked(deadline, True):
                     raise TimeoutError("no message arrived in time")
 
     def _give_back(self, slot: int) -> None:
@@ -673,6 +678,17 @@ class Engine:
     def pending(self) -> int:
         """Whole messages ready now, without polling."""
         return self._whole_ready + (self._held is not None)
+
+    def interrupt(self) -> None:
+        """Make the receive waiting in another thread raise InterruptedError,
+        or, if none waits, the next one that would (see the Cython engine)."""
+        if self._closed:
+            return
+        self._interrupted = True
+        try:
+            os.eventfd_write(self._wake, 1)    # a receiver asleep in epoll wakes
+        except OSError:
+            pass                               # closed meanwhile: nobody to wake
 
     def signal(self, on: bool) -> None:
         """Hold fileno() readable (``on``) or stop holding it: data waits above

@@ -32,6 +32,8 @@ ENGINE_API = (
     "fileno",          # () -> int: readable when there may be progress (for selectors)
     "pending",         # () -> int: whole messages ready now, without polling
     "signal",          # (on) -> None: hold fileno() readable, or stop (data waits above us)
+    "interrupt",       # () -> None: the receive waiting in another thread (or the next to
+                       #   wait) raises InterruptedError: a thread taking over receiving
     "progress_count",  # () -> int: moves whenever completions are handled
     "shutdown",        # (timeout) -> None: orderly CLOSE, then wait for our sends to complete
     "close",           # () -> None: stop; the caller then destroys the QP and CQ

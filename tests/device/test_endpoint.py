@@ -160,6 +160,29 @@ def test_leaked_endpoint_warns():
         s.close()
 
 
+def test_interrupt_makes_a_waiting_receive_step_aside(pair):
+    c, s = pair
+    waiting = run_in_thread(lambda: s.recv(timeout=30))
+    time.sleep(0.3)                      # asleep in epoll by now
+    t0 = time.monotonic()
+    s.interrupt()
+    with pytest.raises(InterruptedError):
+        waiting.result()
+    assert time.monotonic() - t0 < 5
+    c.send(b"queued")
+    while not s.poll():
+        s.wait(1)
+    s.interrupt()                        # nobody waits: the next receive that would wait
+    assert s.recv(timeout=10) == b"queued"   # a ready message is not held up
+    with pytest.raises(InterruptedError):
+        s.recv(timeout=10)
+    c.interrupt()                        # senders are not interrupted
+    c.send(b"after")
+    assert s.recv(timeout=10) == b"after"
+    with pytest.raises(InterruptedError):
+        c.recv(timeout=10)
+
+
 def test_selectors_with_fileno(pair):
     c, s = pair
     sel = selectors.DefaultSelector()

@@ -86,6 +86,29 @@ def test_128_outstanding_calls_complete_out_of_order(client):
     assert [f.result() for f in futures] == list(range(128))
 
 
+def test_sync_callers_async_calls_and_a_long_call_share_one_connection(client):
+    # A synchronous caller receives replies itself while it waits: its turn
+    # must pass to other callers and to the reader, and no reply may be lost.
+    slow = client.call_async("sleep", 0.5)                  # the reader receives this one
+    long_wait = concurrent.futures.ThreadPoolExecutor(1).submit(client.call, "nap", -1, 1.0)
+    time.sleep(0.1)                                         # it holds the turn
+
+    def caller(t):
+        for i in range(300):
+            assert client.call("add", t, i) == t + i
+            if i % 50 == 0:
+                assert client.call_async("add", i, -t).result(timeout=60) == i - t
+        return t
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert sorted(pool.map(caller, range(4))) == [0, 1, 2, 3]
+    assert long_wait.result(timeout=60) == -1
+    assert slow.result(timeout=60) == 0.5
+    time.sleep(1.5)                                         # the reader, parked, unparks
+    assert client.call_async("add", 2, 2).result(timeout=10) == 4
+    assert client.call("add", 3, 3) == 6
+
+
 def test_remote_exceptions_and_unknown_methods(client):
     with pytest.raises(rdmamsg.RemoteError) as info:
         client.call("fail", "it broke")
