@@ -12,5 +12,6 @@ include "rawptr.pxi"
 include "credits.pxi"
 include "ring.pxi"
 include "engine.pxi"
+include "onesided.pxi"
 
 BACKEND = "cython"

@@ -106,11 +106,10 @@ def ours(test: str, size: int, ip: str, poller: str, duration: float, iters: int
 
 def _ours_this_round(tests, pollers: list[str], r: int):
     """(test, poller) runs for round ``r``: every round on the first poller,
-    the others in the first round only; rma_* tests (ep.write, no poller) once per round."""
+    the others in the first round only."""
     for test in tests:
         for p in pollers if r == 0 else pollers[:1]:
-            if p == pollers[0] or not test.startswith("rma"):
-                yield test, p
+            yield test, p
 
 
 def main() -> int:
@@ -154,7 +153,6 @@ def main() -> int:
     try:
         if "perftest" in only:
             # Each perftest baseline is shared by the rdmamsg tests compared with it.
-            # ep.write (rma_*) does not go through the poller: one poller is enough.
             for tool, tests in (("ib_send_bw", ("send_bw",)), ("ib_write_bw", ("write_bw", "rma_bw"))):
                 for size in (64, 4096, 65536, 1 << 20):
                     base, mine = [], {(t, p): [] for t in tests for p in pollers}

@@ -136,6 +136,10 @@ def connect(address: Address, timeout: float | None = None, token: str | bytes |
     tok = hs.token_bytes(token)
     deadline = None if timeout is None else time.monotonic() + timeout
     sock = tcp.dial(address, timeout, source_address)
+    # Even without a timeout the handshake is bounded: a server that takes
+    # TCP connections but is not an rdmamsg listener may never speak.
+    shake_end = time.monotonic() + opts.handshake_timeout
+    deadline = shake_end if deadline is None else min(deadline, shake_end)
     parts = engine = None
     try:
         local = resolve_local(sock.getsockname()[0], device=device, gid_index=gid_index)

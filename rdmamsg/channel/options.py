@@ -30,7 +30,8 @@ class Options:
     spin_us: int = 1000               #: busy-poll up to this long before sleeping on the
                                       #: fd, while traffic flows (50 us after idling)
     linger: float = 2.0               #: close() waits this long for sends to complete; 0 aborts
-    handshake_timeout: float = 10.0   #: limit for one bootstrap handshake
+    handshake_timeout: float = 10.0   #: limit for one bootstrap handshake (on both sides;
+                                      #: a connect timeout can only shorten it)
     remote_buffers: bool = True       #: a second QP for expose()/write()/read() (the
                                       #: connecting side chooses; a listener follows)
     ring_size: int = 2 << 20          #: write channel: bytes of the ring the peer writes into

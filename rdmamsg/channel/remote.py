@@ -17,6 +17,7 @@ channel of both sides carries on.
 """
 from __future__ import annotations
 
+import functools
 import random
 import struct
 import threading
@@ -24,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import RemoteAccessError, WorkCompletionError, closed_error
+from ..transport.backend import make_one_sided_poster
 from ..verbs import _pyverbs as pv
 from ..verbs.context import DeviceContext
 from ..verbs.device import LocalAddress
@@ -55,7 +57,10 @@ class RemoteBuffer:
     def parse(cls, descriptor) -> "RemoteBuffer":
         if isinstance(descriptor, RemoteBuffer):
             return descriptor
-        raw = bytes(descriptor)
+        return _parse(bytes(descriptor))
+
+    @classmethod
+    def _from_bytes(cls, raw: bytes) -> "RemoteBuffer":
         if len(raw) != _DESC.size or raw[:4] != _MAGIC:
             raise ValueError(f"not an rdmamsg grant descriptor ({len(raw)} bytes)")
         _, access, addr, length, rkey, gid = _DESC.unpack(raw)
@@ -70,6 +75,10 @@ class RemoteBuffer:
         if offset < 0 or length < 0 or offset + length > self.length:
             raise ValueError(f"{length} bytes at offset {offset} fall outside grant "
                              f"{self.grant_id} of {self.length} bytes")
+
+
+# A peer's descriptor is usually used many times: parse it once.
+_parse = functools.lru_cache(maxsize=256)(RemoteBuffer._from_bytes)
 
 
 class Grant:
@@ -108,7 +117,7 @@ class OneSided:
         self.local = local
         self._lock = threading.Lock()
         self.pd = pv.pd.PD(dctx.ctx)
-        self.cq = self.qp = None
+        self.cq = self.qp = self._poster = None
         self._grants: dict[int, Grant] = {}
         self._next_id = 1
         self._broken: BaseException | None = None
@@ -122,6 +131,7 @@ class OneSided:
             attr = pv.qp.QPAttr(port_num=local.port)
             attr.qp_access_flags = _MR_ACCESS[3]
             self.qp.to_init(attr)
+            self._poster = make_one_sided_poster(dctx.ctx, self.pd, self.cq, self.qp)
         except BaseException:
             self.close()
             raise
@@ -194,50 +204,62 @@ class OneSided:
             return
         with self._lock:
             self._check()
-            addr = buffer_address(mv)
+            addr = self._poster.address(mv) if self._poster is not None else buffer_address(mv)
             reg = cache.acquire(mv, addr, mv.nbytes)
             if reg is None:
                 raise MemoryError(f"could not register {mv.nbytes} bytes for one-sided access "
                                   "(RLIMIT_MEMLOCK or the cache's bound); use smaller pieces")
             try:
-                sge = pv.wr.SGE(addr, mv.nbytes, reg.lkey)
-                wr = pv.wr.SendWR(wr_id=1, opcode=opcode, num_sge=1, sg=[sge],
-                                  send_flags=e.IBV_SEND_SIGNALED)
-                wr.set_wr_rdma(rb.rkey, rb.addr + offset)
-                try:
-                    self.qp.post_send(wr)
-                finally:
-                    wr.close()
-                    sge.close()
-                self._complete(timeout)
+                if self._poster is not None:
+                    status, vendor = self._poster.transfer(
+                        opcode == e.IBV_WR_RDMA_READ, addr, mv.nbytes, reg.lkey,
+                        rb.addr + offset, rb.rkey, -1.0 if timeout is None else timeout)
+                else:
+                    status, vendor = self._post_and_poll(addr, mv.nbytes, reg.lkey, rb,
+                                                         offset, opcode, timeout)
             finally:
                 cache.release(reg)
+        self._completed(status, vendor)
 
-    def _complete(self, timeout: float | None) -> None:
-        """Wait for the one outstanding work request (mutex held)."""
+    def _post_and_poll(self, addr: int, nbytes: int, lkey: int, rb: RemoteBuffer, offset: int,
+                       opcode: int, timeout: float | None) -> tuple[int, int]:
+        """The pure-pyverbs twin of OneSidedPoster.transfer (mutex held)."""
+        sge = pv.wr.SGE(addr, nbytes, lkey)
+        wr = pv.wr.SendWR(wr_id=1, opcode=opcode, num_sge=1, sg=[sge],
+                          send_flags=e.IBV_SEND_SIGNALED)
+        wr.set_wr_rdma(rb.rkey, rb.addr + offset)
+        try:
+            self.qp.post_send(wr)
+        finally:
+            wr.close()
+            sge.close()
         deadline = None if timeout is None else time.monotonic() + timeout
         spins = 0
         while True:
             n, wcs = self.cq.poll()
             if n:
-                break
+                return wcs[0].status, wcs[0].vendor_err
             spins += 1
             if spins > 1000:
                 time.sleep(20e-6)
             if deadline is not None and time.monotonic() > deadline:
-                # The request is still queued; the QP cannot be trusted with another.
-                self._broken = TimeoutError("a one-sided operation timed out; one-sided "
-                                            "access on this endpoint has ended")
-                self._to_error()
-                raise TimeoutError("the one-sided operation did not complete in time")
-        wc = wcs[0]
-        if wc.status == e.IBV_WC_SUCCESS:
+                return -1, 0
+
+    def _completed(self, status: int, vendor: int) -> None:
+        """Raise for a failed or timed-out operation; either ends one-sided access."""
+        if status == e.IBV_WC_SUCCESS:
             return
-        err = WorkCompletionError(wc.status, "RDMA write/read", wc.vendor_err)
+        if status < 0:
+            # The request is still queued; the QP cannot be trusted with another.
+            self._broken = TimeoutError("a one-sided operation timed out; one-sided "
+                                        "access on this endpoint has ended")
+            self._to_error()
+            raise TimeoutError("the one-sided operation did not complete in time")
+        err = WorkCompletionError(status, "RDMA write/read", vendor)
         self._broken = ConnectionResetError(f"one-sided access on this endpoint ended after "
                                             f"an error: {err}")
-        if wc.status == e.IBV_WC_REM_ACCESS_ERR:
-            raise RemoteAccessError(wc.status, "RDMA write/read", wc.vendor_err)
+        if status == e.IBV_WC_REM_ACCESS_ERR:
+            raise RemoteAccessError(status, "RDMA write/read", vendor)
         raise err
 
     def _to_error(self) -> None:
@@ -261,6 +283,7 @@ class OneSided:
         self._closed = True
         for grant in list(self._grants.values()):
             self._revoke(grant)
+        self._poster = None                # it holds the raw QP and CQ pointers
         if self.qp is not None:
             self.qp.close()
         if self.cq is not None:

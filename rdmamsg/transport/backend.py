@@ -95,6 +95,23 @@ def make_engine(*, cq, qp, recv_bufs, send_bufs, liveness, config: EngineConfig,
     return PyEngine(cq, qp, recv_bufs, send_bufs, liveness, config, regcache)
 
 
+def make_one_sided_poster(ctx, pd, cq, qp):
+    """The Cython poster of one-sided RDMA operations for this QP (ext/onesided.pxi),
+    or None, where the pure-pyverbs path (channel/remote.py) is to run: the
+    same choice as make_engine's."""
+    mode = poller_mode()
+    if mode == "python":
+        return None
+    try:
+        from ._cpoller import OneSidedPoster
+
+        return OneSidedPoster(ctx, pd, cq, qp)
+    except (ImportError, PollerUnavailableError) as exc:
+        if mode == "cython":
+            raise PollerUnavailableError(f"RDMAMSG_POLLER=cython but: {exc}") from exc
+        return None                    # make_engine has warned already
+
+
 def poller_in_use() -> str | None:
     """The backend of the last engine made: ``cython``, ``python``, or None."""
     return _choice

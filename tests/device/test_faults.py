@@ -7,6 +7,7 @@ import time
 import pytest
 
 import rdmamsg
+import rdmamsg.rpc
 from rdmamsg.errors import AuthenticationError, HandshakeError
 from rdmamsg.protocol import handshake as hs
 from support.peers import counter, endpoint_pair, run_in_thread, spawn_stream_peer
@@ -84,3 +85,17 @@ def test_connect_timeout_on_a_silent_server():
         with pytest.raises(TimeoutError):
             rdmamsg.connect(srv.getsockname(), timeout=0.5)
         assert time.monotonic() - t0 < 5
+
+
+def test_without_a_timeout_the_handshake_is_still_bounded():
+    # A TCP server that is not an rdmamsg listener and never speaks.
+    with socket.create_server((IP, 0)) as srv:
+        for connect in (lambda: rdmamsg.connect(srv.getsockname(), handshake_timeout=1.0),
+                        lambda: rdmamsg.create_connection(srv.getsockname(),
+                                                          handshake_timeout=1.0),
+                        lambda: rdmamsg.rpc.Client(srv.getsockname(), connect_timeout=None,
+                                                   handshake_timeout=1.0)):
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError, match="rdmamsg endpoint"):
+                connect()
+            assert time.monotonic() - t0 < 5
