@@ -17,6 +17,8 @@ import heapq
 import itertools
 import threading
 import time
+import warnings
+import weakref
 from typing import Any, Callable
 
 from ..channel.bootstrap import connect
@@ -50,12 +52,16 @@ class Client:
         self.timeout = timeout
         self._inline_max = inline_max
         self._lock = threading.Lock()
-        self._pending: dict[int, concurrent.futures.Future] = {}
+        self._pending: dict[int, concurrent.futures.Future | _Slot] = {}
         self._ids = itertools.count(1)
         self._lost: BaseException | None = None
         self._deadlines = _Deadlines()
         ep = connect(address, connect_timeout, token, **options)
-        self._link = Link(ep, self._on_frame, self._on_lost, keepalive=keepalive,
+        # The reader and deadline threads hold the client weakly, so that a client dropped
+        # without close() is collected, warns, and ends its connection.
+        self._me = me = weakref.ref(self)
+        self._link = Link(ep, functools.partial(_to_client, me, "_on_frame"),
+                          functools.partial(_to_client, me, "_on_lost"), keepalive=keepalive,
                           dead_after=dead_after, max_payload=max_payload,
                           name=f"rdmamsg-rpc-client-{address[0]}:{address[1]}")
         self._link.start()
@@ -78,36 +84,47 @@ class Client:
 
     def _call(self, name: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
         # The calling thread receives its own reply when no other caller is
-        # receiving: no reader thread spins meanwhile, and no hand-off follows.
+        # receiving: no reader thread spins meanwhile, no hand-off follows,
+        # and the reply lands in a plain slot rather than a Future.
         deadline = None if timeout is None else time.monotonic() + timeout
-        mine = self._link.take_turn()
-        try:
+        if not self._link.take_turn():
             fut = self._submit(name, args, kwargs, timeout, timer=False)
-            if mine:
-                self._link.receive_until(fut.done, deadline)
-        finally:
-            if mine:
-                self._link.give_turn(park=lambda: not self._pending)
+            try:
+                return fut.result(None if deadline is None
+                                  else max(0.0, deadline - time.monotonic()))
+            except concurrent.futures.TimeoutError:
+                if not fut.done():
+                    fut.cancel()
+                    raise _timed_out(name, timeout) from None
+                return fut.result()
+        slot = _Slot()
         try:
-            return fut.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        except concurrent.futures.TimeoutError:
-            if not fut.done():
-                fut.cancel()
-                raise TimeoutError(f"RPC call {name!r} timed out after {timeout:g} s") from None
-            return fut.result()
+            call_id = self._send_call(slot, name, args, kwargs, timeout)
+            self._link.receive_until(slot.ready, deadline)
+        finally:
+            self._link.give_turn(park=lambda: not self._pending)
+        if not slot.done:
+            with self._lock:
+                pending = self._pending.pop(call_id, None) is not None
+            if pending and self._lost is None:
+                self._link.try_send(wire.encode_cancel(call_id))
+            if not slot.done:
+                raise _timed_out(name, timeout)
+        if slot.exc is not None:
+            raise slot.exc
+        return slot.result
 
-    def _submit(self, name: str, args: tuple, kwargs: dict, timeout: float | None,
-                timer: bool) -> concurrent.futures.Future:
+    def _send_call(self, holder: "_Slot | concurrent.futures.Future", name: str, args: tuple,
+                   kwargs: dict, timeout: float | None) -> int:
+        """Send a request whose reply ``holder`` receives; its call id."""
         if not isinstance(name, str):
             raise TypeError("an RPC method name must be a string")
         call_id = next(self._ids)
         frame, buffers = wire.encode_request(call_id, name, args, kwargs, timeout, self._inline_max)
-        fut: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             if self._lost is not None:
                 raise self._down()
-            self._pending[call_id] = fut
-        fut.add_done_callback(functools.partial(self._done, call_id))
+            self._pending[call_id] = holder
         try:
             self._link.send(frame, buffers)
         except BaseException as exc:
@@ -116,18 +133,25 @@ class Client:
             if self._lost is not None:
                 raise self._down() from exc
             raise
+        return call_id
+
+    def _submit(self, name: str, args: tuple, kwargs: dict, timeout: float | None,
+                timer: bool) -> concurrent.futures.Future:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        call_id = self._send_call(fut, name, args, kwargs, timeout)
+        fut.add_done_callback(functools.partial(self._done, call_id))
         if timer:
             self._link.wake()            # no caller receives this reply: the reader must
         if timer and timeout is not None:
             self._deadlines.add(time.monotonic() + timeout,
-                                functools.partial(self._expire, call_id, name, timeout))
+                                functools.partial(_to_client, self._me, "_expire", call_id, name,
+                                                  timeout))
         return fut
 
     def _expire(self, call_id: int, name: str, timeout: float) -> None:
         with self._lock:
             fut = self._pending.pop(call_id, None)
-        if fut is not None and _settle(fut, exc=TimeoutError(
-                f"RPC call {name!r} timed out after {timeout:g} s")):
+        if fut is not None and _settle(fut, exc=_timed_out(name, timeout)):
             self._link.try_send(wire.encode_cancel(call_id))
 
     def _done(self, call_id: int, fut: concurrent.futures.Future) -> None:
@@ -184,6 +208,26 @@ class Client:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_lost", True) is not None or not hasattr(self, "_link"):
+            return
+        warnings.warn(f"unclosed rdmamsg.rpc.Client to {self._link.ep.raddr}", ResourceWarning,
+                      stacklevel=1)
+        try:
+            self.close()
+        except Exception:                  # noqa: BLE001 (never raise from a finaliser)
+            pass
+
+
+def _to_client(ref: weakref.ref, method: str, *args: Any) -> None:
+    """Call a Client's handler through its weak reference (the Link's callbacks)."""
+    client = ref()
+    if client is None:
+        if method == "_on_frame":
+            raise ConnectionAbortedError("the RPC client was dropped without close()")
+        return
+    getattr(client, method)(*args)
 
 
 class _Scoped:
@@ -251,6 +295,30 @@ class _AsyncScoped:
 
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.wrap_future(self._scoped.call_async(name, *args, **kwargs))
+
+
+class _Slot:
+    """Where a reply lands for a caller that receives it itself: what a
+    Future would hold, without its lock and callbacks."""
+
+    __slots__ = ("done", "result", "exc")
+
+    def __init__(self) -> None:
+        self.done, self.result, self.exc = False, None, None
+
+    def ready(self) -> bool:
+        return self.done
+
+    def set_result(self, result: Any) -> None:
+        self.result, self.done = result, True
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.exc, self.done = exc, True
+
+
+def _timed_out(name: str, timeout: float | None) -> TimeoutError:
+    after = "" if timeout is None else f" after {timeout:g} s"
+    return TimeoutError(f"RPC call {name!r} timed out{after}")
 
 
 def _remote_exception(type_name: str, message: str, tb: str) -> BaseException:

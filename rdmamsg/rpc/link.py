@@ -43,7 +43,7 @@ class Link:
         self._closing = False
         # Who receives frames: the reader thread, a caller (take_turn), or
         # nobody.  A caller that asked waits for the reader to step aside.
-        self._turn = threading.Condition()
+        self._turn = threading.Condition(threading.Lock())
         self._receiver: threading.Thread | None = None
         self._asked = False
         self._parked = False       # the reader waits for wake() (or keepalive seconds idle)

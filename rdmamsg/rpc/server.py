@@ -199,17 +199,21 @@ class _Connection:
         if head.kind != wire.REQUEST:
             raise ProtocolError(f"a client sent an RPC frame of kind {head.kind}")
         args, kwargs = wire.request_parts(head, wire.decode_body(head, objects))
-        deadline = None if head.timeout is None else time.monotonic() + head.timeout
-        with self._lock:
-            self._running[head.id] = None
         fn, on_loop = self.server._functions.get(head.method, (None, False))
         if fn is None:
             self._finish(head.id, error=(wire.UNKNOWN_METHOD, f"no RPC method named {head.method!r}"))
-        elif on_loop:
+            return
+        if self.server._mode == "inline" and not on_loop:
+            # It starts now and ends before the next frame is read: nothing to
+            # track for a CANCEL or a deadline.
+            self._call(head.id, fn, args, kwargs)
+            return
+        deadline = None if head.timeout is None else time.monotonic() + head.timeout
+        with self._lock:
+            self._running[head.id] = None
+        if on_loop:
             loop = self.server._event_loop()
             loop.call_soon_threadsafe(self._start_on_loop, loop, head.id, fn, args, kwargs, deadline)
-        elif self.server._mode == "inline":
-            self._run(head.id, fn, args, kwargs, deadline)
         else:
             self.server._pool.submit(self._run, head.id, fn, args, kwargs, deadline)
 

@@ -2,6 +2,7 @@
 remote errors, deadlines, cancellation, dead servers and malformed frames."""
 import asyncio
 import concurrent.futures
+import gc
 import hashlib
 import os
 import random
@@ -107,6 +108,20 @@ def test_sync_callers_async_calls_and_a_long_call_share_one_connection(client):
     time.sleep(1.5)                                         # the reader, parked, unparks
     assert client.call_async("add", 2, 2).result(timeout=10) == 4
     assert client.call("add", 3, 3) == 6
+
+
+def test_an_unclosed_client_warns_and_its_connection_ends(server):
+    c = rdmamsg.rpc.Client(server.address, timeout=30)
+    assert c.call("add", 1, 2) == 3
+    assert c.call_async("add", 2, 2).result(timeout=30) == 4
+    assert server.connections == 1
+    with pytest.warns(ResourceWarning, match="unclosed rdmamsg.rpc.Client"):
+        del c
+        gc.collect()
+    deadline = time.monotonic() + 10
+    while server.connections and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.connections == 0
 
 
 def test_remote_exceptions_and_unknown_methods(client):
