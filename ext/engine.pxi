@@ -31,7 +31,7 @@ from libc.string cimport memcpy
 import collections
 
 from rdmamsg.errors import PeerClosedError, ProtocolError, RdmaError, WorkCompletionError
-from rdmamsg.errors import closed_error
+from rdmamsg.errors import closed_error, inherited_error
 
 cdef enum:
     WC_BATCH = 32
@@ -173,6 +173,8 @@ cdef class Engine:
     cdef object ring_view
     # state
     cdef bint closed, peer_closed, close_sent, live_eof, peer_gone, aborted
+    cdef int inherited_from        # the parent's pid, in a child after fork()
+    cdef object __weakref__        # verbs.inherit keeps engines in a WeakSet
     cdef double eof_at, spin_s, last_active
     cdef int err, err_arg, wc_status, wc_vendor
     cdef bint wc_recv
@@ -576,7 +578,7 @@ cdef class Engine:
             r = self._wait(deadline, seen, receiving)
         self.inside -= 1
         if self.closed:
-            raise closed_error("endpoint")
+            raise self._closed_error()
         return r
 
     cdef int _wait(self, double deadline, uint64_t seen, bint receiving) noexcept nogil:
@@ -730,8 +732,30 @@ cdef class Engine:
 
     cdef int _check_open(self) except -1:
         if self.closed:
-            raise closed_error("endpoint")
+            raise self._closed_error()
         return 0
+
+    cdef object _closed_error(self):
+        if self.inherited_from:
+            return inherited_error("endpoint", self.inherited_from)
+        return closed_error("endpoint")
+
+    def _disown(self):
+        """In a child after fork(): every use raises InheritedError, and
+        nothing is posted, polled or freed (the QP is the parent's).  The
+        mutex and condition are new: a thread that held them does not exist
+        here."""
+        cdef pthread_condattr_t ca
+        if not self.mu_ok:
+            return
+        pthread_condattr_init(&ca)
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)
+        pthread_mutex_init(&self.mu, NULL)
+        pthread_cond_init(&self.cond, &ca)
+        pthread_condattr_destroy(&ca)
+        self.inside = 0
+        self.closed = True
+        self.inherited_from = getppid()
 
     cdef int _check_send(self) except -1:
         self._check_open()

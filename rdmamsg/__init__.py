@@ -19,6 +19,7 @@ from __future__ import annotations
 from .errors import (
     AuthenticationError,
     HandshakeError,
+    InheritedError,
     NoDeviceError,
     PeerClosedError,
     PollerUnavailableError,
@@ -63,5 +64,5 @@ __all__ = [
     "MemoryPool", "Buffer", "QueuePair", "RemoteQP", "Timing", "configure_pool", "poller_in_use",
     "RdmaError", "WorkCompletionError", "RemoteAccessError", "ProtocolError", "HandshakeError", "AuthenticationError",
     "PeerClosedError", "PoolExhaustedError", "PoolTimeoutError", "NoDeviceError",
-    "PollerUnavailableError", "RemoteError", "UnknownMethodError",
+    "PollerUnavailableError", "RemoteError", "UnknownMethodError", "InheritedError",
 ]

@@ -23,7 +23,9 @@ __all__ = [
     "PollerUnavailableError",
     "RemoteError",
     "UnknownMethodError",
+    "InheritedError",
     "closed_error",
+    "inherited_error",
 ]
 
 
@@ -179,6 +181,19 @@ class RemoteError(RuntimeError):
 
 class UnknownMethodError(RemoteError, LookupError):
     """The server has no handler of that name."""
+
+
+class InheritedError(RuntimeError):
+    """A child process used an object its parent made before fork().  Its
+    verbs resources (QPs, MRs) belong to the parent; the child must make its
+    own endpoints."""
+
+
+def inherited_error(what: str, owner_pid: int) -> InheritedError:
+    return InheritedError(
+        f"this {what} was made by process {owner_pid} before fork(); process {os.getpid()} "
+        "inherited it and cannot use it (its QPs and memory registrations are the parent's): "
+        "make new endpoints in the child")
 
 
 def closed_error(what: str) -> OSError:

@@ -1,14 +1,18 @@
-"""Test tiers: tests/unit needs no device and always runs; tests/device and
-tests/twohost need an RDMA device.  Outside the bed they skip with the reason;
-inside it (RDMAMSG_IN_BED=1) a skip is turned into a failure."""
+"""Test tiers: tests/unit and tests/fuzz need no device and always run;
+tests/device, tests/twohost and tests/lossy need an RDMA device (the last two
+the two-VM cluster; lossy also puts netem on each VM's NIC).  Outside the bed
+they skip with the reason; inside it (RDMAMSG_IN_BED=1) a skip is turned into
+a failure."""
 from __future__ import annotations
 
 import os
 
 import pytest
-from support.bed import in_bed
+from support.bed import in_bed, peer_ip, self_ip
+from support.pair import Pair
 
-TIER_MARKS = {"device": pytest.mark.device, "twohost": pytest.mark.twohost}
+TIER_MARKS = {"device": pytest.mark.device, "twohost": pytest.mark.twohost,
+              "lossy": pytest.mark.lossy}
 
 
 def _tier(item) -> str | None:
@@ -41,10 +45,10 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(TIER_MARKS[tier])
         if in_bed():
             continue
-        if tier == "twohost":
+        if tier in ("twohost", "lossy"):
             item.add_marker(pytest.mark.skip(
                 reason="two-host test: runs in the two-VM cluster (ci/test, or "
-                       "ci/rxe-vm --hosts 2 -- pytest tests/twohost)"))
+                       f"ci/rxe-vm --hosts 2 -- pytest tests/{tier})"))
         elif not _has_active_port():
             item.add_marker(pytest.mark.skip(
                 reason="needs an ACTIVE RDMA port; this host has none: run ci/test, or "
@@ -75,6 +79,17 @@ def no_leaks(request):
     assert after == before, f"verbs resources or fds leaked: before {before}, after {after}"
 
 
+@pytest.fixture
+def pair(request):
+    """This host's side of a two-host test (host 0 serves, host 1 connects)."""
+    if os.environ.get("RDMAMSG_HOSTS") != "2":
+        pytest.fail("two-host tests need RDMAMSG_HOSTS=2 (run them under ci/rxe-vm --hosts 2)",
+                    pytrace=False)
+    p = Pair(int(os.environ["RDMAMSG_HOST_INDEX"]), self_ip(), peer_ip(), request.node.nodeid)
+    yield p
+    p.close()
+
+
 @pytest.fixture(scope="session")
 def rdma_addr():
     """The device, port and GID under test: RDMAMSG_DEVICE, else the first
@@ -89,3 +104,20 @@ def rdma_addr():
         if in_bed():
             pytest.fail(f"inside the test bed but no usable RDMA device: {exc}", pytrace=False)
         pytest.skip(f"no usable RDMA device: {exc}")
+
+
+_MEASURED: list[str] = []
+
+
+@pytest.fixture
+def report():
+    """``report(line)``: a measurement to print at the end of the run (the
+    figures docs/reliability.md quotes)."""
+    return _MEASURED.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _MEASURED:
+        terminalreporter.section("rdmamsg measurements")
+        for line in _MEASURED:
+            terminalreporter.write_line(line)

@@ -218,11 +218,12 @@ class Listener:
                 one_sided = hs.one_sided_of(client) is not None
                 local = resolve_local(conn.getsockname()[0], device=self._device,
                                       gid_index=self._gid_index)
-            except (ProtocolError, NoDeviceError) as exc:
+                # Only now, with the client checked, is anything made for it.
+                parts = Parts(local, opts, write=write, one_sided=one_sided)
+                engine = _finish(parts, conn, client, opts, self._timing)
+            except Exception as exc:   # the client learns why (out of pool memory, say)
                 _refuse(wire, exc)
                 raise
-            parts = Parts(local, opts, write=write, one_sided=one_sided)
-            engine = _finish(parts, conn, client, opts, self._timing)
             wire.send(hs.accept(parts.info(opts), server_nonce, client_nonce, tok))
             hs.check_ready(wire.recv())
             return _established(parts, engine, conn, client, opts)

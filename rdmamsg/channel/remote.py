@@ -18,17 +18,19 @@ channel of both sides carries on.
 from __future__ import annotations
 
 import functools
+import os
 import random
 import struct
 import threading
 import time
 from dataclasses import dataclass
 
-from ..errors import RemoteAccessError, WorkCompletionError, closed_error
+from ..errors import RemoteAccessError, WorkCompletionError, closed_error, inherited_error
 from ..transport.backend import make_one_sided_poster
 from ..verbs import _pyverbs as pv
 from ..verbs.context import DeviceContext
 from ..verbs.device import LocalAddress
+from ..verbs.inherit import keep, owner
 from ..verbs.qp import RemoteQP, Timing, connect_rc
 from ..verbs.pool import registrar
 from ..verbs.regcache import RegistrationCache, buffer_address, byte_view
@@ -116,17 +118,19 @@ class OneSided:
     def __init__(self, dctx: DeviceContext, local: LocalAddress, depth: int = 16) -> None:
         self.local = local
         self._lock = threading.Lock()
-        self.pd = pv.pd.PD(dctx.ctx)
+        self.pd = keep(pv.pd.PD(dctx.ctx))
         self.cq = self.qp = self._poster = None
         self._grants: dict[int, Grant] = {}
         self._next_id = 1
         self._broken: BaseException | None = None
         self._closed = False
+        self._owner_pid = 0               # set once inherited through fork(): see _disown
+        owner(self)
         try:
-            self.cq = pv.cq.CQ(dctx.ctx, depth * 2)
+            self.cq = keep(pv.cq.CQ(dctx.ctx, depth * 2))
             cap = pv.qp.QPCap(max_send_wr=depth, max_recv_wr=1, max_send_sge=1, max_recv_sge=1)
             init = pv.qp.QPInitAttr(qp_type=e.IBV_QPT_RC, scq=self.cq, rcq=self.cq, cap=cap)
-            self.qp = pv.qp.QP(self.pd, init)
+            self.qp = keep(pv.qp.QP(self.pd, init))
             self.psn = random.getrandbits(24)
             attr = pv.qp.QPAttr(port_num=local.port)
             attr.qp_access_flags = _MR_ACCESS[3]
@@ -173,6 +177,8 @@ class OneSided:
             raise
 
     def _revoke(self, grant: Grant) -> None:
+        if self._owner_pid:
+            raise inherited_error("grant", self._owner_pid)
         with self._lock:
             if grant._mr is None:
                 return
@@ -271,14 +277,21 @@ class OneSided:
             pass
 
     def _check(self) -> None:
+        if self._owner_pid:
+            raise inherited_error("endpoint's remote buffers", self._owner_pid)
         if self._closed:
             raise closed_error("endpoint")
         if self._broken is not None:
             raise self._broken
 
+    def _disown(self) -> None:
+        """In a child after fork(): refuse every use and free nothing."""
+        self._owner_pid = os.getppid()
+        self._lock = threading.Lock()
+
     def close(self) -> None:
         """Revoke every grant, then free QP, CQ, registrations and PD.  Idempotent."""
-        if self._closed:
+        if self._closed or self._owner_pid:
             return
         self._closed = True
         for grant in list(self._grants.values()):

@@ -15,6 +15,7 @@ import concurrent.futures
 import functools
 import heapq
 import itertools
+import os
 import threading
 import time
 import warnings
@@ -22,7 +23,9 @@ import weakref
 from typing import Any, Callable
 
 from ..channel.bootstrap import connect
-from ..errors import ProtocolError, RemoteError, UnknownMethodError, closed_error
+from ..errors import (InheritedError, ProtocolError, RemoteError, UnknownMethodError, closed_error,
+                      inherited_error)
+from ..verbs.inherit import owner
 from . import wire
 from .link import Link
 
@@ -65,6 +68,7 @@ class Client:
                           dead_after=dead_after, max_payload=max_payload,
                           name=f"rdmamsg-rpc-client-{address[0]}:{address[1]}")
         self._link.start()
+        owner(self)
 
     # -- calling ---------------------------------------------------------------------
 
@@ -186,6 +190,8 @@ class Client:
 
     def _down(self) -> BaseException:
         exc = self._lost
+        if isinstance(exc, InheritedError):
+            return exc
         if isinstance(exc, ConnectionAbortedError):
             return closed_error("RPC client")
         if isinstance(exc, ProtocolError):
@@ -201,6 +207,17 @@ class Client:
     def close(self) -> None:
         """Close the connection; calls still pending fail with OSError(EBADF)."""
         self._link.close()
+        self._deadlines.close()
+
+    def _disown(self) -> None:
+        """In a child after fork(): the connection and its threads are the
+        parent's, so calls raise InheritedError and close() frees nothing.
+        The locks are new: a thread that held one does not exist here."""
+        self._lock = threading.Lock()
+        self._pending = {}
+        self._lost = inherited_error("RPC client", os.getppid())
+        self._link._disown()
+        self._deadlines = _Deadlines()
         self._deadlines.close()
 
     def __enter__(self) -> "Client":

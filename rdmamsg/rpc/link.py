@@ -49,6 +49,7 @@ class Link:
         self._parked = False       # the reader waits for wake() (or keepalive seconds idle)
         self._turn_ended = 0.0
         self._over = False         # lost: nobody receives any more
+        self._disowned = False     # inherited through fork(): see _disown
         self._reader = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -247,11 +248,21 @@ class Link:
 
     def close(self) -> None:
         """Close the connection (orderly); the reader ends, and on_lost runs."""
+        if self._disowned:
+            return
         self._closing = True
         self.ep.close()
         self.wake()                        # a parked reader finds the endpoint closed
         if threading.current_thread() is not self._reader:
             self._reader.join(10)
+
+    def _disown(self) -> None:
+        """In a child after fork(): nobody receives, nothing is sent or closed
+        (the endpoint refuses anyway); the locks are new."""
+        self._disowned = self._closing = self._over = True
+        self._send_lock = threading.Lock()
+        self._turn = threading.Condition(threading.Lock())
+        self._receiver = None
 
     @property
     def closing(self) -> bool:

@@ -173,9 +173,11 @@ def decode_header(frame, max_payload: int = MAX_PAYLOAD) -> Header:
         raise ProtocolError(f"unknown RPC frame kind {kind}")
     if not 0 <= call_id < 1 << 64:
         raise ProtocolError(f"RPC call id {call_id} is out of range")
+    if not (ms is None or (type(ms) is int and ms >= 0)):
+        raise ProtocolError(f"malformed RPC deadline {ms!r:.40} in a frame header")
     method, status = None, OK
     if kind == REQUEST:
-        if type(third) is not str or not (ms is None or (type(ms) is int and ms >= 0)):
+        if type(third) is not str:
             raise ProtocolError("malformed RPC request header")
         method = third
     elif kind == REPLY:
@@ -217,9 +219,16 @@ def _array_shape(dtype: Any, shape: Any, nbytes: int):
         raise ProtocolError(f"unknown numpy dtype {dtype!r:.40} in an RPC frame") from None
     if dt.hasobject:
         raise ProtocolError("an RPC frame announced a numpy array of Python objects")
-    count = 1
+    if dt.itemsize == 0 or dt.shape:   # "S0" items would be 1 byte; "(2,)f8" adds a dimension
+        raise ProtocolError(f"numpy dtype {dtype!r:.40} cannot describe an array's items")
+    count, extent = 1, max(dt.itemsize, 1)
     for d in shape:
         count *= d
+        extent *= d or 1
+    # numpy refuses a shape whose non-zero dimensions overflow its index type,
+    # even when another dimension is 0 and the array would hold nothing.
+    if extent >= 1 << 62:
+        raise ProtocolError(f"numpy array shape {tuple(shape)!r:.80} is too large")
     if count * dt.itemsize != nbytes:
         raise ProtocolError(f"numpy array {dtype}{tuple(shape)} announced as {nbytes} bytes")
     return dt

@@ -30,7 +30,8 @@ import socket
 import threading
 import time
 
-from ..errors import PeerClosedError, ProtocolError, RdmaError, WorkCompletionError, closed_error
+from ..errors import (PeerClosedError, ProtocolError, RdmaError, WorkCompletionError,
+                      closed_error, inherited_error)
 from ..protocol import frames, ring
 from ..protocol.credits import CreditWindow
 from ..verbs import _pyverbs as pv
@@ -96,6 +97,7 @@ class Engine:
         self._error: BaseException | None = None
         self._aborted = False
         self._closed = False
+        self._inherited_from = 0    # the parent's pid, in a child after fork()
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._leader = False
@@ -358,7 +360,7 @@ class Engine:
             finally:
                 self._inside -= 1
             if self._closed:
-                raise closed_error("endpoint")
+                raise self._closed_error()
             return deadline is None or time.monotonic() < deadline
         self._cq.cq.req_notify()
         if self._progress() or (receiving and self._interrupted):
@@ -383,7 +385,7 @@ class Engine:
             self._inside -= 1
             self._cond.notify_all()
         if self._closed:
-            raise closed_error("endpoint")
+            raise self._closed_error()
         for fd, _ in events:
             if fd == self._cq.fd:
                 self._drain_events()
@@ -424,7 +426,22 @@ class Engine:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise closed_error("endpoint")
+            raise self._closed_error()
+
+    def _closed_error(self) -> Exception:
+        if self._inherited_from:
+            return inherited_error("endpoint", self._inherited_from)
+        return closed_error("endpoint")
+
+    def _disown(self) -> None:
+        """In a child after fork(): every use raises InheritedError, and
+        nothing is posted, polled or freed (the QP is the parent's).  The
+        locks are new: a thread that held them does not exist here."""
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._inside = 0
+        self._closed = True
+        self._inherited_from = os.getppid()
 
     def _raise_broken(self) -> None:
         if self._error is not None:

@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass
 
 from ..errors import PollerUnavailableError
+from ..verbs.inherit import owner
 
 #: What an engine offers; both backends implement all of it.
 ENGINE_API = (
@@ -82,7 +83,7 @@ def make_engine(*, cq, qp, recv_bufs, send_bufs, liveness, config: EngineConfig,
 
             eng = CEngine(cq, qp, recv_bufs, send_bufs, liveness, config, regcache)
             _choice = "cython"
-            return eng
+            return owner(eng)
         except (ImportError, PollerUnavailableError) as exc:
             if mode == "cython":
                 raise PollerUnavailableError(f"RDMAMSG_POLLER=cython but: {exc}") from exc
@@ -92,7 +93,7 @@ def make_engine(*, cq, qp, recv_bufs, send_bufs, liveness, config: EngineConfig,
     from ._pyengine import Engine as PyEngine
 
     _choice = "python"
-    return PyEngine(cq, qp, recv_bufs, send_bufs, liveness, config, regcache)
+    return owner(PyEngine(cq, qp, recv_bufs, send_bufs, liveness, config, regcache))
 
 
 def make_one_sided_poster(ctx, pd, cq, qp):

@@ -12,8 +12,9 @@ import os
 import threading
 from typing import Any
 
-from ..errors import RdmaError, closed_error
+from ..errors import RdmaError, closed_error, inherited_error
 from . import _pyverbs as pv
+from .inherit import keep
 from .pool import MemoryPool
 from .regcache import RegistrationCache, register_for_send
 
@@ -37,11 +38,11 @@ class DeviceContext:
         self._pid = os.getpid()
         try:
             with pv.fd_lock:
-                self.ctx = pv.device.Context(name=name)
+                self.ctx = keep(pv.device.Context(name=name))
         except pv.PyverbsRDMAError as exc:
             raise RdmaError("ibv_open_device", exc.error_code or 0, name) from exc
         try:
-            self.pd = pv.pd.PD(self.ctx)
+            self.pd = keep(pv.pd.PD(self.ctx))
             self.attr = self.ctx.query_device()
             self.pool = MemoryPool(self.pd, **_pool_options)
             self.regcache = RegistrationCache(
@@ -77,8 +78,7 @@ class DeviceContext:
         if self._closed:
             raise closed_error(f"device context {self.name}")
         if self._pid != os.getpid():
-            raise RuntimeError(f"{self.name} was opened by process {self._pid}; verbs resources "
-                               "cannot be used across fork: open new endpoints in the child")
+            raise inherited_error(f"device context of {self.name}", self._pid)
 
     def _close(self) -> None:
         self._closed = True

@@ -13,6 +13,7 @@ import os
 
 from ..errors import RdmaError, closed_error
 from . import _pyverbs as pv
+from .inherit import keep
 from .context import DeviceContext
 
 
@@ -36,7 +37,7 @@ class CompletionQueue:
         with pv.fd_lock:
             before = _event_fds()
             try:
-                self.channel = pv.cq.CompChannel(dctx.ctx)
+                self.channel = keep(pv.cq.CompChannel(dctx.ctx))
             except pv.PyverbsRDMAError as exc:
                 raise RdmaError("ibv_create_comp_channel", exc.error_code or 0) from exc
             new = _event_fds() - before
@@ -48,7 +49,7 @@ class CompletionQueue:
         self.fd = new.pop()
         os.set_blocking(self.fd, False)
         try:
-            self.cq = pv.cq.CQ(dctx.ctx, depth, None, self.channel, 0)
+            self.cq = keep(pv.cq.CQ(dctx.ctx, depth, None, self.channel, 0))
         except pv.PyverbsRDMAError as exc:
             with pv.fd_lock:
                 self.channel.close()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from ..errors import PoolExhaustedError, PoolTimeoutError, RdmaError, closed_error
 from . import _pyverbs as pv
+from .inherit import keep
 
 DEFAULT_CLASSES = tuple(1 << k for k in range(12, 21))   # 4 KiB .. 1 MiB, chunks made on first use
 DEFAULT_CHUNK = 4 << 20
@@ -90,7 +91,7 @@ def registrar(pd, access: int):
 
     def register(addr: int, length: int):
         try:
-            return pv.mr.MR(pd, length, access, address=addr)
+            return keep(pv.mr.MR(pd, length, access, address=addr))
         except pv.PyverbsRDMAError as exc:
             raise _reg_error(exc, length) from exc
 

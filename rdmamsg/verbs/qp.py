@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ..errors import RdmaError, closed_error
 from . import _pyverbs as pv
+from .inherit import keep
 from .context import DeviceContext
 from .cq import CompletionQueue
 from .device import LocalAddress, path_mtu
@@ -124,7 +125,7 @@ class QueuePair:
             init = pv.qp.QPInitAttr(qp_type=e.IBV_QPT_RC, scq=self.cq.cq, rcq=self.cq.cq, cap=cap,
                                     sq_sig_all=0)
             try:
-                return pv.qp.QP(self.dctx.pd, init)
+                return keep(pv.qp.QP(self.dctx.pd, init))
             except pv.PyverbsRDMAError as exc:
                 last = exc  # the device may refuse that much inline data: ask for less
         raise RdmaError("ibv_create_qp", last.error_code or 0,

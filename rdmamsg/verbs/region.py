@@ -13,6 +13,7 @@ import time
 
 from ..errors import RdmaError, WorkCompletionError
 from . import _pyverbs as pv
+from .inherit import keep
 from .pool import _Chunk, registrar
 
 e = pv.enums
@@ -54,7 +55,7 @@ class QPWindow:
 
     def __init__(self, pd, region: Region) -> None:
         try:
-            self.mw = pv.mr.MW(pd, e.IBV_MW_TYPE_2)
+            self.mw = keep(pv.mr.MW(pd, e.IBV_MW_TYPE_2))
         except pv.PyverbsRDMAError as exc:
             raise RdmaError("ibv_alloc_mw", exc.error_code or 0, "type 2") from exc
         self.region = region

@@ -3,7 +3,6 @@
 100k messages in order run on both channels in test_endpoint.py."""
 import os
 import random
-import socket
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from rdmamsg.errors import ProtocolError
 from rdmamsg.protocol import frames, ring
 from rdmamsg.verbs import _pyverbs as pv
 from support.peers import counter, echo, endpoint_pair, run_in_thread
+from support.rogue import post_behind
 
 IP = os.environ.get("RDMAMSG_SELF", "")
 SIZES = [0, 1, 63, 64, 65, 4095, 4096, 4097, 32768, 32769, 65536, 500_000, 524_288, 524_289,
@@ -115,18 +115,7 @@ def test_the_pool_and_the_qp_of_a_send_channel_are_not_remotely_writable():
 
 def _rogue_write(ep, remote_addr: int, rkey: int, data: bytes, imm: int) -> None:
     """Post a WRITE_WITH_IMM on ``ep``'s QP behind its engine's back."""
-    mr = pv.mr.MR(ep._parts.dctx.pd, max(len(data), 1), pv.enums.IBV_ACCESS_LOCAL_WRITE)
-    mr.write(data, len(data))
-    sge = pv.wr.SGE(mr.buf, len(data), mr.lkey)
-    wr = pv.wr.SendWR(wr_id=1 << 40, opcode=pv.enums.IBV_WR_RDMA_WRITE_WITH_IMM, num_sge=1,
-                      sg=[sge], imm_data=socket.htonl(imm), send_flags=pv.enums.IBV_SEND_SIGNALED)
-    wr.set_wr_rdma(rkey, remote_addr)
-    try:
-        ep._parts.qp.qp.post_send(wr)
-    finally:
-        wr.close()
-        sge.close()
-    ep._rogue_mr = mr                 # kept until the test ends
+    post_behind(ep, data, imm, (remote_addr, rkey))
 
 
 @pytest.mark.parametrize("lie", ["offset", "length"])

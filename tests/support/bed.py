@@ -32,3 +32,25 @@ def resource_counts() -> dict[str, int]:
         counts[kind] = sum(1 for r in rows if r.get("pid") == pid)
     counts["fd"] = len(os.listdir("/proc/self/fd"))
     return counts
+
+
+def verbs_counts() -> dict[str, int]:
+    """resource_counts() without fds: QPs, CQs, MRs and PDs only (for checks
+    made while a child's pipe is still open)."""
+    counts = resource_counts()
+    del counts["fd"]
+    return counts
+
+
+def process_memory(pid: int) -> dict[str, int]:
+    """A process's resident memory and what it has registered with the device,
+    in bytes, and its QPs (from /proc and rdma resource show)."""
+    with open(f"/proc/{pid}/status") as f:
+        rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    rows = json.loads(subprocess.run(["rdma", "-j", "resource", "show", "mr"], capture_output=True,
+                                     text=True, check=True).stdout or "[]")
+    registered = sum(r.get("mrlen", 0) for r in rows if r.get("pid") == pid)
+    qps = json.loads(subprocess.run(["rdma", "-j", "resource", "show", "qp"], capture_output=True,
+                                    text=True, check=True).stdout or "[]")
+    return {"rss": rss, "registered": registered,
+            "qps": sum(1 for r in qps if r.get("pid") == pid)}

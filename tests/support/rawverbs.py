@@ -29,7 +29,7 @@ class RawSide:
         return {"qpn": self.qp.qp_num, "psn": self.psn, "gid": addr.gid, "lid": addr.lid,
                 "mtu": addr.mtu}
 
-    def connect(self, addr, remote: dict) -> None:
+    def connect(self, addr, remote: dict, timeout: int = 14, retry_cnt: int = 7) -> None:
         attr = QPAttr(port_num=addr.port)
         attr.qp_access_flags = e.IBV_ACCESS_LOCAL_WRITE
         self.qp.to_init(attr)
@@ -44,7 +44,7 @@ class RawSide:
         else:
             attr.ah_attr = AHAttr(port_num=addr.port, dlid=remote["lid"])
         self.qp.to_rtr(attr)
-        attr.timeout, attr.retry_cnt, attr.rnr_retry = 14, 7, 6
+        attr.timeout, attr.retry_cnt, attr.rnr_retry = timeout, retry_cnt, 6
         attr.sq_psn, attr.max_rd_atomic = self.psn, 1
         self.qp.to_rts(attr)
 
@@ -61,6 +61,19 @@ class RawSide:
         self.mr.write(data, len(data))
         sge = pv.wr.SGE(self.mr.buf, len(data), self.mr.lkey)
         wr = pv.wr.SendWR(wr_id=2, opcode=e.IBV_WR_SEND, num_sge=1, sg=[sge])
+        try:
+            self.qp.post_send(wr)
+        finally:
+            wr.close()
+            sge.close()
+
+    def post_write(self, data: bytes, remote_addr: int, rkey: int) -> None:
+        """An RDMA WRITE of ``data`` to ``remote_addr`` under ``rkey``, signaled."""
+        self.mr.write(data, len(data))
+        sge = pv.wr.SGE(self.mr.buf, len(data), self.mr.lkey)
+        wr = pv.wr.SendWR(wr_id=3, opcode=e.IBV_WR_RDMA_WRITE, num_sge=1, sg=[sge],
+                          send_flags=e.IBV_SEND_SIGNALED)
+        wr.set_wr_rdma(rkey, remote_addr)
         try:
             self.qp.post_send(wr)
         finally:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 
@@ -45,6 +46,10 @@ def make_server(address, **kw) -> rdmamsg.rpc.Server:
     async def nap(i, seconds):
         await asyncio.sleep(seconds)
         return i
+
+    @server.register
+    def digest(i, data):
+        return [i, hashlib.sha256(data).digest()]
 
     @server.register
     def describe(arr):

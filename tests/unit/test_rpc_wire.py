@@ -94,6 +94,11 @@ def test_sizes_are_checked_before_anything_is_allocated():
     msgpack.packb([wire.REQUEST, -1, "f", None, []]),
     msgpack.packb([wire.REQUEST, 1, 5, None, []]),
     msgpack.packb([wire.REPLY, 1, 7, None, []]),
+    msgpack.packb([wire.REPLY, 7, 0, {}, []]),          # found by tests/fuzz/fuzz_rpc_wire.py
+    msgpack.packb([wire.PING, 7, None, -5, []]),
+    msgpack.packb([wire.REQUEST, 1, "f", None, [[wire.T_NDARRAY, 0, "f8", [0, 1 << 62]]]]),
+    msgpack.packb([wire.REQUEST, 1, "f", None, [[wire.T_NDARRAY, 0, "S0", [2, 2]]]]),
+    msgpack.packb([wire.REQUEST, 1, "f", None, [[wire.T_NDARRAY, 16, "(2,)f8", [1]]]]),
     msgpack.packb([wire.REQUEST, 1, "f", None, [[wire.T_NDARRAY, 8, "O", [1]]]]),
     msgpack.packb([wire.REQUEST, 1, "f", None, [[wire.T_NDARRAY, 8, "nonsense", [1]]]]),
 ])

@@ -1,0 +1,155 @@
+"""Load: 256 concurrent connections to one server, over the socket facade and
+over RPC, each carrying traffic for a bounded time; every one is served.
+The memory each connection costs the server (and the client) is measured
+and reported (docs/reliability.md quotes it)."""
+import concurrent.futures
+import os
+import random
+import resource
+import time
+
+import pytest
+
+import rdmamsg
+import rdmamsg.rpc
+from support.bed import process_memory
+from support.peers import spawn
+from support.rpc_handlers import SERVE_IN_CHILD
+
+IP = os.environ.get("RDMAMSG_SELF", "")
+N = 256
+TRAFFIC_SECONDS = 20
+SIZES = (1, 100, 4096, 65536, 200_000)
+
+STREAM_SERVER = """
+import resource, sys, threading
+import rdmamsg
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+srv = rdmamsg.create_server((sys.argv[1], 0), backlog=512)
+print(srv.getsockname()[1], flush=True)
+def serve(conn):
+    with conn:
+        while data := conn.recv(1 << 16):
+            conn.sendall(data)
+while True:
+    conn, _ = srv.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+
+RPC_SERVER = """
+import resource
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+""" + SERVE_IN_CHILD
+
+
+@pytest.fixture(autouse=True)
+def many_fds():
+    # Each connection holds about 6 fds on each side (TCP, completion channel,
+    # epoll and eventfds): 256 need more than the usual soft limit of 1024.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _per_connection(before: dict, after: dict) -> str:
+    return (f"{(after['registered'] - before['registered']) / N / 2**20:.2f} MiB registered, "
+            f"{(after['rss'] - before['rss']) / N / 2**20:.2f} MiB resident, "
+            f"{(after['qps'] - before['qps']) / N:g} QPs")
+
+
+def _drive(conns: list, exchange, seconds: float) -> list[int]:
+    """Run ``exchange(conn, rng)`` round robin over ``conns`` from 4 threads
+    for ``seconds`` (and at least twice on each); exchanges per connection."""
+    counts = [0] * len(conns)
+    end = time.monotonic() + seconds
+
+    def worker(k: int) -> None:
+        rng = random.Random(k)
+        mine = range(k, len(conns), 4)
+        rounds = 0
+        while rounds < 2 or time.monotonic() < end:
+            for i in mine:
+                exchange(conns[i], rng)
+                counts[i] += 1
+            rounds += 1
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for f in [pool.submit(worker, k) for k in range(4)]:
+            f.result()
+    return counts
+
+
+def _open(make, n: int) -> list:
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        return list(pool.map(lambda _: make(), range(n)))
+
+
+def test_256_socket_connections_to_one_server_are_all_served(report):
+    child = spawn(STREAM_SERVER, IP)
+    conns = []
+    try:
+        address = (IP, int(child.stdout.readline()))
+        time.sleep(0.5)
+        srv0, cli0 = process_memory(child.pid), process_memory(os.getpid())
+        t0 = time.monotonic()
+        conns = _open(lambda: rdmamsg.create_connection(address, timeout=120), N)
+        setup = time.monotonic() - t0
+        srv1, cli1 = process_memory(child.pid), process_memory(os.getpid())
+
+        def exchange(conn, rng):
+            data = rng.randbytes(rng.choice(SIZES))
+            conn.sendall(data)
+            got = bytearray()
+            while len(got) < len(data):
+                chunk = conn.recv(len(data) - len(got))
+                assert chunk, "the server closed a connection"
+                got += chunk
+            assert got == data
+
+        counts = _drive(conns, exchange, TRAFFIC_SECONDS)
+        assert min(counts) >= 2, "a connection was not served"
+        report(f"load, socket facade: {N} connections opened in {setup:.1f} s, "
+               f"{sum(counts)} echo exchanges in {TRAFFIC_SECONDS} s (each connection "
+               f"{min(counts)}..{max(counts)}); per connection, server: "
+               f"{_per_connection(srv0, srv1)}; client: {_per_connection(cli0, cli1)}")
+    finally:
+        for c in conns:
+            c.close()
+        child.kill()
+        child.wait()
+
+
+def test_256_rpc_clients_of_one_server_are_all_served(report):
+    child = spawn(RPC_SERVER, IP, 0)
+    clients = []
+    try:
+        address = (IP, int(child.stdout.readline()))
+        time.sleep(0.5)
+        srv0, cli0 = process_memory(child.pid), process_memory(os.getpid())
+        t0 = time.monotonic()
+        clients = _open(lambda: rdmamsg.rpc.Client(address, timeout=120), N)
+        setup = time.monotonic() - t0
+        srv1, cli1 = process_memory(child.pid), process_memory(os.getpid())
+
+        def exchange(client, rng):
+            if rng.random() < 0.5:
+                a, b = rng.randrange(1 << 30), rng.randrange(1 << 30)
+                assert client.call("add", a, b) == a + b
+            else:
+                data = rng.randbytes(rng.choice(SIZES))
+                assert client.call("echo", data) == data
+
+        counts = _drive(clients, exchange, TRAFFIC_SECONDS)
+        assert min(counts) >= 2, "a client was not served"
+        report(f"load, RPC: {N} clients opened in {setup:.1f} s, {sum(counts)} calls in "
+               f"{TRAFFIC_SECONDS} s (each client {min(counts)}..{max(counts)}); per "
+               f"connection, server: {_per_connection(srv0, srv1)}; client: "
+               f"{_per_connection(cli0, cli1)}")
+    finally:
+        for c in clients:
+            c.close()
+        child.kill()
+        child.wait()
