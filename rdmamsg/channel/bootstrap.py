@@ -8,16 +8,21 @@ the server side is refused with a reason, logged, and the listener carries on.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 import warnings
+import weakref
 
-from ..errors import AuthenticationError, HandshakeError, NoDeviceError, ProtocolError, closed_error
+from ..errors import (AuthenticationError, HandshakeError, NoDeviceError, ProtocolError,
+                      closed_error, inherited_error)
 from ..protocol import handshake as hs
 from ..transport.backend import EngineConfig, make_engine
 from ..verbs.device import resolve_local
 from ..verbs.qp import RemoteQP, Timing
+from ..verbs.inherit import owner
 from .endpoint import Endpoint, Parts
+from .greeter import Greeted, Greeter
 from .options import Options
 from . import tcp
 
@@ -29,9 +34,10 @@ Address = tuple[str, int]
 class _Wire:
     """Framed, deadline-bounded handshake I/O on a TCP socket."""
 
-    def __init__(self, sock: socket.socket, deadline: float | None) -> None:
+    def __init__(self, sock: socket.socket, deadline: float | None,
+                 decoder: hs.FrameDecoder | None = None) -> None:
         self.sock, self.deadline = sock, deadline
-        self.decoder = hs.FrameDecoder()
+        self.decoder = decoder or hs.FrameDecoder()
         self.queue: list[dict] = []
 
     def _arm(self) -> None:
@@ -136,15 +142,16 @@ def connect(address: Address, timeout: float | None = None, token: str | bytes |
     tok = hs.token_bytes(token)
     deadline = None if timeout is None else time.monotonic() + timeout
     sock = tcp.dial(address, timeout, source_address)
-    # Even without a timeout the handshake is bounded: a server that takes
-    # TCP connections but is not an rdmamsg listener may never speak.
-    shake_end = time.monotonic() + opts.handshake_timeout
-    deadline = shake_end if deadline is None else min(deadline, shake_end)
+    _keepalive(sock)                  # a host that vanishes while we wait is noticed
     parts = engine = None
     try:
         local = resolve_local(sock.getsockname()[0], device=device, gid_index=gid_index)
-        wire = _Wire(sock, deadline)
+        # Any rdmamsg listener says hello at once (its greeter), however busy:
+        # so even without a timeout, a server that never speaks is found out.
+        hello_end = time.monotonic() + opts.handshake_timeout
+        wire = _Wire(sock, hello_end if deadline is None else min(deadline, hello_end))
         server_nonce = hs.check_hello(wire.recv(), tok)
+        wire.deadline = deadline      # then as long as the server takes to accept(), up to timeout
         parts = Parts(local, opts, write=opts.channel == "write", one_sided=opts.remote_buffers)
         client_nonce = hs.new_nonce()
         wire.send(hs.conn(parts.info(opts), server_nonce, client_nonce, tok))
@@ -158,7 +165,12 @@ def connect(address: Address, timeout: float | None = None, token: str | bytes |
 
 
 class Listener:
-    """Accepts rdmamsg connections on a TCP address (``rdmamsg.listen``)."""
+    """Accepts rdmamsg connections on a TCP address (``rdmamsg.listen``).
+
+    A greeter thread (greeter.py) greets every client and checks its first
+    message at once; ``accept`` takes the next checked client, makes its QP
+    and finishes the handshake.  Nothing is registered or created for a
+    client before then."""
 
     def __init__(self, address: Address, token: str | bytes | None = None, *,
                  backlog: int = 128, options: Options | None = None, timing: Timing = Timing(),
@@ -167,37 +179,49 @@ class Listener:
         self._token = hs.token_bytes(token)
         self._timing, self._device, self._gid_index = timing, device, gid_index
         self._sock = tcp.serve(address, backlog)
+        self._address = self._sock.getsockname()[:2]
         self._closed = False
+        self._inherited_from = 0
         self.refused = 0                                  #: handshakes refused so far
         self.last_refusal: BaseException | None = None    #: why the last one was
+        # The greeter holds us weakly: a Listener dropped unclosed is collected and warns.
+        me = weakref.ref(self)
+
+        def refused(exc: BaseException, addr: tuple) -> None:
+            listener = me()
+            if listener is not None:
+                listener._refused(exc, addr, False)
+
+        self._greeter = Greeter(self._sock, self._token, self._opts.handshake_timeout,
+                                max(backlog, 1), refused)
+        owner(self)
 
     @property
     def address(self) -> Address:
         """The bound (host, port), with the real port if 0 was asked for."""
-        return self._sock.getsockname()[:2]
+        return self._address
 
     def fileno(self) -> int:
-        return self._sock.fileno()
+        """Readable while a client waits for accept() (for selectors)."""
+        return self._greeter.fileno()
 
     def accept(self, timeout: float | None = None) -> Endpoint:
         """The next connection whose handshake succeeds.  Refused handshakes
         (wrong token or version, garbage, time-outs) are logged and skipped."""
+        if self._inherited_from:
+            raise inherited_error("listener", self._inherited_from)
         if self._closed:
             raise closed_error("listener")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            self._sock.settimeout(left)
+            client = self._greeter.take(left)
             try:
-                conn, peer_addr = self._sock.accept()
-            except socket.timeout:
-                raise TimeoutError("no connection arrived in time") from None
-            try:
-                return self._handshake(conn)
+                return self._handshake(client)
             except (HandshakeError, ProtocolError, NoDeviceError, TimeoutError, OSError) as exc:
-                self._refused(exc, peer_addr, False)
+                self._refused(exc, client.addr, False)
             except Exception as exc:   # a bug or a verbs surprise: one client, not the server
-                self._refused(exc, peer_addr, True)
+                self._refused(exc, client.addr, True)
 
     def _refused(self, exc: BaseException, peer_addr, unexpected: bool) -> None:
         self.refused += 1
@@ -205,36 +229,45 @@ class Listener:
         log.warning("rdmamsg: refused a connection from %s:%s: %s", *peer_addr[:2], exc,
                     exc_info=exc if unexpected else None)
 
-    def _handshake(self, conn: socket.socket) -> Endpoint:
-        opts, tok = self._opts, self._token
-        wire = _Wire(conn, time.monotonic() + opts.handshake_timeout)
+    def _handshake(self, client: Greeted) -> Endpoint:
+        """Make the checked client's QP and finish: accept, then its ready."""
+        opts, conn, info = self._opts, client.sock, client.info
+        conn.setblocking(True)
+        wire = _Wire(conn, time.monotonic() + opts.handshake_timeout, client.decoder)
         parts = engine = None
         try:
-            server_nonce = hs.new_nonce()
-            wire.send(hs.hello(server_nonce, tok is not None))
             try:
-                client, client_nonce = hs.check_conn(wire.recv(), server_nonce, tok)
-                write = hs.ring_of(client) is not None
-                one_sided = hs.one_sided_of(client) is not None
                 local = resolve_local(conn.getsockname()[0], device=self._device,
                                       gid_index=self._gid_index)
                 # Only now, with the client checked, is anything made for it.
-                parts = Parts(local, opts, write=write, one_sided=one_sided)
-                engine = _finish(parts, conn, client, opts, self._timing)
+                parts = Parts(local, opts, write=hs.ring_of(info) is not None,
+                              one_sided=hs.one_sided_of(info) is not None)
+                engine = _finish(parts, conn, info, opts, self._timing)
             except Exception as exc:   # the client learns why (out of pool memory, say)
                 _refuse(wire, exc)
                 raise
-            wire.send(hs.accept(parts.info(opts), server_nonce, client_nonce, tok))
+            wire.send(hs.accept(parts.info(opts), client.server_nonce, client.client_nonce,
+                                self._token))
             hs.check_ready(wire.recv())
-            return _established(parts, engine, conn, client, opts)
+            return _established(parts, engine, conn, info, opts)
         except BaseException:
             _discard(parts, engine, conn)
             raise
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._sock.close()
+        """Stop listening; clients not yet accepted are dropped.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._inherited_from:
+            self._greeter.close_inherited()
+        else:
+            self._greeter.close()
+        self._sock.close()
+
+    def _disown(self) -> None:
+        """In a child after fork(): the greeter thread is the parent's."""
+        self._inherited_from = os.getppid()
 
     @property
     def closed(self) -> bool:
@@ -248,8 +281,9 @@ class Listener:
 
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
-            warnings.warn(f"unclosed rdmamsg.Listener on {self.address}", ResourceWarning,
-                          stacklevel=1)
+            if not self._inherited_from:
+                warnings.warn(f"unclosed rdmamsg.Listener on {self.address}", ResourceWarning,
+                              stacklevel=1)
             self.close()
 
 

@@ -1,11 +1,9 @@
 """Hostile input on the device: garbage at a live listener, random fragments
 and ring writes from a peer that breaks the rules (both pollers' decoders),
 random RPC frames, and a client without the token."""
-import json
 import os
 import random
 import socket
-import subprocess
 import time
 
 import pytest
@@ -14,6 +12,7 @@ import rdmamsg
 import rdmamsg.rpc
 from rdmamsg.errors import AuthenticationError, ProtocolError
 from rdmamsg.protocol import frames, handshake as hs, ring
+from support.bed import user_qps
 from support.peers import counter, endpoint_pair, run_in_thread
 from support.rawverbs import open_side
 from support.rogue import post_behind
@@ -141,12 +140,6 @@ def test_random_rpc_frames_close_only_their_connection():
 
 # -- a client without the token ---------------------------------------------------
 
-def _qps_of_this_process() -> list[dict]:
-    rows = json.loads(subprocess.run(["rdma", "-j", "resource", "show", "qp"], check=True,
-                                     capture_output=True, text=True).stdout or "[]")
-    return [r for r in rows if r.get("pid") == os.getpid()]
-
-
 def _recv_frame(raw: socket.socket) -> dict:
     dec = hs.FrameDecoder()
     while True:
@@ -168,7 +161,7 @@ def test_a_client_without_the_token_gets_no_qp_and_cannot_write(rdma_addr, monke
             real_parts = bootstrap.Parts
             monkeypatch.setattr(bootstrap, "Parts",
                                 lambda *a, **k: made.append(a) or real_parts(*a, **k))
-            before = {r["lqpn"] for r in _qps_of_this_process()}
+            before = {r["lqpn"] for r in user_qps()}
             attacker = open_side(rdma_addr)
             try:
                 for mac in (b"", b"\x00" * 32):        # no token, a forged one
@@ -190,7 +183,7 @@ def test_a_client_without_the_token_gets_no_qp_and_cannot_write(rdma_addr, monke
                     assert ln.refused == refused + 1
                     assert isinstance(ln.last_refusal, AuthenticationError)
                 assert made == [], "the listener made verbs resources for a refused client"
-                after = _qps_of_this_process()
+                after = user_qps()
                 assert {r["lqpn"] for r in after} == before | {attacker.qp.qp_num}
                 assert not [r for r in after if r.get("rqpn") == attacker.qp.qp_num]
 

@@ -12,7 +12,7 @@ import pytest
 
 import rdmamsg
 import rdmamsg.rpc
-from support.bed import process_memory
+from support.bed import device_memory, process_memory
 from support.peers import spawn
 from support.rpc_handlers import SERVE_IN_CHILD
 
@@ -54,10 +54,27 @@ def many_fds():
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def _per_connection(before: dict, after: dict) -> str:
-    return (f"{(after['registered'] - before['registered']) / N / 2**20:.2f} MiB registered, "
-            f"{(after['rss'] - before['rss']) / N / 2**20:.2f} MiB resident, "
-            f"{(after['qps'] - before['qps']) / N:g} QPs")
+class Footprint:
+    """What N connections cost the server (a child process) and the client
+    (this one): registered memory, resident memory and QPs, per connection."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.pid = server_pid
+        self.before = self._now()
+
+    def _now(self):
+        return process_memory(self.pid), process_memory(os.getpid()), device_memory()
+
+    def per_connection(self) -> str:
+        (s0, c0, d0), (s1, c1, d1) = self.before, self._now()
+        server_reg = s1["registered"] - s0["registered"]
+        client_reg = d1["registered"] - d0["registered"] - server_reg   # threads of ours exited
+        client_qps = d1["qps"] - d0["qps"] - (s1["qps"] - s0["qps"])
+        return (f"server {server_reg / N / 2**20:.2f} MiB registered, "
+                f"{(s1['rss'] - s0['rss']) / N / 2**20:.2f} MiB resident, "
+                f"{(s1['qps'] - s0['qps']) / N:g} QPs; client {client_reg / N / 2**20:.2f} MiB "
+                f"registered, {(c1['rss'] - c0['rss']) / N / 2**20:.2f} MiB resident, "
+                f"{client_qps / N:g} QPs")
 
 
 def _drive(conns: list, exchange, seconds: float) -> list[int]:
@@ -93,11 +110,11 @@ def test_256_socket_connections_to_one_server_are_all_served(report):
     try:
         address = (IP, int(child.stdout.readline()))
         time.sleep(0.5)
-        srv0, cli0 = process_memory(child.pid), process_memory(os.getpid())
+        footprint = Footprint(child.pid)
         t0 = time.monotonic()
         conns = _open(lambda: rdmamsg.create_connection(address, timeout=120), N)
         setup = time.monotonic() - t0
-        srv1, cli1 = process_memory(child.pid), process_memory(os.getpid())
+        cost = footprint.per_connection()
 
         def exchange(conn, rng):
             data = rng.randbytes(rng.choice(SIZES))
@@ -113,8 +130,7 @@ def test_256_socket_connections_to_one_server_are_all_served(report):
         assert min(counts) >= 2, "a connection was not served"
         report(f"load, socket facade: {N} connections opened in {setup:.1f} s, "
                f"{sum(counts)} echo exchanges in {TRAFFIC_SECONDS} s (each connection "
-               f"{min(counts)}..{max(counts)}); per connection, server: "
-               f"{_per_connection(srv0, srv1)}; client: {_per_connection(cli0, cli1)}")
+               f"{min(counts)}..{max(counts)}); per connection: {cost}")
     finally:
         for c in conns:
             c.close()
@@ -128,11 +144,11 @@ def test_256_rpc_clients_of_one_server_are_all_served(report):
     try:
         address = (IP, int(child.stdout.readline()))
         time.sleep(0.5)
-        srv0, cli0 = process_memory(child.pid), process_memory(os.getpid())
+        footprint = Footprint(child.pid)
         t0 = time.monotonic()
         clients = _open(lambda: rdmamsg.rpc.Client(address, timeout=120), N)
         setup = time.monotonic() - t0
-        srv1, cli1 = process_memory(child.pid), process_memory(os.getpid())
+        cost = footprint.per_connection()
 
         def exchange(client, rng):
             if rng.random() < 0.5:
@@ -146,8 +162,7 @@ def test_256_rpc_clients_of_one_server_are_all_served(report):
         assert min(counts) >= 2, "a client was not served"
         report(f"load, RPC: {N} clients opened in {setup:.1f} s, {sum(counts)} calls in "
                f"{TRAFFIC_SECONDS} s (each client {min(counts)}..{max(counts)}); per "
-               f"connection, server: {_per_connection(srv0, srv1)}; client: "
-               f"{_per_connection(cli0, cli1)}")
+               f"connection: {cost}")
     finally:
         for c in clients:
             c.close()

@@ -20,16 +20,30 @@ def peer_ip() -> str | None:
     return os.environ.get("RDMAMSG_PEER")
 
 
+def _rows(kind: str) -> list[dict]:
+    out = subprocess.run(["rdma", "-j", "resource", "show", kind], capture_output=True,
+                         text=True, check=True).stdout
+    return json.loads(out or "[]")
+
+
+def _user(row: dict) -> bool:
+    """Not the kernel's own (ib_core's QP1, CQ and PD carry a comm, no pid)."""
+    return "pid" in row or "comm" not in row
+
+
+def _ours(row: dict, tids: set[int]) -> bool:
+    """Made by one of ``tids``, or by a thread that has exited.  The kernel
+    names the *thread* that made a resource (its TID) and forgets it once that
+    thread is gone: resources a finished accept thread made have no pid."""
+    return row.get("pid") in tids if "pid" in row else "comm" not in row
+
+
 def resource_counts() -> dict[str, int]:
-    """This process's verbs objects as the kernel counts them (rdma resource show)."""
+    """This process's verbs objects as the kernel counts them (rdma resource
+    show; see _ours), and its open fds."""
     gc.collect()
-    pid = os.getpid()
-    counts = {}
-    for kind in ("qp", "cq", "mr", "pd"):
-        out = subprocess.run(["rdma", "-j", "resource", "show", kind], capture_output=True,
-                             text=True, check=True).stdout
-        rows = json.loads(out or "[]")
-        counts[kind] = sum(1 for r in rows if r.get("pid") == pid)
+    tids = {int(t) for t in os.listdir("/proc/self/task")}
+    counts = {kind: sum(1 for r in _rows(kind) if _ours(r, tids)) for kind in ("qp", "cq", "mr", "pd")}
     counts["fd"] = len(os.listdir("/proc/self/fd"))
     return counts
 
@@ -43,14 +57,22 @@ def verbs_counts() -> dict[str, int]:
 
 
 def process_memory(pid: int) -> dict[str, int]:
-    """A process's resident memory and what it has registered with the device,
-    in bytes, and its QPs (from /proc and rdma resource show)."""
+    """A process's resident memory, what its living threads have registered
+    with the device (bytes), and their QPs."""
     with open(f"/proc/{pid}/status") as f:
         rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-    rows = json.loads(subprocess.run(["rdma", "-j", "resource", "show", "mr"], capture_output=True,
-                                     text=True, check=True).stdout or "[]")
-    registered = sum(r.get("mrlen", 0) for r in rows if r.get("pid") == pid)
-    qps = json.loads(subprocess.run(["rdma", "-j", "resource", "show", "qp"], capture_output=True,
-                                    text=True, check=True).stdout or "[]")
-    return {"rss": rss, "registered": registered,
-            "qps": sum(1 for r in qps if r.get("pid") == pid)}
+    tids = {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+    mrs = [r for r in _rows("mr") if r.get("pid") in tids]
+    return {"rss": rss, "registered": sum(r.get("mrlen", 0) for r in mrs),
+            "qps": sum(1 for r in _rows("qp") if r.get("pid") in tids)}
+
+
+def user_qps() -> list[dict]:
+    """Every user QP on the device (rdma resource show qp rows)."""
+    return [r for r in _rows("qp") if _user(r)]
+
+
+def device_memory() -> dict[str, int]:
+    """All user memory registered on the device (bytes), and all user QPs."""
+    return {"registered": sum(r.get("mrlen", 0) for r in _rows("mr") if _user(r)),
+            "qps": sum(1 for r in _rows("qp") if _user(r))}

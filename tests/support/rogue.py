@@ -16,7 +16,7 @@ def post_behind(ep, data: bytes, imm: int, remote: tuple[int, int] | None = None
     mr.write(data, len(data))
     sge = pv.wr.SGE(mr.buf, len(data), mr.lkey)
     opcode = e.IBV_WR_SEND_WITH_IMM if remote is None else e.IBV_WR_RDMA_WRITE_WITH_IMM
-    wr = pv.wr.SendWR(wr_id=1 << 40, opcode=opcode, num_sge=1 if data else 0, sg=[sge],
+    wr = pv.wr.SendWR(wr_id=1 << 40, opcode=opcode, num_sge=1, sg=[sge],
                       imm_data=socket.htonl(imm), send_flags=0)
     if remote is not None:
         wr.set_wr_rdma(remote[1], remote[0])
