@@ -34,9 +34,11 @@ Address = tuple[str, int]
 class _Wire:
     """Framed, deadline-bounded handshake I/O on a TCP socket."""
 
+    NOT_RDMAMSG = "the handshake timed out (is the peer an rdmamsg endpoint?)"
+
     def __init__(self, sock: socket.socket, deadline: float | None,
-                 decoder: hs.FrameDecoder | None = None) -> None:
-        self.sock, self.deadline = sock, deadline
+                 decoder: hs.FrameDecoder | None = None, expired: str = NOT_RDMAMSG) -> None:
+        self.sock, self.deadline, self.expired = sock, deadline, expired
         self.decoder = decoder or hs.FrameDecoder()
         self.queue: list[dict] = []
 
@@ -44,7 +46,7 @@ class _Wire:
         if self.deadline is not None:
             left = self.deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError("the handshake timed out (is the peer an rdmamsg endpoint?)")
+                raise TimeoutError(self.expired)
             self.sock.settimeout(left)
         else:
             self.sock.settimeout(None)
@@ -59,7 +61,7 @@ class _Wire:
             try:
                 data = self.sock.recv(4096)
             except socket.timeout:
-                raise TimeoutError("the handshake timed out (is the peer an rdmamsg endpoint?)") from None
+                raise TimeoutError(self.expired) from None
             if not data:
                 raise HandshakeError("the peer closed the connection during the handshake")
             self.queue.extend(self.decoder.feed(data))
@@ -151,7 +153,10 @@ def connect(address: Address, timeout: float | None = None, token: str | bytes |
         hello_end = time.monotonic() + opts.handshake_timeout
         wire = _Wire(sock, hello_end if deadline is None else min(deadline, hello_end))
         server_nonce = hs.check_hello(wire.recv(), tok)
-        wire.deadline = deadline      # then as long as the server takes to accept(), up to timeout
+        # Then as long as the server takes to accept(), up to the timeout.
+        wire.deadline = deadline
+        if timeout is not None:
+            wire.expired = f"the rdmamsg server did not accept the connection within {timeout:g} s"
         parts = Parts(local, opts, write=opts.channel == "write", one_sided=opts.remote_buffers)
         client_nonce = hs.new_nonce()
         wire.send(hs.conn(parts.info(opts), server_nonce, client_nonce, tok))
@@ -233,7 +238,9 @@ class Listener:
         """Make the checked client's QP and finish: accept, then its ready."""
         opts, conn, info = self._opts, client.sock, client.info
         conn.setblocking(True)
-        wire = _Wire(conn, time.monotonic() + opts.handshake_timeout, client.decoder)
+        wire = _Wire(conn, time.monotonic() + opts.handshake_timeout, client.decoder,
+                     "the client did not finish the handshake within handshake_timeout "
+                     f"({opts.handshake_timeout:g} s)")
         parts = engine = None
         try:
             try:

@@ -39,7 +39,7 @@ class Link:
         self._keepalive, self._dead_after = keepalive, dead_after
         self._max_payload = max_payload
         self._send_lock = threading.Lock()
-        self._last_rx = self._last_tx = time.monotonic()
+        self._last_rx = self._last_tx = self._ping_tried = time.monotonic()
         self._closing = False
         # Who receives frames: the reader thread, a caller (take_turn), or
         # nobody.  A caller that asked waits for the reader to step aside.
@@ -47,7 +47,6 @@ class Link:
         self._receiver: threading.Thread | None = None
         self._asked = False
         self._parked = False       # the reader waits for wake() (or keepalive seconds idle)
-        self._turn_ended = 0.0
         self._over = False         # lost: nobody receives any more
         self._disowned = False     # inherited through fork(): see _disown
         self._reader = threading.Thread(target=self._run, name=name, daemon=True)
@@ -81,7 +80,12 @@ class Link:
         finally:
             self._send_lock.release()
 
+    def _ping_due(self, now: float) -> float:
+        """Seconds until our next PING is due (we sent nothing, or last tried)."""
+        return max(self._last_tx, self._ping_tried) + self._keepalive - now
+
     def _ping(self) -> None:
+        self._ping_tried = time.monotonic()    # sent or not: the next try is keepalive away
         self.try_send(wire.encode_ping())
 
     # -- whose turn to receive ---------------------------------------------------------
@@ -125,7 +129,6 @@ class Link:
         with self._turn:
             self._receiver = None
             self._parked = park()
-            self._turn_ended = time.monotonic()
             if self._asked or not self._parked:
                 self._turn.notify_all()    # else nobody is to wake: waking costs a switch
 
@@ -139,10 +142,14 @@ class Link:
     def _reader_turn(self) -> bool:
         with self._turn:
             while not self._over and (self._receiver is not None or self._asked or self._parked):
-                self._turn.wait(self._keepalive)
-                if (self._receiver is None and not self._asked
-                        and time.monotonic() - self._turn_ended >= self._keepalive):
-                    self._parked = False   # idle for a while: check the connection again
+                if self._receiver is not None or self._asked:
+                    self._turn.wait(self._keepalive)     # a caller receives, and pings
+                    continue
+                wait = self._quiet_since() + self._keepalive - time.monotonic()
+                if wait > 0:
+                    self._turn.wait(wait)
+                else:
+                    self._parked = False   # a PING is due, or one may have come: look
             if self._over:
                 return False
             self._receiver = self._reader
@@ -165,10 +172,17 @@ class Link:
             finally:
                 self._end_reader_turn()
 
+    def _quiet_since(self) -> float:
+        """When we last sent, or heard, whichever is earlier."""
+        return min(self._last_tx, self._last_rx)
+
     def _step(self, timeout: float) -> None:
-        """Receive one frame, if one comes within ``timeout``, and dispatch it."""
+        """Receive one frame, if one comes within ``timeout``, and dispatch it.
+        The wait ends early when our PING is due, so that PINGs go out every
+        ``keepalive`` seconds, not every two."""
+        due = self._ping_due(time.monotonic())
         try:
-            frame = self.ep.recv(timeout)
+            frame = self.ep.recv(max(0.001, min(timeout, due)))
         except InterruptedError:
             return                         # another thread takes over receiving
         except TimeoutError:
@@ -181,7 +195,7 @@ class Link:
 
     def _heard(self) -> None:
         self._last_rx = now = time.monotonic()
-        if now - self._last_tx >= self._keepalive:
+        if self._ping_due(now) <= 0:
             self._ping()
 
     def _check_alive(self) -> None:
@@ -189,7 +203,7 @@ class Link:
         if now - self._last_rx > self._dead_after:
             raise ConnectionResetError(f"the RPC peer has been silent for {self._dead_after:g} s "
                                        "(keepalive): it is hung, or its host is unreachable")
-        if now - self._last_tx >= self._keepalive:
+        if self._ping_due(now) <= 0:
             self._ping()
 
     def _receive(self, spec: list) -> Any:

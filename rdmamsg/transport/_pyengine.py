@@ -106,6 +106,8 @@ class Engine:
         self._ep.register(cq.fd, select.EPOLLIN)
         self._ep.register(liveness.fileno(), select.EPOLLIN)
         self._ep.register(self._wake, select.EPOLLIN)
+        self._cc_ready = select.poll()
+        self._cc_ready.register(cq.fd, select.POLLIN)
         # fileno(): our epoll set, or the level that signal() holds.  A
         # separate fd, so that no wait of ours can take the signal away.
         self._sig = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -399,8 +401,7 @@ class Engine:
 
     def _drain_events(self) -> None:
         while True:
-            r, _, _ = select.select([self._cq.fd], [], [], 0)
-            if not r:
+            if not self._cc_ready.poll(0):      # poll, not select: fds above 1024 work
                 return
             try:
                 self._cq.channel.get_cq_event(self._cq.cq)

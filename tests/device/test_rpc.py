@@ -210,7 +210,7 @@ def serve_in_child():
 
 @pytest.mark.parametrize("sig, why", [(signal.SIGKILL, None), (signal.SIGSTOP, "silent")],
                          ids=["killed", "hung (keepalive)"])
-def test_a_server_killed_or_hung_mid_call_fails_the_call_within_5s(sig, why):
+def test_a_server_killed_or_hung_mid_call_fails_the_call_within_5s(sig, why, report):
     child, address = serve_in_child()
     try:
         with rdmamsg.rpc.Client(address) as client:
@@ -221,7 +221,10 @@ def test_a_server_killed_or_hung_mid_call_fails_the_call_within_5s(sig, why):
             t0 = time.monotonic()
             with pytest.raises(ConnectionResetError, match=why):
                 pending.result(10)
-            assert time.monotonic() - t0 < 5
+            took = time.monotonic() - t0
+            assert took < 5
+            report(f"RPC server {'hung (SIGSTOP)' if why else 'SIGKILLed'} mid-call: the call "
+                   f"failed with ConnectionResetError after {took:.2f} s")
             with pytest.raises(ConnectionResetError):
                 client.call("add", 1, 1)
     finally:

@@ -12,9 +12,8 @@ import time
 import pytest
 
 import rdmamsg
-import rdmamsg.rpc
 from support.pair import connected
-from support.rpc_handlers import make_server
+from support.rpc_handlers import served
 
 N = 50_000
 BLOCK = random.Random(0).randbytes(2 << 20)
@@ -105,26 +104,18 @@ def test_socket_facade(pair, netem, report):
 
 
 def test_rpc(pair, netem, report):
-    t0, total = time.monotonic(), 0
-    if pair.is_server:
-        with make_server((pair.self_ip, pair.data_port)).start():
-            pair.barrier()
-            pair.barrier(timeout=1200)              # host 1 is done
-    else:
-        pair.barrier()
-        try:
-            with rdmamsg.rpc.Client((pair.peer_ip, pair.data_port), timeout=120) as client:
-                window = collections.deque()
-                for i, msg in enumerate(messages(4)):
-                    data = bytes(msg)
-                    total += len(data)
-                    window.append((client.call_async("digest", i, data),
-                                   [i, hashlib.sha256(data).digest()]))
-                    if len(window) == 64:
-                        fut, want = window.popleft()
-                        assert fut.result() == want
-                for fut, want in window:
-                    assert fut.result() == want
-        finally:
-            pair.barrier()
+    def body(client):
+        t0, total, window = time.monotonic(), 0, collections.deque()
+        for i, msg in enumerate(messages(4)):
+            data = bytes(msg)
+            total += len(data)
+            window.append((client.call_async("digest", i, data),
+                           [i, hashlib.sha256(data).digest()]))
+            if len(window) == 64:
+                fut, want = window.popleft()
+                assert fut.result() == want
+        for fut, want in window:
+            assert fut.result() == want
         _report(report, pair, netem, "RPC calls", t0, total)
+
+    served(pair, body)

@@ -58,6 +58,23 @@ def make_server(address, **kw) -> rdmamsg.rpc.Server:
     return server
 
 
+def served(pair, body, **client_kw) -> None:
+    """A two-host RPC test: host 0 serves, host 1 runs ``body(client)`` on a
+    Client made with ``client_kw`` (channel=...)."""
+    if pair.is_server:
+        with make_server((pair.self_ip, pair.data_port)).start():
+            pair.barrier()
+            pair.barrier(timeout=1200)              # host 1 is done
+    else:
+        pair.barrier()
+        try:
+            with rdmamsg.rpc.Client((pair.peer_ip, pair.data_port), timeout=120,
+                                    **client_kw) as client:
+                body(client)
+        finally:
+            pair.barrier()
+
+
 SERVE_IN_CHILD = """
 import sys
 from support.rpc_handlers import make_server

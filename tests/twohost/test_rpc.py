@@ -12,24 +12,9 @@ import pytest
 import rdmamsg
 import rdmamsg.rpc
 from support.peers import spawn
-from support.rpc_handlers import SERVE_IN_CHILD, make_server
+from support.rpc_handlers import SERVE_IN_CHILD, make_server, served
 
 SIZES = (0, 1, 65535, 65536, 1 << 20, 16 << 20)
-
-
-def served(pair, body, **client_kw):
-    """Run ``body(client)`` on host 1 against a server on host 0."""
-    if pair.is_server:
-        with make_server((pair.self_ip, pair.data_port)).start():
-            pair.barrier()
-            pair.barrier(timeout=1200)              # host 1 is done
-    else:
-        pair.barrier()
-        try:
-            with rdmamsg.rpc.Client((pair.peer_ip, pair.data_port), timeout=120) as client:
-                body(client)
-        finally:
-            pair.barrier()
 
 
 def test_ten_thousand_calls_32_at_a_time(pair):
