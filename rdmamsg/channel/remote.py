@@ -124,7 +124,7 @@ class OneSided:
         self._next_id = 1
         self._broken: BaseException | None = None
         self._closed = False
-        self._owner_pid = 0               # set once inherited through fork(): see _disown
+        self._inherited_from = 0          # the parent's pid, in a child after fork()
         owner(self)
         try:
             self.cq = keep(pv.cq.CQ(dctx.ctx, depth * 2))
@@ -177,8 +177,8 @@ class OneSided:
             raise
 
     def _revoke(self, grant: Grant) -> None:
-        if self._owner_pid:
-            raise inherited_error("grant", self._owner_pid)
+        if self._inherited_from:
+            raise inherited_error("grant", self._inherited_from)
         with self._lock:
             if grant._mr is None:
                 return
@@ -277,8 +277,8 @@ class OneSided:
             pass
 
     def _check(self) -> None:
-        if self._owner_pid:
-            raise inherited_error("endpoint's remote buffers", self._owner_pid)
+        if self._inherited_from:
+            raise inherited_error("endpoint's remote buffers", self._inherited_from)
         if self._closed:
             raise closed_error("endpoint")
         if self._broken is not None:
@@ -286,12 +286,12 @@ class OneSided:
 
     def _disown(self) -> None:
         """In a child after fork(): refuse every use and free nothing."""
-        self._owner_pid = os.getppid()
+        self._inherited_from = os.getppid()
         self._lock = threading.Lock()
 
     def close(self) -> None:
         """Revoke every grant, then free QP, CQ, registrations and PD.  Idempotent."""
-        if self._closed or self._owner_pid:
+        if self._closed or self._inherited_from:
             return
         self._closed = True
         for grant in list(self._grants.values()):

@@ -177,7 +177,8 @@ if __name__ == "__main__":
 def test_multiprocessing_workers_make_their_own_endpoints(method, tmp_path):
     script = tmp_path / "workers.py"      # spawn needs a main module it can import
     script.write_text(WORKERS)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")]))
+    path = os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path)
     out = subprocess.run([sys.executable, str(script), IP, method], capture_output=True,
                          text=True, env=env, timeout=240)
     assert out.returncode == 0 and out.stdout.strip() == "workers ok", out.stderr[-3000:]

@@ -2,6 +2,7 @@
 packet between the hosts may be lost, reordered or duplicated."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 
@@ -18,18 +19,39 @@ def _tc(*args: str) -> None:
     subprocess.run(["tc", "qdisc", *args], check=True, capture_output=True, text=True)
 
 
-@pytest.fixture(params=sorted(PROFILES))
-def netem(request, pair):
-    """Apply a profile to this VM's NIC for the test (both hosts do), then
-    take it off again.  Yields the profile's name."""
+def _nic() -> str:
     nic = os.environ.get("RDMAMSG_NIC")
     if not nic:
         pytest.fail("lossy tests need RDMAMSG_NIC (run them under ci/rxe-vm --hosts 2)",
                     pytrace=False)
+    return nic
+
+
+@pytest.fixture(params=sorted(PROFILES))
+def netem(request, pair):
+    """Apply a profile to this VM's NIC for the test (both hosts do), then
+    take it off again.  Yields the profile's name."""
+    nic = _nic()
     _tc("replace", "dev", nic, "root", "netem", *PROFILES[request.param].split())
     pair.barrier()
     try:
         yield request.param
-        pair.barrier(timeout=600)        # both done before either lifts its netem
+        pair.barrier(timeout=1500)       # both done before either lifts its netem
     finally:
         _tc("del", "dev", nic, "root")
+
+
+@pytest.fixture
+def cut_off():
+    """A context manager: inside it, this VM's NIC drops every packet it
+    would send, as if the host had vanished."""
+    nic = _nic()
+
+    @contextlib.contextmanager
+    def cut():
+        _tc("replace", "dev", nic, "root", "netem", "loss", "100%")
+        try:
+            yield
+        finally:
+            _tc("del", "dev", nic, "root")
+    return cut

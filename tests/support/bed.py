@@ -43,7 +43,8 @@ def resource_counts() -> dict[str, int]:
     show; see _ours), and its open fds."""
     gc.collect()
     tids = {int(t) for t in os.listdir("/proc/self/task")}
-    counts = {kind: sum(1 for r in _rows(kind) if _ours(r, tids)) for kind in ("qp", "cq", "mr", "pd")}
+    counts = {kind: sum(1 for r in _rows(kind) if _ours(r, tids))
+              for kind in ("qp", "cq", "mr", "pd")}
     counts["fd"] = len(os.listdir("/proc/self/fd"))
     return counts
 
