@@ -3,6 +3,7 @@ over RPC, each carrying traffic for a bounded time; every one is served.
 The memory each connection costs the server (and the client) is measured
 and reported (docs/reliability.md quotes it)."""
 import concurrent.futures
+import json
 import os
 import random
 import resource
@@ -14,6 +15,7 @@ import rdmamsg
 import rdmamsg.rpc
 from support.bed import device_memory, process_memory
 from support.peers import spawn
+from support.rpc_handlers import SERVE_IN_CHILD
 
 IP = os.environ.get("RDMAMSG_SELF", "")
 N = 256
@@ -26,17 +28,23 @@ N = 256
 # not the emulator; everything else is the default.  The defaults themselves
 # are tested by test_faults.py and test_rpc.py.
 SLOW = {"handshake_timeout": 60}
-SLOW_RPC = {"handshake_timeout": 60, "connect_timeout": 120, "keepalive": 5, "dead_after": 30}
+SLOW_RPC = {"handshake_timeout": 60, "keepalive": 5, "dead_after": 30}
 pytestmark = pytest.mark.timeout(900)
 TRAFFIC_SECONDS = 15
 SIZES = (1, 100, 4096, 65536, 200_000)
 
-STREAM_SERVER = """
-import resource, sys, threading
-import rdmamsg
+# Both take the host, the port and the options (JSON) to serve with.
+NOFILE = """
+import resource
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-srv = rdmamsg.create_server((sys.argv[1], 0), backlog=512, handshake_timeout=60)
+"""
+
+STREAM_SERVER = NOFILE + """
+import json, sys, threading
+import rdmamsg
+srv = rdmamsg.create_server((sys.argv[1], int(sys.argv[2])), backlog=512,
+                            **json.loads(sys.argv[3]))
 print(srv.getsockname()[1], flush=True)
 def serve(conn):
     with conn:
@@ -47,15 +55,7 @@ while True:
     threading.Thread(target=serve, args=(conn,), daemon=True).start()
 """
 
-RPC_SERVER = """
-import resource, sys
-from support.rpc_handlers import make_server
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-server = make_server((sys.argv[1], 0), handshake_timeout=60, keepalive=5, dead_after=30)
-print(server.address[1], flush=True)
-server.serve_forever()
-"""
+RPC_SERVER = NOFILE + SERVE_IN_CHILD
 
 
 @pytest.fixture(autouse=True)
@@ -131,10 +131,10 @@ def _open(make, n: int) -> list:
         return list(pool.map(lambda _: make(), range(n)))
 
 
-def _load(report, what: str, server: str, connect, exchange) -> None:
-    """Start ``server`` in a child, open N connections to it with
-    ``connect(address)``, drive ``exchange`` over all of them, and report."""
-    child = spawn(server, IP)
+def _load(report, what: str, server: str, options: dict, connect, exchange) -> None:
+    """Start ``server`` in a child with ``options``, open N connections to it
+    with ``connect(address)``, drive ``exchange`` over all of them, and report."""
+    child = spawn(server, IP, 0, json.dumps(options))
     conns = []
     try:
         address = (IP, int(child.stdout.readline()))
@@ -168,7 +168,7 @@ def test_256_socket_connections_to_one_server_are_all_served(report):
             got += chunk
         assert got == data
 
-    _load(report, "socket facade (echo)", STREAM_SERVER,
+    _load(report, "socket facade (echo)", STREAM_SERVER, SLOW,
           lambda address: rdmamsg.create_connection(address, timeout=120, **SLOW), exchange)
 
 
@@ -181,5 +181,6 @@ def test_256_rpc_clients_of_one_server_are_all_served(report):
             data = rng.randbytes(rng.choice(SIZES))
             assert client.call("echo", data) == data
 
-    _load(report, "RPC (add and echo calls)", RPC_SERVER,
-          lambda address: rdmamsg.rpc.Client(address, timeout=120, **SLOW_RPC), exchange)
+    _load(report, "RPC (add and echo calls)", RPC_SERVER, SLOW_RPC,
+          lambda address: rdmamsg.rpc.Client(address, timeout=120, connect_timeout=120,
+                                             **SLOW_RPC), exchange)

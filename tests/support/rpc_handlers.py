@@ -75,10 +75,12 @@ def served(pair, body, **client_kw) -> None:
             pair.barrier()
 
 
+# Takes the host, the port and, optionally, make_server's options as JSON.
 SERVE_IN_CHILD = """
-import sys
+import json, sys
 from support.rpc_handlers import make_server
-server = make_server((sys.argv[1], int(sys.argv[2])))
+options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+server = make_server((sys.argv[1], int(sys.argv[2])), **options)
 print(server.address[1], flush=True)
 server.serve_forever()
 """
