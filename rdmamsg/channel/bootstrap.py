@@ -74,14 +74,15 @@ class _Wire:
 #: a healthy connection every few minutes.  A dead process closes the
 #: connection at once; a busy QP notices sooner (RC retries run out).
 HOST_TIMEOUT = 15
+_KEEPIDLE = 5
 
 
 def _keepalive(sock: socket.socket) -> None:
     """The liveness channel: notice a dead host within seconds, not hours."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 5)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, _KEEPIDLE)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, HOST_TIMEOUT - 5)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, HOST_TIMEOUT - _KEEPIDLE)
     # Also bounds unacknowledged data, and overrides the count above.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, HOST_TIMEOUT * 1000)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -84,9 +84,10 @@ class Link:
         """Seconds until our next PING is due (we sent nothing, or last tried)."""
         return max(self._last_tx, self._ping_tried) + self._keepalive - now
 
-    def _ping(self) -> None:
-        self._ping_tried = time.monotonic()    # sent or not: the next try is keepalive away
-        self.try_send(wire.encode_ping())
+    def _ping_if_due(self, now: float) -> None:
+        if self._ping_due(now) <= 0:
+            self._ping_tried = now             # sent or not: the next try is keepalive away
+            self.try_send(wire.encode_ping())
 
     # -- whose turn to receive ---------------------------------------------------------
 
@@ -195,16 +196,14 @@ class Link:
 
     def _heard(self) -> None:
         self._last_rx = now = time.monotonic()
-        if self._ping_due(now) <= 0:
-            self._ping()
+        self._ping_if_due(now)
 
     def _check_alive(self) -> None:
         now = time.monotonic()
         if now - self._last_rx > self._dead_after:
             raise ConnectionResetError(f"the RPC peer has been silent for {self._dead_after:g} s "
                                        "(keepalive): it is hung, or its host is unreachable")
-        if self._ping_due(now) <= 0:
-            self._ping()
+        self._ping_if_due(now)
 
     def _receive(self, spec: list) -> Any:
         """One out-of-band buffer, as the object it becomes."""
