@@ -195,12 +195,24 @@ class Endpoint:
         it, and ``buf`` stays exported (cannot be resized) until revoked."""
         return self._one_sided().expose(buf, access)
 
-    def write(self, descriptor, data, offset: int = 0, timeout: float | None = None) -> None:
+    def write(self, descriptor, data, offset: int = 0, timeout: float | None = None,
+              wait: bool = True) -> None:
         """Write ``data`` into the peer's exposed buffer at ``offset`` (RDMA
         WRITE, from ``data`` itself); returns once the peer's device has it.
         ValueError if it falls outside the grant; RemoteAccessError if the
-        peer's device refuses (e.g. the grant was revoked)."""
-        self._one_sided().write(descriptor, data, offset, timeout)
+        peer's device refuses (e.g. the grant was revoked).
+
+        ``wait=False``: data of up to 8 KiB is copied (or sent inline) and the
+        write is only posted, so writes pipeline; ``data`` may be reused at
+        once.  Such a write's failure is raised by the next write, read or
+        ``flush()``, and a message sent after it may arrive first: call
+        ``flush()`` before telling the peer.  Longer data waits as usual."""
+        self._one_sided().write(descriptor, data, offset, timeout, wait)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every one-sided write posted so far has reached the peer's
+        device; raises the failure of any of them (see ``write``)."""
+        self._one_sided().flush(timeout)
 
     def read(self, descriptor, into, offset: int = 0, timeout: float | None = None) -> int:
         """Fill ``into`` from the peer's exposed buffer at ``offset`` (RDMA
@@ -281,6 +293,8 @@ class Endpoint:
         linger = self._opts.linger if linger is None else linger
         try:
             if linger > 0:
+                if self._parts.one_sided is not None:
+                    self._parts.one_sided.drain(linger)
                 self._engine.shutdown(linger)
         finally:
             self._engine.close()

@@ -22,7 +22,6 @@ import os
 import random
 import struct
 import threading
-import time
 from dataclasses import dataclass
 
 from ..errors import RemoteAccessError, WorkCompletionError, closed_error, inherited_error
@@ -31,8 +30,9 @@ from ..verbs import _pyverbs as pv
 from ..verbs.context import DeviceContext
 from ..verbs.device import LocalAddress
 from ..verbs.inherit import keep, owner
-from ..verbs.qp import RemoteQP, Timing, connect_rc
 from ..verbs.pool import registrar
+from ..verbs.qp import RemoteQP, Timing, connect_rc, create_rc_qp
+from ..verbs.region import Region
 from ..verbs.regcache import RegistrationCache, buffer_address, byte_view
 
 e = pv.enums
@@ -43,6 +43,9 @@ _MR_ACCESS = {1: e.IBV_ACCESS_REMOTE_READ,
               2: e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_WRITE,
               3: e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_WRITE | e.IBV_ACCESS_REMOTE_READ}
 CACHE_BYTES = 64 << 20
+DEPTH = 64               #: one-sided requests in flight per endpoint
+INLINE = 256             #: writes up to this size go inline (as the device allows)
+STAGE_SLOT = 8192        #: writes that do not wait, up to this size, are copied here first
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,10 @@ class RemoteBuffer:
         if offset < 0 or length < 0 or offset + length > self.length:
             raise ValueError(f"{length} bytes at offset {offset} fall outside grant "
                              f"{self.grant_id} of {self.length} bytes")
+
+
+def _limit(timeout: float | None) -> float:
+    return -1.0 if timeout is None else timeout
 
 
 # A peer's descriptor is usually used many times: parse it once.
@@ -115,27 +122,29 @@ class Grant:
 class OneSided:
     """The one-sided QP of an endpoint, with its own PD, CQ and registrations."""
 
-    def __init__(self, dctx: DeviceContext, local: LocalAddress, depth: int = 16) -> None:
+    def __init__(self, dctx: DeviceContext, local: LocalAddress, depth: int = DEPTH) -> None:
         self.local = local
         self._lock = threading.Lock()
         self.pd = keep(pv.pd.PD(dctx.ctx))
-        self.cq = self.qp = self._poster = None
+        self.cq = self.qp = self._poster = self._stage = None
+        self._depth = depth
         self._grants: dict[int, Grant] = {}
         self._next_id = 1
         self._broken: BaseException | None = None
         self._closed = False
+        self._ready = False               # open, staging made, nothing broken: write_copy may go
         self._inherited_from = 0          # the parent's pid, in a child after fork()
         owner(self)
         try:
             self.cq = keep(pv.cq.CQ(dctx.ctx, depth * 2))
-            cap = pv.qp.QPCap(max_send_wr=depth, max_recv_wr=1, max_send_sge=1, max_recv_sge=1)
-            init = pv.qp.QPInitAttr(qp_type=e.IBV_QPT_RC, scq=self.cq, rcq=self.cq, cap=cap)
-            self.qp = keep(pv.qp.QP(self.pd, init))
+            self.qp = create_rc_qp(self.pd, self.cq, depth, 1, INLINE)
+            _, init = self.qp.query(e.IBV_QP_CAP)
             self.psn = random.getrandbits(24)
             attr = pv.qp.QPAttr(port_num=local.port)
             attr.qp_access_flags = _MR_ACCESS[3]
             self.qp.to_init(attr)
-            self._poster = make_one_sided_poster(dctx.ctx, self.pd, self.cq, self.qp)
+            self._poster = make_one_sided_poster(dctx.ctx, self.pd, self.cq, self.qp, depth,
+                                                 init.cap.max_inline_data)
         except BaseException:
             self.close()
             raise
@@ -189,11 +198,33 @@ class OneSided:
 
     # -- the accessing side -------------------------------------------------------
 
-    def write(self, descriptor, data, offset: int, timeout: float | None) -> None:
+    def write(self, descriptor, data, offset: int, timeout: float | None, wait: bool) -> None:
+        if not wait:
+            with self._lock:
+                # the common case in one call; -1 sends it down the general path
+                seq = self._poster.write_copy(descriptor, data, offset, _limit(timeout)) \
+                    if self._ready else -1
+                if seq == 0:
+                    self._timed_out()
+            if seq > 0:
+                return
         rb = RemoteBuffer.parse(descriptor)
         mv = byte_view(data)
         rb.check(2, offset, mv.nbytes)
-        self._transfer(rb, mv, offset, e.IBV_WR_RDMA_WRITE, self._src, timeout)
+        if mv.nbytes == 0:
+            return
+        if wait or mv.nbytes > STAGE_SLOT:
+            self._transfer(rb, mv, offset, False, self._src, timeout)
+            return
+        with self._lock:
+            self._check()
+            if self._stage is None:
+                self._stage = Region(self.pd, self._depth * STAGE_SLOT, 0)
+                self._poster.set_staging(self._stage, self._stage.addr, self._stage.lkey,
+                                         STAGE_SLOT)
+                self._ready = True
+            if not self._poster.post_copy(mv, rb.addr + offset, rb.rkey, _limit(timeout)):
+                self._timed_out()
 
     def read(self, descriptor, into, offset: int, timeout: float | None) -> int:
         rb = RemoteBuffer.parse(descriptor)
@@ -201,66 +232,50 @@ class OneSided:
         if mv.readonly:
             raise TypeError("read() needs a writable buffer")
         rb.check(1, offset, mv.nbytes)
-        self._transfer(rb, mv, offset, e.IBV_WR_RDMA_READ, self._dst, timeout)
+        self._transfer(rb, mv, offset, True, self._dst, timeout)
         return mv.nbytes
 
-    def _transfer(self, rb: RemoteBuffer, mv: memoryview, offset: int, opcode: int,
+    def flush(self, timeout: float | None) -> None:
+        """Wait until every write posted so far has completed."""
+        with self._lock:
+            self._check()
+            if not self._poster.wait(self._poster.posted, _limit(timeout)):
+                self._timed_out()
+            self._check()
+
+    def _transfer(self, rb: RemoteBuffer, mv: memoryview, offset: int, read: bool,
                   cache: RegistrationCache, timeout: float | None) -> None:
         if mv.nbytes == 0:
             return
         with self._lock:
             self._check()
-            addr = self._poster.address(mv) if self._poster is not None else buffer_address(mv)
+            addr = self._poster.address(mv)
             reg = cache.acquire(mv, addr, mv.nbytes)
             if reg is None:
                 raise MemoryError(f"could not register {mv.nbytes} bytes for one-sided access "
                                   "(RLIMIT_MEMLOCK or the cache's bound); use smaller pieces")
             try:
-                if self._poster is not None:
-                    status, vendor = self._poster.transfer(
-                        opcode == e.IBV_WR_RDMA_READ, addr, mv.nbytes, reg.lkey,
-                        rb.addr + offset, rb.rkey, -1.0 if timeout is None else timeout)
-                else:
-                    status, vendor = self._post_and_poll(addr, mv.nbytes, reg.lkey, rb,
-                                                         offset, opcode, timeout)
+                limit = _limit(timeout)
+                seq = self._poster.post(read, addr, mv.nbytes, reg.lkey, rb.addr + offset,
+                                        rb.rkey, limit)
+                if not (seq and self._poster.wait(seq, limit)):
+                    self._timed_out()
             finally:
                 cache.release(reg)
-        self._completed(status, vendor)
+            self._check()
 
-    def _post_and_poll(self, addr: int, nbytes: int, lkey: int, rb: RemoteBuffer, offset: int,
-                       opcode: int, timeout: float | None) -> tuple[int, int]:
-        """The pure-pyverbs twin of OneSidedPoster.transfer (mutex held)."""
-        sge = pv.wr.SGE(addr, nbytes, lkey)
-        wr = pv.wr.SendWR(wr_id=1, opcode=opcode, num_sge=1, sg=[sge],
-                          send_flags=e.IBV_SEND_SIGNALED)
-        wr.set_wr_rdma(rb.rkey, rb.addr + offset)
-        try:
-            self.qp.post_send(wr)
-        finally:
-            wr.close()
-            sge.close()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        spins = 0
-        while True:
-            n, wcs = self.cq.poll()
-            if n:
-                return wcs[0].status, wcs[0].vendor_err
-            spins += 1
-            if spins > 1000:
-                time.sleep(20e-6)
-            if deadline is not None and time.monotonic() > deadline:
-                return -1, 0
+    def _timed_out(self) -> None:
+        """A request is still queued: the QP cannot be trusted with another
+        (in the error state the device no longer touches its buffer)."""
+        self._ready = False
+        self._broken = TimeoutError("a one-sided operation timed out; one-sided "
+                                    "access on this endpoint has ended")
+        self._to_error()
+        raise TimeoutError("the one-sided operation did not complete in time")
 
-    def _completed(self, status: int, vendor: int) -> None:
-        """Raise for a failed or timed-out operation; either ends one-sided access."""
-        if status == e.IBV_WC_SUCCESS:
-            return
-        if status < 0:
-            # The request is still queued; the QP cannot be trusted with another.
-            self._broken = TimeoutError("a one-sided operation timed out; one-sided "
-                                        "access on this endpoint has ended")
-            self._to_error()
-            raise TimeoutError("the one-sided operation did not complete in time")
+    def _failed(self, status: int, vendor: int) -> None:
+        """Raise for a failed completion, which ends one-sided access."""
+        self._ready = False
         err = WorkCompletionError(status, "RDMA write/read", vendor)
         self._broken = ConnectionResetError(f"one-sided access on this endpoint ended after "
                                             f"an error: {err}")
@@ -283,22 +298,36 @@ class OneSided:
             raise closed_error("endpoint")
         if self._broken is not None:
             raise self._broken
+        failure = self._poster.failure()
+        if failure is not None:
+            self._failed(*failure)
 
     def _disown(self) -> None:
         """In a child after fork(): refuse every use and free nothing."""
         self._inherited_from = os.getppid()
+        self._ready = False
         self._lock = threading.Lock()
+
+    def drain(self, timeout: float) -> None:
+        """Give writes still in flight up to ``timeout`` s to complete (close's
+        linger); raises nothing."""
+        with self._lock:
+            if self._poster is not None and self._broken is None and not self._closed:
+                self._poster.wait(self._poster.posted, timeout)
 
     def close(self) -> None:
         """Revoke every grant, then free QP, CQ, registrations and PD.  Idempotent."""
         if self._closed or self._inherited_from:
             return
         self._closed = True
+        self._ready = False
         for grant in list(self._grants.values()):
             self._revoke(grant)
         self._poster = None                # it holds the raw QP and CQ pointers
         if self.qp is not None:
             self.qp.close()
+        if self._stage is not None:
+            self._stage.close()
         if self.cq is not None:
             self.cq.close()
         for cache in (getattr(self, "_src", None), getattr(self, "_dst", None)):

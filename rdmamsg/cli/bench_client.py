@@ -6,10 +6,12 @@ server's half of each.
   send_lat  ping-pong; one-way latency is half the round trip (as ib_send_lat).
   write_bw, write_lat   the same on the write channel, with a ring of
             WRITE_RING bytes so that a 1 MiB message is one write.
-  rma_bw    ep.write() into a buffer the server exposes, one after another,
-            timed by the client (each write returns once the server has it).
-  rma_lat   ping-pong of ep.write() into buffers both sides expose; each side
-            spins on the last byte of its own buffer, as ib_write_lat does.
+  rma_bw    ep.write(wait=False) into a buffer the server exposes, back to
+            back, then ep.flush(); timed by the client.  (Writes of more than
+            8 KiB wait for each other: they are not copied.)
+  rma_lat   ping-pong of ep.write(wait=False) into buffers both sides expose;
+            each side spins on the last byte of its own buffer, as
+            ib_write_lat does.
   stream_bw the socket facade as rsockets' rstream measures it: writes of
             ``size`` bytes, sent and then echoed back in batches; both
             directions' bytes over the whole time.
@@ -58,18 +60,23 @@ def latency_row(test: str, size: int, samples: list[int], poller: str) -> dict:
             "p99_us": one_way[max(int(len(one_way) * 0.99) - 1, 0)], "poller": poller}
 
 
+def _batches(budget: Budget, send, *args) -> int:
+    """Call ``send(*args)`` 64 times between looks at the budget; how many calls."""
+    budget.start()
+    sent = 0
+    while True:
+        batch = 64 if budget.iters is None else min(64, budget.iters - sent)
+        for _ in range(batch):
+            send(*args)
+        sent += batch
+        if not budget.more(sent):
+            return sent
+
+
 def send_bw(addr, size: int, budget: Budget, test: str = "send_bw", **opts) -> dict:
     payload = bytes(size)
     with open_test(addr, test, {"size": size}, opts) as ep:
-        budget.start()
-        sent = 0
-        while True:
-            batch = 64 if budget.iters is None else min(64, budget.iters - sent)
-            for _ in range(batch):
-                ep.send(payload)
-            sent += batch
-            if not budget.more(sent):
-                break
+        _batches(budget, ep.send, payload)
         ep.send(b"")
         r = msgpack.unpackb(ep.recv(timeout=120))
         return _rate(test, size, r["messages"], r["bytes"], r["seconds"], ep.poller)
@@ -95,12 +102,9 @@ def rma_bw(addr, size: int, budget: Budget, **opts) -> dict:
     payload = bytes(size)
     with open_test(addr, "rma_bw", {"size": size}, opts) as ep:
         desc = ep.recv(timeout=60)
-        n = 0
-        budget.start()
         t0 = time.perf_counter()
-        while budget.more(n):
-            ep.write(desc, payload)
-            n += 1
+        n = _batches(budget, ep.write, desc, payload, 0, None, False)   # wait=False
+        ep.flush()
         secs = time.perf_counter() - t0
         ep.send(b"done")
         return _rate("rma_bw", size, n, n * size, secs, ep.poller)
@@ -120,7 +124,7 @@ def rma_lat(addr, size: int, budget: Budget, **opts) -> dict:
                 tag = len(samples) % 255 + 1
                 payload[-1] = tag
                 t0 = clock()
-                ep.write(theirs, payload)
+                ep.write(theirs, payload, wait=False)
                 spin_until(mine, tag)
                 samples.append(clock() - t0)
             ep.send(b"done")

@@ -99,7 +99,7 @@ def _rma(ep, spec: dict) -> None:
             i = 0
             while spin_until(mine, i % 255 + 1, ep.poll):
                 reply[-1] = i % 255 + 1
-                ep.write(theirs, reply)
+                ep.write(theirs, reply, wait=False)
                 i += 1
         ep.recv(timeout=3600)                     # the client is done
 

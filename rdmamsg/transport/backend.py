@@ -96,21 +96,23 @@ def make_engine(*, cq, qp, recv_bufs, send_bufs, liveness, config: EngineConfig,
     return owner(PyEngine(cq, qp, recv_bufs, send_bufs, liveness, config, regcache))
 
 
-def make_one_sided_poster(ctx, pd, cq, qp):
-    """The Cython poster of one-sided RDMA operations for this QP (ext/onesided.pxi),
-    or None, where the pure-pyverbs path (channel/remote.py) is to run: the
-    same choice as make_engine's."""
+def make_one_sided_poster(ctx, pd, cq, qp, depth: int, max_inline: int):
+    """The poster of one-sided RDMA operations for this QP: the Cython one
+    (ext/onesided.pxi) or its pure-pyverbs twin (_pyonesided.py), by the same
+    choice as make_engine's."""
     mode = poller_mode()
-    if mode == "python":
-        return None
-    try:
-        from ._cpoller import OneSidedPoster
+    if mode != "python":
+        try:
+            from ._cpoller import OneSidedPoster
 
-        return OneSidedPoster(ctx, pd, cq, qp)
-    except (ImportError, PollerUnavailableError) as exc:
-        if mode == "cython":
-            raise PollerUnavailableError(f"RDMAMSG_POLLER=cython but: {exc}") from exc
-        return None                    # make_engine has warned already
+            return OneSidedPoster(ctx, pd, cq, qp, depth, max_inline)
+        except (ImportError, PollerUnavailableError) as exc:
+            if mode == "cython":
+                raise PollerUnavailableError(f"RDMAMSG_POLLER=cython but: {exc}") from exc
+            # make_engine has warned already
+    from ._pyonesided import OneSidedPoster as PyPoster
+
+    return PyPoster(ctx, pd, cq, qp, depth, max_inline)
 
 
 def poller_in_use() -> str | None:

@@ -87,6 +87,22 @@ def connect_rc(qp, local: LocalAddress, remote: RemoteQP, psn: int, timing: Timi
     _modify("RTS", qp.to_rts, attr)
 
 
+def create_rc_qp(pd, cq, send_wr: int, recv_wr: int, inline: int):
+    """An RC QP on ``pd`` with ``cq`` for both queues and room for ``inline``
+    bytes of inline data, or less where the device refuses that much."""
+    last = None
+    for inl in (inline, 64, 0) if inline else (0,):
+        cap = pv.qp.QPCap(max_send_wr=send_wr, max_recv_wr=recv_wr, max_send_sge=1,
+                          max_recv_sge=1, max_inline_data=inl)
+        init = pv.qp.QPInitAttr(qp_type=e.IBV_QPT_RC, scq=cq, rcq=cq, cap=cap, sq_sig_all=0)
+        try:
+            return keep(pv.qp.QP(pd, init))
+        except pv.PyverbsRDMAError as exc:
+            last = exc  # the device may refuse that much inline data: ask for less
+    raise RdmaError("ibv_create_qp", last.error_code or 0,
+                    f"RC QP with {send_wr} send and {recv_wr} receive WRs") from last
+
+
 class QueuePair:
     """An RC QP on ``cq`` (sends and receives), created straight into INIT.
     ``access`` is what a peer may do through it: by default nothing."""
@@ -101,7 +117,7 @@ class QueuePair:
         self.dctx, self.cq, self.local = dctx, cq, local
         self.psn = random.getrandbits(24)
         self.access = access
-        self.qp = self._create(max_send_wr, max_recv_wr, max_inline)
+        self.qp = create_rc_qp(dctx.pd, cq.cq, max_send_wr, max_recv_wr, max_inline)
         try:
             _, init = self.qp.query(e.IBV_QP_CAP)
             self.max_send_wr = init.cap.max_send_wr
@@ -116,20 +132,6 @@ class QueuePair:
             raise
         self.remote: RemoteQP | None = None
         self._closed = False
-
-    def _create(self, send_wr: int, recv_wr: int, inline: int):
-        last = None
-        for inl in (inline, 64, 0) if inline else (0,):
-            cap = pv.qp.QPCap(max_send_wr=send_wr, max_recv_wr=recv_wr, max_send_sge=1,
-                              max_recv_sge=1, max_inline_data=inl)
-            init = pv.qp.QPInitAttr(qp_type=e.IBV_QPT_RC, scq=self.cq.cq, rcq=self.cq.cq, cap=cap,
-                                    sq_sig_all=0)
-            try:
-                return keep(pv.qp.QP(self.dctx.pd, init))
-            except pv.PyverbsRDMAError as exc:
-                last = exc  # the device may refuse that much inline data: ask for less
-        raise RdmaError("ibv_create_qp", last.error_code or 0,
-                        f"RC QP with {send_wr} send and {recv_wr} receive WRs") from last
 
     @property
     def qp_num(self) -> int:

@@ -1,5 +1,6 @@
 """Remote buffers on the device: expose, one-sided write and read, revoke."""
 import os
+import random
 import struct
 import threading
 
@@ -134,3 +135,57 @@ def test_remote_buffers_can_be_turned_off():
             s.expose(bytearray(10))
         with pytest.raises(ValueError):
             RemoteBuffer.parse(bytes(32))
+
+
+def test_writes_that_do_not_wait_pipeline_and_copy_the_data_at_once(pair):
+    c, s = pair
+    rng = random.Random(7)
+    target = bytearray(1 << 18)
+    model = bytearray(len(target))
+    src = bytearray(20_000)
+    with s.expose(target, access="write") as grant:
+        s.send(grant.descriptor)
+        desc = c.recv(timeout=30)
+        for i in range(5000):
+            # inline (<= 256 B), staged (<= 8 KiB), and longer ones, which wait
+            n = rng.choice((1, 64, 256, 257, 4096, 8192, 8193, 20_000))
+            at = rng.randrange(len(target) - n)
+            src[:n] = rng.randbytes(n)
+            c.write(desc, memoryview(src)[:n], offset=at, wait=False)
+            model[at:at + n] = src[:n]
+            src[:n] = bytes(n)                    # reused at once: what was given went
+        c.flush(timeout=60)
+        assert target == model
+        c.flush()                                 # nothing in flight: returns at once
+
+
+def test_a_failed_write_that_did_not_wait_is_raised_by_a_later_call(pair):
+    c, s = pair
+    buf = bytearray(4096)
+    grant = s.expose(buf, access="write")
+    c.write(grant.descriptor, b"before", wait=False)
+    c.flush(timeout=30)
+    grant.revoke()
+    with pytest.raises(RemoteAccessError):                 # by a later write, or by flush
+        for _ in range(10):
+            c.write(grant.descriptor, b"after!", wait=False)   # the device refuses these
+        c.flush(timeout=30)
+    with pytest.raises(ConnectionResetError):              # one-sided access has ended
+        c.write(grant.descriptor, b"later", wait=False)
+    assert buf[:6] == b"before" and not any(buf[6:])
+    s.send(b"messages still flow")
+    assert c.recv(timeout=30) == b"messages still flow"
+
+
+def test_close_lets_writes_in_flight_land_before_the_peer_sees_the_end(pair):
+    c, s = pair
+    target = bytearray(64 * 1000)
+    with s.expose(target, access="write") as grant:
+        s.send(grant.descriptor)
+        desc = c.recv(timeout=30)
+        for i in range(1000):
+            c.write(desc, bytes([i % 251 + 1]) * 64, offset=64 * i, wait=False)
+        c.close()
+        with pytest.raises(rdmamsg.PeerClosedError):
+            s.recv(timeout=30)
+        assert all(target[64 * i:64 * (i + 1)] == bytes([i % 251 + 1]) * 64 for i in range(1000))
