@@ -15,7 +15,8 @@ cdef enum:
     RMA_WC_BATCH = 16
     RMA_SIGNAL_EVERY = 16  # writes that do not wait ask for a completion this often
     DESC_LEN = 32          # a grant descriptor (channel/remote.py _DESC): magic, access,
-    DESC_WRITE = 2         # addr, length, rkey, grant id, little-endian
+    DESC_WRITE = 2         # addr, length, rkey, grant id, little-endian; the access
+    DESC_RW = 3            # values that allow writes
 cdef const char *DESC_MAGIC = b"RMG1"
 
 
@@ -178,7 +179,8 @@ cdef class OneSidedPoster:
         except (TypeError, BufferError):
             return -1
         p = <const unsigned char *>d.buf
-        ok = d.len == DESC_LEN and memcmp(p, DESC_MAGIC, 4) == 0 and p[4] & DESC_WRITE
+        ok = (d.len == DESC_LEN and memcmp(p, DESC_MAGIC, 4) == 0
+              and (p[4] == DESC_WRITE or p[4] == DESC_RW))
         if ok:
             raddr, rlen = get_u64le(<const char *>p + 8), get_u64le(<const char *>p + 16)
             rkey = <uint32_t>(get_u64le(<const char *>p + 24) & 0xffffffffu)

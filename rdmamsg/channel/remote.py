@@ -9,7 +9,10 @@ the caller's buffer with just the access asked for and returns a Grant,
 whose ``descriptor`` (bytes) is sent to the peer in an ordinary message.
 The peer's ``write``/``read`` check the offset and length against the
 descriptor and then post one RDMA WRITE or READ, registering their own
-buffer through a cache (local access only).  ``revoke`` deregisters: from
+buffer through a cache (local access only).  A write that does not wait
+goes inline or is copied into a staging slot first, and is only posted, so
+such writes pipeline; the poster (transport/) keeps the first failed
+completion for the next call to raise.  ``revoke`` deregisters: from
 then on the device refuses the key.  A refused access moves both one-sided
 QPs to the error state (rxe and RC hardware do so), so the accessor gets
 RemoteAccessError and later calls ConnectionResetError, while the message

@@ -64,6 +64,14 @@ def test_access_and_bounds_are_checked_before_anything_is_posted(pair):
         c.read(ro.descriptor, bytearray(8), offset=-1)
     with pytest.raises(ValueError, match="descriptor"):
         c.write(b"not a descriptor", b"x")
+    with pytest.raises(PermissionError):                     # the same, not waiting
+        c.write(ro.descriptor, b"x", wait=False)
+    with pytest.raises(ValueError, match="outside"):
+        c.write(wo.descriptor, b"x" * 10, offset=4090, wait=False)
+    with pytest.raises(ValueError, match="outside"):
+        c.write(wo.descriptor, b"x", offset=-1, wait=False)
+    with pytest.raises(ValueError, match="descriptor"):
+        c.write(bytes(32), b"x", wait=False)
     c.write(wo.descriptor, b"still fine", offset=4086)       # nothing above broke the QP
     assert buf[4086:] == b"still fine"
     ro.revoke()

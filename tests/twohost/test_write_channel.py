@@ -51,3 +51,35 @@ def test_remote_buffer_write_read_and_revoke(pair):
                 ep.write(desc, b"too late")
             ep.send(b"refused")
             assert ep.recv(timeout=120) == b"still talking"
+
+
+def _pipelined_writes(seed: int, size: int):
+    """(offset, data) of the writes test_writes_that_do_not_wait... makes."""
+    rng = random.Random(seed)
+    for _ in range(20_000):
+        n = rng.choice((8, 64, 256, 1000, 4096, 8192))
+        yield rng.randrange(size - n), rng.randbytes(n)
+
+
+def test_writes_that_do_not_wait_land_in_order(pair):
+    size = 1 << 20
+    with connected(pair) as ep:
+        if pair.is_server:
+            target = bytearray(size)
+            with ep.expose(target, access="write") as grant:
+                ep.send(grant.descriptor)
+                assert ep.recv(timeout=300) == b"flushed"
+                model = bytearray(size)
+                for at, data in _pipelined_writes(5, size):
+                    model[at:at + len(data)] = data
+                assert target == model
+            ep.send(b"checked")
+        else:
+            desc = ep.recv(timeout=120)
+            src = bytearray(8192)
+            for at, data in _pipelined_writes(5, size):
+                src[:len(data)] = data
+                ep.write(desc, memoryview(src)[:len(data)], offset=at, wait=False)
+            ep.flush(timeout=120)
+            ep.send(b"flushed")
+            assert ep.recv(timeout=120) == b"checked"
