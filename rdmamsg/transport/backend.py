@@ -41,6 +41,19 @@ ENGINE_API = (
     "stats",           # () -> dict: counters (see STAT_KEYS)
 )
 
+#: What a one-sided poster offers (ext/onesided.pxi, _pyonesided.py); the caller
+#: holds the endpoint's one-sided lock.  Sequence numbers start at 1; 0 means
+#: the queue had no room in time.
+POSTER_API = (
+    "address",         # (obj) -> int: the address of a C-contiguous buffer
+    "set_staging",     # (region, addr, lkey, slot_size) -> None: memory post_copy copies into
+    "post",            # (read, laddr, length, lkey, raddr, rkey, timeout) -> seq
+    "post_copy",       # (obj, raddr, rkey, timeout) -> seq: inline or staged; obj free at return
+    "write_copy",      # (descriptor, data, offset, timeout) -> seq, or -1: take the general path
+    "wait",            # (seq, timeout) -> bool: seq and all before it completed in time
+    "failure",         # () -> (status, vendor error) of the first failed completion, or None
+)
+
 STAT_KEYS = ("messages_sent", "messages_received", "bytes_sent", "bytes_received",
              "credit_updates_sent", "credit_stalls", "sleeps", "inline_sends", "zerocopy_sends")
 
