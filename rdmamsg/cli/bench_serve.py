@@ -65,7 +65,7 @@ def recv_exactly(sock: RdmaSocket, buf: memoryview, eof_ok: bool = False) -> boo
     """Fill ``buf``; False at a clean end of stream before any byte (if ``eof_ok``)."""
     got = 0
     while got < buf.nbytes:
-        n = sock.recv_into(buf[got:])
+        n = sock.recv_into(buf[got:] if got else buf)
         if not n:
             if eof_ok and got == 0:
                 return False

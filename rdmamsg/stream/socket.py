@@ -74,6 +74,10 @@ class RdmaSocket:
         self._send_mark: int | None = None   # progress_count() when a send could not go
         self._rlock = threading.Lock()
         self._opts: dict[tuple[int, int], int] = {}
+        # The engine's own send and recv_into while the socket is in its plain
+        # state (connected, blocking, not selectable, not shut or at EOF in
+        # that direction), else None: the common call is then one C call.
+        self._fast_send = self._fast_recv = None
 
     @classmethod
     def from_endpoint(cls, ep: Endpoint, timeout: float | None = None) -> "RdmaSocket":
@@ -81,6 +85,7 @@ class RdmaSocket:
         socket owns the endpoint from now on)."""
         s = cls()
         s._ep, s._timeout = ep, timeout
+        s._refresh()
         return s
 
     # -- set-up ------------------------------------------------------------------
@@ -121,6 +126,7 @@ class RdmaSocket:
         timeout = None if not self._timeout else self._timeout
         self._ep = connect((address[0], address[1]), timeout=timeout, token=self._token,
                            source_address=self._bound, **self._options)
+        self._refresh()
 
     def connect_ex(self, address: Address) -> int:
         try:
@@ -133,6 +139,12 @@ class RdmaSocket:
 
     def send(self, data, flags: int = 0) -> int:
         """Send some of ``data``; the number of bytes sent."""
+        fast = self._fast_send
+        if fast is not None:
+            n = _plain_size(data)
+            if n:
+                fast(data, None)
+                return n
         ep = self._connected()
         if self._shut_wr:
             raise BrokenPipeError(errno.EPIPE, "the socket was shut down for writing")
@@ -165,6 +177,11 @@ class RdmaSocket:
             raise
 
     def sendall(self, data, flags: int = 0) -> None:
+        fast = self._fast_send
+        if fast is not None and (type(data) is bytes and 0 < len(data) <= CHUNK
+                                 or _plain_size(data)):
+            fast(data, None)
+            return
         mv = memoryview(data).cast("B")
         while mv.nbytes:
             mv = mv[self.send(mv):]
@@ -206,6 +223,23 @@ class RdmaSocket:
             return out
 
     def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
+        if self._fast_recv is not None and not nbytes:
+            # The plain case: the next message straight into ``buffer`` by the
+            # engine; the general path below takes a message longer than it
+            # (which stays queued) and says what is wrong with a bad buffer.
+            with self._rlock:
+                fast = self._fast_recv
+                if fast is not None and self._view is None:
+                    try:
+                        n = fast(buffer, None)
+                    except (ValueError, BufferError, TypeError):
+                        n = -1
+                    except PeerClosedError:
+                        n = 0
+                    if n == 0:
+                        self._at_eof()
+                    if n >= 0:
+                        return n
         dst = memoryview(buffer).cast("B")
         if dst.readonly:
             raise TypeError("recv_into() needs a writable buffer")
@@ -225,6 +259,10 @@ class RdmaSocket:
             self._consumed(n)
             return n
 
+    def _at_eof(self) -> None:
+        self._eof = True
+        self._fast_recv = None
+
     def _whole_into(self, dst: memoryview) -> int | None:
         """The fast path: the next message straight into ``dst`` (one copy, no
         view); None if it is longer than ``dst`` (it stays queued)."""
@@ -240,7 +278,7 @@ class RdmaSocket:
         except TimeoutError:
             raise self._recv_timed_out() from None
         if n == 0:                                # the peer's shutdown(SHUT_WR)
-            self._eof = True
+            self._at_eof()
         if self._selectable:
             self._rearm()
         return n
@@ -265,13 +303,13 @@ class RdmaSocket:
         try:
             view = ep.recv_view(self._timeout)
         except PeerClosedError:
-            self._eof = True
+            self._at_eof()
             return None
         except TimeoutError:
             raise self._recv_timed_out() from None
         if len(view) == 0:                       # the peer's shutdown(SHUT_WR)
             view.release()
-            self._eof = True
+            self._at_eof()
             return None
         self._view, self._off = view, 0
         return view.data
@@ -321,16 +359,19 @@ class RdmaSocket:
             raise ValueError(f"invalid shutdown how {how}")
         if how in (_socket.SHUT_WR, _socket.SHUT_RDWR) and not self._shut_wr:
             self._shut_wr = True
+            self._fast_send = None
             try:
                 ep.send(b"", self._timeout if self._timeout else None)
             except (BrokenPipeError, ConnectionResetError):
                 pass                                  # nobody left to tell
         if how in (_socket.SHUT_RD, _socket.SHUT_RDWR):
             self._shut_rd = True
+            self._fast_recv = None
 
     def close(self) -> None:
         """Close once no makefile() object uses the socket any more."""
         self._closed = True
+        self._fast_send = self._fast_recv = None
         if self._io_refs <= 0:
             self._real_close()
 
@@ -382,12 +423,14 @@ class RdmaSocket:
             if value < 0:
                 raise ValueError("Timeout value out of range")
         self._timeout = value
+        self._refresh()
 
     def gettimeout(self) -> float | None:
         return self._timeout
 
     def setblocking(self, flag: bool) -> None:
         self._timeout = None if flag else 0.0
+        self._refresh()
 
     def getblocking(self) -> bool:
         return self._timeout != 0.0
@@ -403,6 +446,7 @@ class RdmaSocket:
             return -1
         if not self._selectable:
             self._selectable = True
+            self._refresh()
             with self._rlock:
                 self._rearm()
         return self._ep.fileno()
@@ -458,6 +502,14 @@ class RdmaSocket:
         if self._closed:
             raise closed_error("socket")
 
+    def _refresh(self) -> None:
+        """Set or clear the fast paths after a change of state."""
+        ep = self._ep
+        plain = (ep is not None and not self._closed and self._timeout is None
+                 and not self._selectable)
+        self._fast_send = ep.send if plain and not self._shut_wr else None
+        self._fast_recv = ep.recv_into if plain and not self._shut_rd and not self._eof else None
+
     def _connected(self) -> Endpoint:
         self._check()
         if self._ep is None:
@@ -466,6 +518,19 @@ class RdmaSocket:
 
     def _checkClosed(self) -> None:           # io.RawIOBase's name, used by SocketIO
         self._check()
+
+
+def _plain_size(data) -> int:
+    """The size of ``data`` if the engine may send it as it is, as one message
+    (bytes, bytearray, a memoryview of at most CHUNK bytes); else 0."""
+    t = type(data)
+    if t is bytes or t is bytearray:
+        n = len(data)
+    elif t is memoryview and data.c_contiguous:
+        n = data.nbytes
+    else:
+        return 0
+    return n if n <= CHUNK else 0
 
 
 def create_connection(address: Address, timeout: float | None = None,

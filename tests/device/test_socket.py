@@ -67,6 +67,53 @@ def test_half_close_delivers_eof_and_the_other_way_stays_open():
             cli.send(b"more")
 
 
+def test_the_blocking_fast_paths_keep_stream_semantics():
+    # Blocking sockets send and receive through the engine directly; every
+    # case they do not cover must still behave as the general path does.
+    import array
+    cli, conn = socket_pair()
+    with cli, conn:
+        cli.sendall(b"0123456789")                      # longer than the buffer below
+        small = bytearray(4)
+        assert conn.recv_into(small) == 4 and small == b"0123"
+        assert conn.recv(3) == b"456"                  # the rest of that message, in order
+        assert conn.recv_into(small) == 3 and small[:3] == b"789"
+        with pytest.raises((TypeError, BufferError)):
+            cli.sendall(memoryview(b"abcdefgh")[::2])  # not contiguous: as the socket module
+        cli.sendall(array.array("i", [1, 2]))          # a typed buffer: its bytes
+        cli.send(memoryview(bytearray(b"xyz")))
+        cli.sendall(b"")                               # nothing, not an end of stream
+        got = bytearray(64)
+        n = 0
+        while n < 8 + 3:
+            n += conn.recv_into(memoryview(got)[n:])
+        assert bytes(got[:n]) == array.array("i", [1, 2]).tobytes() + b"xyz"
+        with pytest.raises(TypeError):
+            conn.recv_into(b"read-only")
+        with pytest.raises((TypeError, ValueError, BufferError)):
+            conn.recv_into(memoryview(bytearray(8))[::2])
+        conn.settimeout(0.2)                           # leaves the fast path
+        with pytest.raises(TimeoutError):
+            conn.recv_into(got)
+        conn.settimeout(None)                          # and comes back to it
+        cli.sendall(b"again")
+        assert conn.recv_into(got) == 5 and got[:5] == b"again"
+        cli.shutdown(socket.SHUT_WR)
+        assert conn.recv_into(got) == 0
+        assert conn.recv_into(got) == 0 and conn.recv(5) == b""     # EOF stays EOF
+        conn.sendall(b"back")                          # the other way stays open
+        assert cli.recv_into(got) == 4 and got[:4] == b"back"
+        with pytest.raises(BrokenPipeError):
+            cli.sendall(b"after SHUT_WR")
+        conn.close()
+        with pytest.raises(OSError) as e:
+            conn.sendall(b"x")
+        assert e.value.errno == errno.EBADF
+        with pytest.raises(OSError) as e:
+            conn.recv_into(got)
+        assert e.value.errno == errno.EBADF
+
+
 def test_so_linger_zero_aborts_so_the_peer_knows_the_stream_was_cut():
     cli, conn = socket_pair()
     with conn:
