@@ -13,5 +13,6 @@ include "credits.pxi"
 include "ring.pxi"
 include "engine.pxi"
 include "onesided.pxi"
+include "stream.pxi"
 
 BACKEND = "cython"

@@ -803,6 +803,9 @@ cdef class Engine:
         zerocopy_min bytes it is sent from the caller's memory, registered
         through the cache; a buffer other than ``bytes`` (which cannot change)
         is then in use until its send completes, so send() waits for that."""
+        self._send_obj(data, timeout)
+
+    cdef int _send_obj(self, data, timeout) except -1:
         cdef Py_buffer view
         cdef uint32_t lkey = 0
         cdef uint64_t first_seq
@@ -849,6 +852,7 @@ cdef class Engine:
             if reg is not None:
                 self.regcache.release(reg)
             PyBuffer_Release(&view)
+        return 0
 
     cdef int _prune(self) except -1:
         """Let go of registrations whose zero-copy sends have completed."""
@@ -1091,6 +1095,9 @@ cdef class Engine:
     def recv_into(self, buffer, timeout=None):
         """The next whole message into ``buffer``; its length.  A message that
         does not fit raises ValueError and stays queued."""
+        return self._recv_into_obj(buffer, timeout)
+
+    cdef object _recv_into_obj(self, buffer, timeout):
         cdef Py_buffer view
         _get_buffer(buffer, &view, PyBUF_WRITABLE)
         cdef double deadline

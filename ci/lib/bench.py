@@ -73,9 +73,14 @@ def rstream(size: int, count: int, iters: int, ip: str, tcp: bool = False) -> di
     base = ["rstream", "-p", str(RSTREAM_PORT), "-S", str(size), "-C", str(count),
             "-I", str(iters), *(["-T", "s"] if tcp else [])]
     srv = subprocess.Popen(base + ["-b", ip], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    time.sleep(2)
     try:
-        cli = subprocess.run(base + ["-s", ip], capture_output=True, text=True, timeout=300)
+        # Under TCG the server may take several seconds to listen: a refused
+        # client is tried again, up to 20 s.
+        for attempt in range(10):
+            time.sleep(2)
+            cli = subprocess.run(base + ["-s", ip], capture_output=True, text=True, timeout=300)
+            if "Connection refused" not in cli.stderr or srv.poll() is not None:
+                break
     finally:
         try:
             srv.wait(timeout=60)

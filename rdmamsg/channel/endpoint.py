@@ -266,6 +266,12 @@ class Endpoint:
     def poller(self) -> str:
         return self._engine.name
 
+    @property
+    def engine(self):
+        """The poller driving this connection (transport.backend's contract),
+        for a layer above that calls it directly on its hot path."""
+        return self._engine
+
     def stats(self) -> dict[str, Any]:
         return self._engine.stats()
 

@@ -60,7 +60,8 @@ def latency_row(test: str, size: int, samples: list[int], poller: str) -> dict:
     """Half-round-trip statistics of ``samples`` (ns), without the warm-up tenth."""
     one_way = sorted(s / 2000 for s in samples[len(samples) // 10:])
     return {"test": test, "size": size, "iters": len(samples),
-            "median_us": statistics.median(one_way), "min_us": one_way[0],
+            "median_us": statistics.median(one_way), "mean_us": statistics.fmean(one_way),
+            "min_us": one_way[0],
             "p99_us": one_way[max(int(len(one_way) * 0.99) - 1, 0)], "poller": poller}
 
 

@@ -29,6 +29,7 @@ from typing import Any, Iterable
 from ..channel.bootstrap import Listener, connect
 from ..channel.endpoint import Endpoint
 from ..errors import PeerClosedError, closed_error
+from ..transport.backend import make_stream_fast
 
 Address = tuple[str, int]
 CHUNK = 4 << 20          #: the largest message a blocking send makes (zero-copy above 64 KiB)
@@ -74,18 +75,18 @@ class RdmaSocket:
         self._send_mark: int | None = None   # progress_count() when a send could not go
         self._rlock = threading.Lock()
         self._opts: dict[tuple[int, int], int] = {}
-        # The engine's own send and recv_into while the socket is in its plain
-        # state (connected, blocking, not selectable, not shut or at EOF in
-        # that direction), else None: the common call is then one C call.
-        self._fast_send = self._fast_recv = None
+        # With the Cython poller, send/sendall/recv_into are bound to its C
+        # fast path (ext/stream.pxi), which serves the plain state (see
+        # _refresh) and hands everything else to the methods below.
+        self._fast = None
 
     @classmethod
     def from_endpoint(cls, ep: Endpoint, timeout: float | None = None) -> "RdmaSocket":
         """A stream on a connected Endpoint, whose next messages carry it (the
         socket owns the endpoint from now on)."""
         s = cls()
-        s._ep, s._timeout = ep, timeout
-        s._refresh()
+        s._timeout = timeout
+        s._attach(ep)
         return s
 
     # -- set-up ------------------------------------------------------------------
@@ -124,9 +125,8 @@ class RdmaSocket:
         if self._listener is not None:
             raise OSError(errno.EINVAL, "a listening socket cannot connect")
         timeout = None if not self._timeout else self._timeout
-        self._ep = connect((address[0], address[1]), timeout=timeout, token=self._token,
-                           source_address=self._bound, **self._options)
-        self._refresh()
+        self._attach(connect((address[0], address[1]), timeout=timeout, token=self._token,
+                             source_address=self._bound, **self._options))
 
     def connect_ex(self, address: Address) -> int:
         try:
@@ -139,12 +139,6 @@ class RdmaSocket:
 
     def send(self, data, flags: int = 0) -> int:
         """Send some of ``data``; the number of bytes sent."""
-        fast = self._fast_send
-        if fast is not None:
-            n = _plain_size(data)
-            if n:
-                fast(data, None)
-                return n
         ep = self._connected()
         if self._shut_wr:
             raise BrokenPipeError(errno.EPIPE, "the socket was shut down for writing")
@@ -177,11 +171,6 @@ class RdmaSocket:
             raise
 
     def sendall(self, data, flags: int = 0) -> None:
-        fast = self._fast_send
-        if fast is not None and (type(data) is bytes and 0 < len(data) <= CHUNK
-                                 or _plain_size(data)):
-            fast(data, None)
-            return
         mv = memoryview(data).cast("B")
         while mv.nbytes:
             mv = mv[self.send(mv):]
@@ -223,23 +212,6 @@ class RdmaSocket:
             return out
 
     def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
-        if self._fast_recv is not None and not nbytes:
-            # The plain case: the next message straight into ``buffer`` by the
-            # engine; the general path below takes a message longer than it
-            # (which stays queued) and says what is wrong with a bad buffer.
-            with self._rlock:
-                fast = self._fast_recv
-                if fast is not None and self._view is None:
-                    try:
-                        n = fast(buffer, None)
-                    except (ValueError, BufferError, TypeError):
-                        n = -1
-                    except PeerClosedError:
-                        n = 0
-                    if n == 0:
-                        self._at_eof()
-                    if n >= 0:
-                        return n
         dst = memoryview(buffer).cast("B")
         if dst.readonly:
             raise TypeError("recv_into() needs a writable buffer")
@@ -261,7 +233,7 @@ class RdmaSocket:
 
     def _at_eof(self) -> None:
         self._eof = True
-        self._fast_recv = None
+        self._refresh()
 
     def _whole_into(self, dst: memoryview) -> int | None:
         """The fast path: the next message straight into ``dst`` (one copy, no
@@ -312,6 +284,7 @@ class RdmaSocket:
             self._at_eof()
             return None
         self._view, self._off = view, 0
+        self._refresh()
         return view.data
 
     def _consumed(self, n: int) -> None:
@@ -319,6 +292,7 @@ class RdmaSocket:
         if self._off == len(self._view):
             self._view.release()
             self._view = None
+            self._refresh()
         if self._selectable:
             self._rearm()
 
@@ -359,19 +333,19 @@ class RdmaSocket:
             raise ValueError(f"invalid shutdown how {how}")
         if how in (_socket.SHUT_WR, _socket.SHUT_RDWR) and not self._shut_wr:
             self._shut_wr = True
-            self._fast_send = None
+            self._refresh()
             try:
                 ep.send(b"", self._timeout if self._timeout else None)
             except (BrokenPipeError, ConnectionResetError):
                 pass                                  # nobody left to tell
         if how in (_socket.SHUT_RD, _socket.SHUT_RDWR):
             self._shut_rd = True
-            self._fast_recv = None
+            self._refresh()
 
     def close(self) -> None:
         """Close once no makefile() object uses the socket any more."""
         self._closed = True
-        self._fast_send = self._fast_recv = None
+        self._refresh()
         if self._io_refs <= 0:
             self._real_close()
 
@@ -502,13 +476,24 @@ class RdmaSocket:
         if self._closed:
             raise closed_error("socket")
 
+    def _attach(self, ep: Endpoint) -> None:
+        self._ep = ep
+        self._fast = make_stream_fast(ep.engine, self, CHUNK)
+        if self._fast is not None:
+            self.send, self.sendall = self._fast.send, self._fast.sendall
+            self.recv_into = self._fast.recv_into
+        self._refresh()
+
     def _refresh(self) -> None:
-        """Set or clear the fast paths after a change of state."""
-        ep = self._ep
-        plain = (ep is not None and not self._closed and self._timeout is None
-                 and not self._selectable)
-        self._fast_send = ep.send if plain and not self._shut_wr else None
-        self._fast_recv = ep.recv_into if plain and not self._shut_rd and not self._eof else None
+        """Tell the fast path (if any) whether the plain state holds, after a
+        change: connected, open, blocking, not selectable; to send, not shut
+        for writing; to receive, no half-read message, not shut or at EOF."""
+        fast = self._fast
+        if fast is not None:
+            plain = (self._ep is not None and not self._closed and self._timeout is None
+                     and not self._selectable)
+            fast.send_ok = plain and not self._shut_wr
+            fast.recv_ok = plain and not self._shut_rd and not self._eof and self._view is None
 
     def _connected(self) -> Endpoint:
         self._check()
@@ -518,19 +503,6 @@ class RdmaSocket:
 
     def _checkClosed(self) -> None:           # io.RawIOBase's name, used by SocketIO
         self._check()
-
-
-def _plain_size(data) -> int:
-    """The size of ``data`` if the engine may send it as it is, as one message
-    (bytes, bytearray, a memoryview of at most CHUNK bytes); else 0."""
-    t = type(data)
-    if t is bytes or t is bytearray:
-        n = len(data)
-    elif t is memoryview and data.c_contiguous:
-        n = data.nbytes
-    else:
-        return 0
-    return n if n <= CHUNK else 0
 
 
 def create_connection(address: Address, timeout: float | None = None,

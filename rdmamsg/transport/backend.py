@@ -128,6 +128,17 @@ def make_one_sided_poster(ctx, pd, cq, qp, depth: int, max_inline: int):
     return PyPoster(ctx, pd, cq, qp, depth, max_inline)
 
 
+def make_stream_fast(engine, sock, chunk: int):
+    """The C fast path of a blocking RdmaSocket on ``engine`` (ext/stream.pxi),
+    or None on the pure-pyverbs engine, where the socket's own general path
+    serves every call."""
+    if getattr(engine, "name", None) != "cython":
+        return None
+    from ._cpoller import StreamFast
+
+    return StreamFast(engine, sock, chunk)
+
+
 def poller_in_use() -> str | None:
     """The backend of the last engine made: ``cython``, ``python``, or None."""
     return _choice
