@@ -53,12 +53,29 @@ def _echo(ep) -> None:
 def _stream(ep, size: int, batch: int) -> None:
     with RdmaSocket.from_endpoint(ep) as sock:
         buf = memoryview(bytearray(size))
+        if batch == 1:
+            _echo_stream(sock, buf)
+            return
         while True:
             for i in range(batch):
                 if not recv_exactly(sock, buf, eof_ok=i == 0):
                     return
             for _ in range(batch):
                 sock.sendall(buf)
+
+
+def _echo_stream(sock: RdmaSocket, buf: memoryview) -> None:
+    """stream_lat's side: echo each ``buf``-sized write, as a tight socket
+    loop would (methods bound once), until the client closes."""
+    sendall, recv_into = sock.sendall, sock.recv_into
+    size = buf.nbytes
+    while True:
+        n = recv_into(buf)
+        if n != size:
+            if not n:
+                return
+            recv_exactly(sock, buf[n:])
+        sendall(buf)
 
 
 def recv_exactly(sock: RdmaSocket, buf: memoryview, eof_ok: bool = False) -> bool:
