@@ -159,10 +159,14 @@ def decode_header(frame, max_payload: int = MAX_PAYLOAD) -> Header:
     """Parse a frame's header; ProtocolError if it is malformed or announces
     more than ``max_payload`` out-of-band bytes (checked before anything is
     allocated)."""
-    up = msgpack.Unpacker(raw=False, max_buffer_size=max(len(frame), 1), strict_map_key=True)
-    up.feed(frame)
+    # unpackb, not an Unpacker: constructing one per frame cost ~100 us under
+    # TCG (against ~10 us for this).  The body after the header comes back
+    # as ExtraData, whose length tells where the header ends; unpackb bounds
+    # every length it allocates for by the frame's own size.
     try:
-        head = up.unpack()
+        head, end = msgpack.unpackb(frame, raw=False, strict_map_key=True), len(frame)
+    except msgpack.ExtraData as extra:
+        head, end = extra.unpacked, len(frame) - len(extra.extra)
     except Exception as exc:            # msgpack raises several unrelated types
         raise ProtocolError(f"RPC frame header is not valid msgpack: {exc}") from None
     if not (type(head) is list and len(head) == 5 and type(head[0]) is int
@@ -186,7 +190,7 @@ def decode_header(frame, max_payload: int = MAX_PAYLOAD) -> Header:
         status = third
     _check_specs(specs, max_payload)
     return Header(kind, call_id, method, status, None if ms is None else ms / 1000,
-                  specs, memoryview(frame)[up.tell():])
+                  specs, memoryview(frame)[end:])
 
 
 def _check_specs(specs: list, max_payload: int) -> None:
