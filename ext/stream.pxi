@@ -55,23 +55,21 @@ cdef class StreamFast:
             return 0
         return n if n <= self.chunk else 0
 
+    cdef Py_ssize_t _send(self, data) except -1:
+        """Send ``data`` as one message if the plain case covers it: its
+        length, or 0 (nothing sent: the general path's turn)."""
+        cdef Py_ssize_t n = self._plain_len(data) if self.send_ok else 0
+        if n:
+            self.eng._send_obj(data, None)
+        return n
+
     def sendall(self, data, flags=0):
-        cdef Py_ssize_t n
-        if self.send_ok:
-            n = self._plain_len(data)
-            if n:
-                self.eng._send_obj(data, None)
-                return None
-        return self.slow_sendall(self._sock(), data, flags)
+        if not self._send(data):
+            self.slow_sendall(self._sock(), data, flags)
 
     def send(self, data, flags=0):
-        cdef Py_ssize_t n
-        if self.send_ok:
-            n = self._plain_len(data)
-            if n:
-                self.eng._send_obj(data, None)
-                return n
-        return self.slow_send(self._sock(), data, flags)
+        n = self._send(data)
+        return n if n else self.slow_send(self._sock(), data, flags)
 
     def recv_into(self, buffer, Py_ssize_t nbytes=0, flags=0):
         if self.recv_ok and nbytes == 0 and self.acquire(False):

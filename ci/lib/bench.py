@@ -76,7 +76,7 @@ def rstream(size: int, count: int, iters: int, ip: str, tcp: bool = False) -> di
     try:
         # Under TCG the server may take several seconds to listen: a refused
         # client is tried again, up to 20 s.
-        for attempt in range(10):
+        for _ in range(10):
             time.sleep(2)
             cli = subprocess.run(base + ["-s", ip], capture_output=True, text=True, timeout=300)
             if "Connection refused" not in cli.stderr or srv.poll() is not None:
