@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -39,6 +40,16 @@ def human(size: int) -> str:
 
 
 def perftest(tool: str, size: int, addr, ip: str, extra: list[str]) -> dict:
+    """One perftest run's figures; run again (twice at most) if it printed
+    inf or nan, which ib_send_lat did once under TCG."""
+    for _ in range(2):
+        got = _perftest_once(tool, size, addr, ip, extra)
+        if all(math.isfinite(v) for v in got.values()):
+            break
+    return got
+
+
+def _perftest_once(tool: str, size: int, addr, ip: str, extra: list[str]) -> dict:
     global PERFTEST_PORT
     PERFTEST_PORT += 1
     base = [tool, "-d", addr.device, "-i", str(addr.port), "-x", str(addr.gid_index),
@@ -237,10 +248,12 @@ def main() -> int:
                 inline.append(ours("rpc_lat", 64, ip, pollers[0], 0, args.iters,
                                    "--rpc-handlers", "inline")["rtt_median_us"])
             point("rdmamsg rpc_lat (half the round trip)", "lat", 64, statistics.median(mine) / 2)
+            # The issue's target, for both handler modes (the thread pool pays a
+            # hand-off to a worker thread that inline handlers do not).
             row("rpc_lat 64 B echo round trip median", "us", statistics.median(mine),
                 statistics.median(base), "<= 2.5", "2x ib_send_lat")
             row("rpc_lat 64 B echo round trip median [inline handlers]", "us",
-                statistics.median(inline), statistics.median(base), "", "2x ib_send_lat")
+                statistics.median(inline), statistics.median(base), "<= 2.5", "2x ib_send_lat")
             base, mine = [], []
             for r in range(args.rounds):
                 base.append(perftest("ib_send_bw", 64, addr, ip,

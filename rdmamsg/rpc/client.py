@@ -27,7 +27,12 @@ from ..errors import (InheritedError, ProtocolError, RemoteError, UnknownMethodE
                       inherited_error)
 from ..verbs.inherit import owner
 from . import wire
-from .link import Link
+from .link import Link, fast_path
+
+try:
+    from ._rpcfast import GENERAL as _GENERAL, TIMED_OUT as _TIMED_OUT
+except ImportError:                 # no extension: no fast path returns them
+    _GENERAL = _TIMED_OUT = object()
 
 Address = tuple[str, int]
 
@@ -67,6 +72,7 @@ class Client:
                           functools.partial(_to_client, me, "_on_lost"), keepalive=keepalive,
                           dead_after=dead_after, max_payload=max_payload,
                           name=f"rdmamsg-rpc-client-{address[0]}:{address[1]}")
+        self._fast = fast_path(self._link, inline_max)
         self._link.start()
         owner(self)
 
@@ -87,6 +93,12 @@ class Client:
         return _Scoped(self, timeout)
 
     def _call(self, name: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
+        if self._fast is not None:
+            out = self._fast.call(self, next(self._ids), name, args, kwargs, timeout)
+            if out is not _GENERAL:
+                if out is _TIMED_OUT:
+                    raise _timed_out(name, timeout)
+                return out
         # The calling thread receives its own reply when no other caller is
         # receiving: no reader thread spins meanwhile, no hand-off follows,
         # and the reply lands in a plain slot rather than a Future.
@@ -138,6 +150,14 @@ class Client:
                 raise self._down() from exc
             raise
         return call_id
+
+    def _expect(self, call_id: int) -> "_Slot":
+        """A slot for the reply to ``call_id``, which the fast path hands to
+        _on_frame (an error, or a result with out-of-band buffers)."""
+        slot = _Slot()
+        with self._lock:
+            self._pending[call_id] = slot
+        return slot
 
     def _submit(self, name: str, args: tuple, kwargs: dict, timeout: float | None,
                 timer: bool) -> concurrent.futures.Future:

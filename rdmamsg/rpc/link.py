@@ -13,6 +13,12 @@ A thread that waits for a reply may receive frames itself instead
 nothing else is pending, stays parked.  A synchronous call then costs one
 thread on each side, as a plain send/recv round trip does, rather than a
 spinning reader and a hand-off to the caller.
+
+With the Cython poller, ext/_rpcfast (``fast_path``) runs the two hot loops
+in C: a synchronous call, and a server connection whose handlers run
+inline.  They keep this state by its rules (the turn under ``_turn``, frames
+under ``_send_lock``, the keepalive times) and give every frame they do not
+cover to ``_dispatch``.
 """
 from __future__ import annotations
 
@@ -26,6 +32,19 @@ from . import wire
 
 FrameHandler = Callable[[wire.Header, list], None]
 LostHandler = Callable[[BaseException], None]
+Server = Callable[[float], "bytes | None"]
+
+
+def fast_path(link: "Link", inline_max: int):
+    """The C fast paths for ``link`` (an ext/_rpcfast LinkFast), or None
+    with the pure-pyverbs poller (or without the extension)."""
+    if link.ep.poller != "cython":
+        return None
+    try:
+        from ._rpcfast import LinkFast
+    except ImportError:
+        return None
+    return LinkFast(link, inline_max)
 
 
 class Link:
@@ -49,9 +68,14 @@ class Link:
         self._parked = False       # the reader waits for wake() (or keepalive seconds idle)
         self._over = False         # lost: nobody receives any more
         self._disowned = False     # inherited through fork(): see _disown
+        self._serve: Server | None = None
         self._reader = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def start(self) -> None:
+    def start(self, serve: Server | None = None) -> None:
+        """Start the reader.  ``serve(timeout)``, if given, receives and
+        handles frames itself (LinkFast.serve) and returns those it leaves to
+        the general path, or None when none came within ``timeout``."""
+        self._serve = serve
         self._reader.start()
 
     # -- out -----------------------------------------------------------------------
@@ -181,6 +205,11 @@ class Link:
         """Receive one frame, if one comes within ``timeout``, and dispatch it.
         The wait ends early when our PING is due, so that PINGs go out every
         ``keepalive`` seconds, not every two."""
+        if self._serve is not None:
+            frame = self._serve(timeout)
+            if frame is not None:
+                self._dispatch(frame)
+            return
         due = self._ping_due(time.monotonic())
         try:
             frame = self.ep.recv(max(0.001, min(timeout, due)))
@@ -190,6 +219,10 @@ class Link:
             self._check_alive()
             return
         self._heard()
+        self._dispatch(frame)
+
+    def _dispatch(self, frame: bytes) -> None:
+        """Decode a frame that came, receive its out-of-band buffers, hand it on."""
         head = wire.decode_header(frame, self._max_payload)
         if head.kind != wire.PING:
             self._on_frame(head, [self._receive(spec) for spec in head.specs])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import threading
 import time
@@ -24,7 +25,7 @@ from ..channel.bootstrap import Listener, listen
 from ..channel.endpoint import Endpoint
 from ..errors import ProtocolError
 from . import wire
-from .link import Link
+from .link import Link, fast_path
 
 log = logging.getLogger("rdmamsg.rpc")
 
@@ -126,7 +127,7 @@ class Server:
                 ep.close(linger=0)
                 return
             self._connections.add(conn)
-        conn.link.start()
+        conn.start()
 
     def _forget(self, conn: "_Connection") -> None:
         with self._lock:
@@ -186,6 +187,13 @@ class _Connection:
         self._lock = threading.Lock()
         self._running: dict[int, Any] = {}     # id -> None (queued) or a future that can cancel
         self._cancelled: set[int] = set()
+
+    def start(self) -> None:
+        # Inline handlers: the C loop answers the common requests itself.
+        fast = fast_path(self.link, self.server._inline_max) if self.server._mode == "inline" \
+            else None
+        self.link.start(None if fast is None else
+                        functools.partial(fast.serve, self, self.server._functions))
 
     def _on_frame(self, head: wire.Header, objects: list) -> None:
         if head.kind == wire.CANCEL:

@@ -1,0 +1,217 @@
+# An RPC Link's two hot loops in C (rdmamsg/rpc/link.py, client.py, server.py):
+# a synchronous call that receives its own reply, and a server connection
+# whose handlers run inline.  They act on the frames the codec covers and
+# hand every other frame to the Link's general path (Link._dispatch), so
+# what they do not do here (out-of-band buffers, errors, PINGs, other
+# callers' replies, malformed frames) happens as before.
+#
+# They share the Link's state and follow its rules: the turn to receive is
+# taken and given under the Link's turn lock, frames go out under its send
+# lock, and _last_rx/_last_tx/_ping_tried keep the keepalive going.
+
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+GENERAL = object()        #: call(): not taken; nothing was sent (use the general path)
+TIMED_OUT = object()      #: call(): the timeout passed (a CANCEL was sent)
+
+
+cdef double monotonic() noexcept:
+    """time.monotonic(), without a Python call (the same clock)."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef class LinkFast:
+    """The fast paths of one rdmamsg.rpc Link (made by link.fast_path)."""
+    cdef object link, send, recv
+    cdef Writer w
+    cdef Py_ssize_t inline_max
+    cdef double keepalive
+
+    def __init__(self, link, Py_ssize_t inline_max):
+        self.link, self.inline_max = link, inline_max
+        self.send, self.recv = link.ep.send, link.ep.recv
+        self.keepalive = link._keepalive
+        self.w = Writer()
+
+    # -- shared with Link ------------------------------------------------------------
+
+    cdef double ping_due(self, double now):
+        link = self.link
+        return max(<double>link._last_tx, <double>link._ping_tried) + self.keepalive - now
+
+    cdef int heard(self) except -1:
+        """Link._heard: a frame came."""
+        cdef double now = monotonic()
+        self.link._last_rx = now
+        if self.ping_due(now) <= 0:
+            self.link._ping_if_due(now)
+        return 0
+
+    cdef int send_frame(self, bytes frame) except -1:
+        """Link.send for a frame without out-of-band buffers."""
+        lock = self.link._send_lock
+        lock.acquire()
+        try:
+            self.send(frame)
+            self.link._last_tx = monotonic()
+        finally:
+            lock.release()
+        return 0
+
+    cdef bint take_turn(self) except -1:
+        """Link.take_turn when nobody receives: become the receiver (False:
+        somebody does, or the link is over; the general path waits its turn)."""
+        link = self.link
+        turn = link._turn
+        turn.acquire()
+        try:
+            if link._over or link._asked or link._receiver is not None:
+                return False
+            link._receiver = self
+            return True
+        finally:
+            turn.release()
+
+    cdef int give_turn(self, client) except -1:
+        """Link.give_turn(park=lambda: not client._pending)."""
+        link = self.link
+        turn = link._turn
+        turn.acquire()
+        try:
+            link._receiver = None
+            link._parked = not client._pending
+            if link._asked or not link._parked:
+                turn.notify_all()
+        finally:
+            turn.release()
+        return 0
+
+    # -- the client's synchronous call ---------------------------------------------
+
+    def call(self, client, uint64_t call_id, name, tuple args, dict kwargs, timeout):
+        """Client._call's fast path: send the request and receive frames on
+        this thread until its reply comes.  The result; or raises what the
+        general path raises (RemoteError, a lost connection's error); or
+        GENERAL (nothing sent) or TIMED_OUT."""
+        cdef double deadline = 0
+        link = self.link
+        if (type(name) is not str or client._lost is not None or client._pending
+                or link._disowned):
+            return GENERAL
+        ms = None
+        if timeout is not None:
+            deadline = monotonic() + <double>timeout
+            ms = max(0, int(timeout * 1000))
+        # Encoding runs no Python code, so threads cannot interleave on self.w.
+        frame = encode_request(self.w, call_id, name, args, kwargs, ms, self.inline_max)
+        if frame is UNFIT or not self.take_turn():
+            return GENERAL
+        try:
+            try:
+                self.send_frame(frame)
+            except BaseException as exc:
+                if client._lost is not None:
+                    raise client._down() from exc
+                raise
+            return self.await_reply(client, call_id, timeout is not None, deadline)
+        finally:
+            self.give_turn(client)
+
+    cdef object await_reply(self, client, uint64_t call_id, bint timed, double deadline):
+        cdef Frame f
+        cdef double now, wait
+        link = self.link
+        while True:
+            now = monotonic()
+            wait = self.keepalive
+            if timed:
+                wait = min(wait, deadline - now)
+                if wait <= 0:
+                    if client._lost is None:
+                        link.try_send(encode_cancel(self.w, call_id))
+                    return TIMED_OUT
+            try:
+                frame = self.recv(max(0.001, min(wait, self.ping_due(now))))
+            except InterruptedError:
+                continue
+            except TimeoutError:
+                try:
+                    link._check_alive()
+                except BaseException as exc:
+                    raise self.lose(client, exc)
+                continue
+            except BaseException as exc:
+                raise self.lose(client, exc)
+            self.heard()
+            f = parse(frame)
+            if f.kind == REPLY and f.call_id == call_id and f.whole and f.status == OK:
+                return f.value
+            slot = client._expect(call_id) if f.kind == REPLY and f.call_id == call_id else None
+            try:
+                link._dispatch(frame)      # an error reply, buffers, a PING, another's reply
+            except BaseException as exc:
+                raise self.lose(client, exc)
+            if slot is not None:
+                if slot.exc is not None:
+                    raise slot.exc
+                return slot.result
+
+    cdef object lose(self, client, exc):
+        """The connection is lost (as Link.receive_until reports it): the
+        error the caller raises."""
+        self.link._lost(exc)
+        return client._down()
+
+    # -- the server's inline handlers -------------------------------------------------
+
+    def serve(self, conn, dict functions, double timeout):
+        """Receive requests and answer them, handlers inline, until a frame
+        needs the general path (returned: Link._dispatch it) or none comes
+        within ``timeout`` (None).  Raises what ends the connection, as
+        Link._step does."""
+        cdef Frame f
+        cdef double now
+        link = self.link
+        while True:
+            now = monotonic()
+            try:
+                frame = self.recv(max(0.001, min(timeout, self.ping_due(now))))
+            except InterruptedError:
+                return None
+            except TimeoutError:
+                link._check_alive()
+                return None
+            self.heard()
+            f = parse(frame)
+            if not f.whole or f.kind != REQUEST:
+                return frame
+            entry = functions.get(f.method)
+            if entry is None or entry[1]:
+                return frame                   # unknown, or runs on the event loop
+            try:
+                result = entry[0](*f.value, **f.kwargs)
+            except BaseException as exc:       # sent to the caller, as _Connection._call does
+                conn._finish(f.call_id, exc=exc)
+                continue
+            reply = encode_reply(self.w, f.call_id, result, self.inline_max)
+            if reply is UNFIT:
+                conn._finish(f.call_id, result=result)
+            elif not link._closing:
+                try:
+                    self.send_frame(reply)
+                except OSError:
+                    pass                       # the connection is gone: recv says so next
+
+
+cdef bytes encode_cancel(Writer w, uint64_t call_id):
+    """wire.encode_cancel's frame."""
+    w.n = 0
+    w.put1(0x95)
+    w.put1(CANCEL)
+    pack_int(w, call_id)
+    w.put1(0xc0)
+    w.put1(0xc0)
+    w.put1(0x90)
+    return frame_bytes(w)
