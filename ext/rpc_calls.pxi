@@ -22,70 +22,85 @@ cdef double monotonic() noexcept:
     return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
+cdef class LinkState:
+    """A Link's receive turn and keepalive times (link._State, with C fields,
+    so that the loops below read them without a Python attribute lookup)."""
+    cdef public double last_rx, last_tx, ping_tried
+    cdef public object receiver
+    cdef public bint asked, parked, over
+
+
 cdef class LinkFast:
     """The fast paths of one rdmamsg.rpc Link (made by link.fast_path)."""
     cdef object link, send, recv
+    cdef LinkState st
+    cdef dict pending                           # a client's calls awaiting replies, or None
+    cdef object turn_acquire, turn_release, turn_notify, send_acquire, send_release
     cdef Writer w
     cdef Py_ssize_t inline_max
     cdef double keepalive
 
-    def __init__(self, link, Py_ssize_t inline_max):
-        self.link, self.inline_max = link, inline_max
+    def __init__(self, link, Py_ssize_t inline_max, dict pending=None):
+        self.link, self.st, self.pending = link, link._st, pending
+        self.inline_max, self.keepalive = inline_max, link._keepalive
         self.send, self.recv = link.ep.send, link.ep.recv
-        self.keepalive = link._keepalive
+        # Bound once: only link._disown (in a child after fork) replaces the
+        # locks, and it ends the link (st.over), which these paths check first.
+        turn = link._turn
+        self.turn_acquire, self.turn_release, self.turn_notify = (turn.acquire, turn.release,
+                                                                  turn.notify_all)
+        self.send_acquire, self.send_release = link._send_lock.acquire, link._send_lock.release
         self.w = Writer()
 
     # -- shared with Link ------------------------------------------------------------
 
-    cdef double ping_due(self, double now):
-        link = self.link
-        return max(<double>link._last_tx, <double>link._ping_tried) + self.keepalive - now
+    cdef inline double ping_due(self, double now):
+        return max(self.st.last_tx, self.st.ping_tried) + self.keepalive - now
 
     cdef int heard(self) except -1:
         """Link._heard: a frame came."""
         cdef double now = monotonic()
-        self.link._last_rx = now
+        self.st.last_rx = now
         if self.ping_due(now) <= 0:
             self.link._ping_if_due(now)
         return 0
 
     cdef int send_frame(self, bytes frame) except -1:
         """Link.send for a frame without out-of-band buffers."""
-        lock = self.link._send_lock
-        lock.acquire()
+        self.send_acquire()
         try:
             self.send(frame)
-            self.link._last_tx = monotonic()
+            self.st.last_tx = monotonic()
         finally:
-            lock.release()
+            self.send_release()
         return 0
 
     cdef bint take_turn(self) except -1:
         """Link.take_turn when nobody receives: become the receiver (False:
         somebody does, or the link is over; the general path waits its turn)."""
-        link = self.link
-        turn = link._turn
-        turn.acquire()
+        st = self.st
+        if st.over:
+            return False
+        self.turn_acquire()
         try:
-            if link._over or link._asked or link._receiver is not None:
+            if st.over or st.asked or st.receiver is not None:
                 return False
-            link._receiver = self
+            st.receiver = self
             return True
         finally:
-            turn.release()
+            self.turn_release()
 
-    cdef int give_turn(self, client) except -1:
+    cdef int give_turn(self) except -1:
         """Link.give_turn(park=lambda: not client._pending)."""
-        link = self.link
-        turn = link._turn
-        turn.acquire()
+        st = self.st
+        self.turn_acquire()
         try:
-            link._receiver = None
-            link._parked = not client._pending
-            if link._asked or not link._parked:
-                turn.notify_all()
+            st.receiver = None
+            st.parked = not self.pending
+            if st.asked or not st.parked:
+                self.turn_notify()
         finally:
-            turn.release()
+            self.turn_release()
         return 0
 
     # -- the client's synchronous call ---------------------------------------------
@@ -96,10 +111,8 @@ cdef class LinkFast:
         general path raises (RemoteError, a lost connection's error); or
         GENERAL (nothing sent) or TIMED_OUT."""
         cdef double deadline = 0
-        link = self.link
-        if (type(name) is not str or client._lost is not None or client._pending
-                or link._disowned):
-            return GENERAL
+        if type(name) is not str or self.pending is None or self.pending or self.st.over:
+            return GENERAL                     # (a lost or inherited client's link is over)
         ms = None
         if timeout is not None:
             deadline = monotonic() + <double>timeout
@@ -117,7 +130,7 @@ cdef class LinkFast:
                 raise
             return self.await_reply(client, call_id, timeout is not None, deadline)
         finally:
-            self.give_turn(client)
+            self.give_turn()
 
     cdef object await_reply(self, client, uint64_t call_id, bint timed, double deadline):
         cdef Frame f

@@ -72,7 +72,7 @@ class Client:
                           functools.partial(_to_client, me, "_on_lost"), keepalive=keepalive,
                           dead_after=dead_after, max_payload=max_payload,
                           name=f"rdmamsg-rpc-client-{address[0]}:{address[1]}")
-        self._fast = fast_path(self._link, inline_max)
+        self._fast = fast_path(self._link, inline_max, self._pending)
         self._link.start()
         owner(self)
 
@@ -203,9 +203,10 @@ class Client:
     def _on_lost(self, exc: BaseException) -> None:
         with self._lock:
             self._lost = exc
-            pending, self._pending = self._pending, {}
+            pending = list(self._pending.values())
+            self._pending.clear()          # in place: the fast path holds this dict
         self._deadlines.close()
-        for fut in pending.values():
+        for fut in pending:
             _settle(fut, exc=self._down())
 
     def _down(self) -> BaseException:

@@ -35,16 +35,29 @@ LostHandler = Callable[[BaseException], None]
 Server = Callable[[float], "bytes | None"]
 
 
-def fast_path(link: "Link", inline_max: int):
+try:
+    from . import _rpcfast
+except ImportError:                 # not built: the general path serves everything
+    _rpcfast = None
+
+
+class _State:
+    """A Link's receive turn and keepalive times: the state its fast paths
+    share (ext/_rpcfast's LinkState is this, with C fields)."""
+    __slots__ = ("last_rx", "last_tx", "ping_tried", "receiver", "asked", "parked", "over")
+
+    def __init__(self) -> None:
+        self.last_rx = self.last_tx = self.ping_tried = 0.0
+        self.receiver, self.asked, self.parked, self.over = None, False, False, False
+
+
+def fast_path(link: "Link", inline_max: int, pending: dict | None = None):
     """The C fast paths for ``link`` (an ext/_rpcfast LinkFast), or None
-    with the pure-pyverbs poller (or without the extension)."""
-    if link.ep.poller != "cython":
+    with the pure-pyverbs poller (or without the extension).  ``pending``:
+    a client's calls awaiting replies (kept in place, never replaced)."""
+    if link.ep.poller != "cython" or not isinstance(link._st, _rpcfast.LinkState):
         return None
-    try:
-        from ._rpcfast import LinkFast
-    except ImportError:
-        return None
-    return LinkFast(link, inline_max)
+    return _rpcfast.LinkFast(link, inline_max, pending)
 
 
 class Link:
@@ -58,15 +71,14 @@ class Link:
         self._keepalive, self._dead_after = keepalive, dead_after
         self._max_payload = max_payload
         self._send_lock = threading.Lock()
-        self._last_rx = self._last_tx = self._ping_tried = time.monotonic()
+        # st.receiver: who receives frames: the reader thread, a caller
+        # (take_turn), or nobody.  A caller that asked (st.asked) waits for the
+        # reader to step aside.  st.parked: the reader waits for wake() (or
+        # keepalive seconds idle).  st.over: lost, nobody receives any more.
+        self._st = _State() if _rpcfast is None or ep.poller != "cython" else _rpcfast.LinkState()
+        self._st.last_rx = self._st.last_tx = self._st.ping_tried = time.monotonic()
         self._closing = False
-        # Who receives frames: the reader thread, a caller (take_turn), or
-        # nobody.  A caller that asked waits for the reader to step aside.
         self._turn = threading.Condition(threading.Lock())
-        self._receiver: threading.Thread | None = None
-        self._asked = False
-        self._parked = False       # the reader waits for wake() (or keepalive seconds idle)
-        self._over = False         # lost: nobody receives any more
         self._disowned = False     # inherited through fork(): see _disown
         self._serve: Server | None = None
         self._reader = threading.Thread(target=self._run, name=name, daemon=True)
@@ -88,7 +100,7 @@ class Link:
                 chunk = self.ep.max_message
                 for off in range(0, mv.nbytes, chunk):
                     self.ep.send(mv[off:off + chunk])
-            self._last_tx = time.monotonic()
+            self._st.last_tx = time.monotonic()
 
     def try_send(self, frame: bytes) -> bool:
         """Send a small frame if that can be done now, without waiting (a
@@ -97,7 +109,7 @@ class Link:
             return False                   # a frame is going out: the peer hears from us
         try:
             self.ep.send(frame, 0)
-            self._last_tx = time.monotonic()
+            self._st.last_tx = time.monotonic()
             return True
         except (TimeoutError, OSError):
             return False                   # a peer not taking data is what dead_after is for
@@ -106,11 +118,11 @@ class Link:
 
     def _ping_due(self, now: float) -> float:
         """Seconds until our next PING is due (we sent nothing, or last tried)."""
-        return max(self._last_tx, self._ping_tried) + self._keepalive - now
+        return max(self._st.last_tx, self._st.ping_tried) + self._keepalive - now
 
     def _ping_if_due(self, now: float) -> None:
         if self._ping_due(now) <= 0:
-            self._ping_tried = now             # sent or not: the next try is keepalive away
+            self._st.ping_tried = now  # sent or not: the next try is keepalive away
             self.try_send(wire.encode_ping())
 
     # -- whose turn to receive ---------------------------------------------------------
@@ -119,18 +131,19 @@ class Link:
         """Become the thread that receives frames; False if another caller
         is (or the connection is lost): then wait for your reply as usual."""
         with self._turn:
-            if self._over or self._asked or self._receiver not in (None, self._reader):
+            st = self._st
+            if st.over or st.asked or st.receiver not in (None, self._reader):
                 return False
-            self._asked = True
-            if self._receiver is not None:
+            self._st.asked = True
+            if self._st.receiver is not None:
                 self.ep.interrupt()
-                while self._receiver is not None and not self._over:
+                while self._st.receiver is not None and not self._st.over:
                     self._turn.wait()
-            self._asked = False
-            if self._over:
+            self._st.asked = False
+            if self._st.over:
                 self._turn.notify_all()
                 return False
-            self._receiver = threading.current_thread()
+            self._st.receiver = threading.current_thread()
             return True
 
     def receive_until(self, done: Callable[[], bool], deadline: float | None) -> None:
@@ -152,38 +165,39 @@ class Link:
         """End this thread's turn; the reader stays parked if ``park()`` (asked
         under the turn lock, so that a wake() cannot slip in between)."""
         with self._turn:
-            self._receiver = None
-            self._parked = park()
-            if self._asked or not self._parked:
+            self._st.receiver = None
+            self._st.parked = park()
+            if self._st.asked or not self._st.parked:
                 self._turn.notify_all()    # else nobody is to wake: waking costs a switch
 
     def wake(self) -> None:
         """Unpark the reader: a reply is awaited that no caller receives."""
         with self._turn:
-            if self._parked:
-                self._parked = False
+            if self._st.parked:
+                self._st.parked = False
                 self._turn.notify_all()
 
     def _reader_turn(self) -> bool:
         with self._turn:
-            while not self._over and (self._receiver is not None or self._asked or self._parked):
-                if self._receiver is not None or self._asked:
+            st = self._st
+            while not st.over and (st.receiver is not None or st.asked or st.parked):
+                if st.receiver is not None or st.asked:
                     self._turn.wait(self._keepalive)     # a caller receives, and pings
                     continue
                 wait = self._quiet_since() + self._keepalive - time.monotonic()
                 if wait > 0:
                     self._turn.wait(wait)
                 else:
-                    self._parked = False   # a PING is due, or one may have come: look
-            if self._over:
+                    st.parked = False      # a PING is due, or one may have come: look
+            if self._st.over:
                 return False
-            self._receiver = self._reader
+            self._st.receiver = self._reader
             return True
 
     def _end_reader_turn(self) -> None:
         with self._turn:
-            if self._receiver is self._reader:
-                self._receiver = None
+            if self._st.receiver is self._reader:
+                self._st.receiver = None
             self._turn.notify_all()
 
     # -- in ------------------------------------------------------------------------
@@ -199,7 +213,7 @@ class Link:
 
     def _quiet_since(self) -> float:
         """When we last sent, or heard, whichever is earlier."""
-        return min(self._last_tx, self._last_rx)
+        return min(self._st.last_tx, self._st.last_rx)
 
     def _step(self, timeout: float) -> None:
         """Receive one frame, if one comes within ``timeout``, and dispatch it.
@@ -228,12 +242,12 @@ class Link:
             self._on_frame(head, [self._receive(spec) for spec in head.specs])
 
     def _heard(self) -> None:
-        self._last_rx = now = time.monotonic()
+        self._st.last_rx = now = time.monotonic()
         self._ping_if_due(now)
 
     def _check_alive(self) -> None:
         now = time.monotonic()
-        if now - self._last_rx > self._dead_after:
+        if now - self._st.last_rx > self._dead_after:
             raise ConnectionResetError(f"the RPC peer has been silent for {self._dead_after:g} s "
                                        "(keepalive): it is hung, or its host is unreachable")
         self._ping_if_due(now)
@@ -278,9 +292,9 @@ class Link:
 
     def _lost(self, exc: BaseException) -> None:
         with self._turn:
-            if self._over:
+            if self._st.over:
                 return
-            self._over = True
+            self._st.over = True
             self._turn.notify_all()
         if self._closing:
             exc = ConnectionAbortedError("the RPC connection was closed")
@@ -305,10 +319,10 @@ class Link:
     def _disown(self) -> None:
         """In a child after fork(): nobody receives, nothing is sent or closed
         (the endpoint refuses anyway); the locks are new."""
-        self._disowned = self._closing = self._over = True
+        self._disowned = self._closing = self._st.over = True
         self._send_lock = threading.Lock()
         self._turn = threading.Condition(threading.Lock())
-        self._receiver = None
+        self._st.receiver = None
 
     @property
     def closing(self) -> bool:
