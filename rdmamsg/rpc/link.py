@@ -134,16 +134,16 @@ class Link:
             st = self._st
             if st.over or st.asked or st.receiver not in (None, self._reader):
                 return False
-            self._st.asked = True
-            if self._st.receiver is not None:
+            st.asked = True
+            if st.receiver is not None:
                 self.ep.interrupt()
-                while self._st.receiver is not None and not self._st.over:
+                while st.receiver is not None and not st.over:
                     self._turn.wait()
-            self._st.asked = False
-            if self._st.over:
+            st.asked = False
+            if st.over:
                 self._turn.notify_all()
                 return False
-            self._st.receiver = threading.current_thread()
+            st.receiver = threading.current_thread()
             return True
 
     def receive_until(self, done: Callable[[], bool], deadline: float | None) -> None:
@@ -189,9 +189,9 @@ class Link:
                     self._turn.wait(wait)
                 else:
                     st.parked = False      # a PING is due, or one may have come: look
-            if self._st.over:
+            if st.over:
                 return False
-            self._st.receiver = self._reader
+            st.receiver = self._reader
             return True
 
     def _end_reader_turn(self) -> None:
