@@ -7,12 +7,12 @@
 #
 # They share the Link's state and follow its rules: the turn to receive is
 # taken and given under the Link's turn lock, frames go out under its send
-# lock, and _last_rx/_last_tx/_ping_tried keep the keepalive going.
+# lock, and the keepalive times live in its LinkState.
 
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 GENERAL = object()        #: call(): not taken; nothing was sent (use the general path)
-TIMED_OUT = object()      #: call(): the timeout passed (a CANCEL was sent)
+TIMED_OUT = object()      #: call(): the timeout passed (the caller sends the CANCEL)
 
 
 cdef double monotonic() noexcept:
@@ -109,7 +109,7 @@ cdef class LinkFast:
         """Client._call's fast path: send the request and receive frames on
         this thread until its reply comes.  The result; or raises what the
         general path raises (RemoteError, a lost connection's error); or
-        GENERAL (nothing sent) or TIMED_OUT."""
+        GENERAL (nothing sent) or TIMED_OUT (the request went: cancel it)."""
         cdef double deadline = 0
         if type(name) is not str or self.pending is None or self.pending or self.st.over:
             return GENERAL                     # (a lost or inherited client's link is over)
@@ -142,8 +142,6 @@ cdef class LinkFast:
             if timed:
                 wait = min(wait, deadline - now)
                 if wait <= 0:
-                    if client._lost is None:
-                        link.try_send(encode_cancel(self.w, call_id))
                     return TIMED_OUT
             try:
                 frame = self.recv(max(0.001, min(wait, self.ping_due(now))))
@@ -217,14 +215,3 @@ cdef class LinkFast:
                 except OSError:
                     pass                       # the connection is gone: recv says so next
 
-
-cdef bytes encode_cancel(Writer w, uint64_t call_id):
-    """wire.encode_cancel's frame."""
-    w.n = 0
-    w.put1(0x95)
-    w.put1(CANCEL)
-    pack_int(w, call_id)
-    w.put1(0xc0)
-    w.put1(0xc0)
-    w.put1(0x90)
-    return frame_bytes(w)

@@ -30,7 +30,6 @@ cdef enum:
     MAX_DEPTH = 64                   # as wire.MAX_DEPTH: deeper values take wire.py's path
     REQUEST = 0                      # frame kinds and reply status, as in wire.py
     REPLY = 1
-    CANCEL = 2
     OK = 0
 
 cdef object UNFIT = object()          # "not in the subset": wire.py's turn

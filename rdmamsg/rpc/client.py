@@ -94,9 +94,12 @@ class Client:
 
     def _call(self, name: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
         if self._fast is not None:
-            out = self._fast.call(self, next(self._ids), name, args, kwargs, timeout)
+            call_id = next(self._ids)
+            out = self._fast.call(self, call_id, name, args, kwargs, timeout)
             if out is not _GENERAL:
                 if out is _TIMED_OUT:
+                    if self._lost is None:
+                        self._link.try_send(wire.encode_cancel(call_id))
                     raise _timed_out(name, timeout)
                 return out
         # The calling thread receives its own reply when no other caller is

@@ -55,8 +55,8 @@ def fast_path(link: "Link", inline_max: int, pending: dict | None = None):
     """The C fast paths for ``link`` (an ext/_rpcfast LinkFast), or None
     with the pure-pyverbs poller (or without the extension).  ``pending``:
     a client's calls awaiting replies (kept in place, never replaced)."""
-    if link.ep.poller != "cython" or not isinstance(link._st, _rpcfast.LinkState):
-        return None
+    if _rpcfast is None or type(link._st) is not _rpcfast.LinkState:
+        return None                # Link.__init__ chose the state: C fields, or not
     return _rpcfast.LinkFast(link, inline_max, pending)
 
 
