@@ -8,8 +8,20 @@
 # They share the Link's state and follow its rules: the turn to receive is
 # taken and given under the Link's turn lock, frames go out under its send
 # lock, and the keepalive times live in its LinkState.
+#
+# A server with a thread pool relays (``slots``): the reader that receives
+# a request hands the reading to the connection's second reader thread,
+# parked on a lock (the baton), and runs the handler itself, which saves
+# the hand-off to a pool thread that both sides' spinning makes slow to
+# schedule.  The pool takes what comes while both are busy.  Counters
+# shared between threads (LinkState.idle, Slots.free) change only with the
+# GIL held and no Python code in between, so each change is atomic.
 
+from cpython.pythread cimport PyThread_get_thread_ident
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+import _thread
+import threading
 
 GENERAL = object()        #: call(): not taken; nothing was sent (use the general path)
 TIMED_OUT = object()      #: call(): the timeout passed (the caller sends the CANCEL)
@@ -28,6 +40,45 @@ cdef class LinkState:
     cdef public double last_rx, last_tx, ping_tried
     cdef public object receiver
     cdef public bint asked, parked, over
+    cdef public int idle                      # relaying: reader threads parked (0 or 1)
+    cdef public unsigned long handling        # relaying: the reader running a handler (ident)
+
+
+cdef class Slots:
+    """A server's handler slots (its ``workers``): every plain handler holds
+    one while it runs, on the pool or on a relaying reader, so that no more
+    than that many run at once."""
+    cdef int free, waiting
+    cdef object cond
+
+    def __init__(self, int n):
+        self.free = n
+        self.cond = threading.Condition(threading.Lock())
+
+    cdef inline bint try_take(self):
+        if self.free > 0:
+            self.free -= 1
+            return True
+        return False
+
+    def take(self):
+        """Wait for a free slot and take it (a pool thread, before a handler)."""
+        if self.try_take():
+            return
+        with self.cond:
+            self.waiting += 1
+            try:
+                while not self.try_take():
+                    self.cond.wait()
+            finally:
+                self.waiting -= 1
+
+    cpdef give(self):
+        """Free a slot (after the handler's reply went)."""
+        self.free += 1
+        if self.waiting:       # a waiter either sees the slot or is in wait(): notified
+            with self.cond:
+                self.cond.notify()
 
 
 cdef class LinkFast:
@@ -39,9 +90,11 @@ cdef class LinkFast:
     cdef Writer w
     cdef Py_ssize_t inline_max
     cdef double keepalive
+    cdef Slots slots                            # relaying (a server's pool), or None
+    cdef object baton_acquire, baton_release
 
-    def __init__(self, link, Py_ssize_t inline_max, dict pending=None):
-        self.link, self.st, self.pending = link, link._st, pending
+    def __init__(self, link, Py_ssize_t inline_max, dict pending=None, Slots slots=None):
+        self.link, self.st, self.pending, self.slots = link, link._st, pending, slots
         self.inline_max, self.keepalive = inline_max, link._keepalive
         self.send, self.recv = link.ep.send, link.ep.recv
         # Bound once: only link._disown (in a child after fork) replaces the
@@ -51,6 +104,9 @@ cdef class LinkFast:
                                                                   turn.notify_all)
         self.send_acquire, self.send_release = link._send_lock.acquire, link._send_lock.release
         self.w = Writer()
+        baton = _thread.allocate_lock()
+        baton.acquire()                        # held: released to hand the reading over
+        self.baton_acquire, self.baton_release = baton.acquire, baton.release
 
     # -- shared with Link ------------------------------------------------------------
 
@@ -178,10 +234,12 @@ cdef class LinkFast:
     # -- the server's inline handlers -------------------------------------------------
 
     def serve(self, conn, dict functions, double timeout):
-        """Receive requests and answer them, handlers inline, until a frame
-        needs the general path (returned: Link._dispatch it) or none comes
-        within ``timeout`` (None).  Raises what ends the connection, as
-        Link._step does."""
+        """Receive requests and answer them until a frame needs the general
+        path (returned: Link._dispatch it) or none comes within ``timeout``
+        (None).  Inline handlers run here; with ``slots`` (relaying), a
+        handler runs here while the parked reader takes over, and this
+        thread then parks until handed the reading again.  Raises what ends
+        the connection, as Link._step does."""
         cdef Frame f
         cdef double now
         link = self.link
@@ -201,17 +259,59 @@ cdef class LinkFast:
             entry = functions.get(f.method)
             if entry is None or entry[1]:
                 return frame                   # unknown, or runs on the event loop
-            try:
-                result = entry[0](*f.value, **f.kwargs)
-            except BaseException as exc:       # sent to the caller, as _Connection._call does
-                conn._finish(f.call_id, exc=exc)
+            if self.slots is None:
+                self.answer(conn, f, entry[0])
                 continue
-            reply = encode_reply(self.w, f.call_id, result, self.inline_max)
-            if reply is UNFIT:
-                conn._finish(f.call_id, result=result)
-            elif not link._closing:
-                try:
-                    self.send_frame(reply)
-                except OSError:
-                    pass                       # the connection is gone: recv says so next
+            # Expired on arrival, no reader to relay to, or every slot taken:
+            # the pool's way (which checks deadlines and cancels).
+            if f.ms == 0 or self.st.idle == 0 or not self.slots.try_take():
+                return frame
+            self.st.idle -= 1
+            self.baton_release()
+            self.st.handling = PyThread_get_thread_ident()
+            try:
+                self.answer(conn, f, entry[0])
+            finally:
+                self.st.handling = 0
+                self.slots.give()
+            if not self.wait_baton():
+                return None
 
+    cdef int answer(self, conn, Frame f, fn) except -1:
+        """Run a handler and send its reply (as _Connection._call does)."""
+        try:
+            result = fn(*f.value, **f.kwargs)
+        except BaseException as exc:           # sent to the caller
+            conn._finish(f.call_id, exc=exc)
+            return 0
+        reply = encode_reply(self.w, f.call_id, result, self.inline_max)
+        if reply is UNFIT:
+            conn._finish(f.call_id, result=result)
+        elif not self.link._closing:
+            try:
+                self.send_frame(reply)
+            except OSError:
+                pass                           # the connection is gone: recv says so next
+        return 0
+
+    # -- relaying --------------------------------------------------------------------
+
+    cdef bint wait_baton(self) except -1:
+        # Checking ``over`` and counting this thread idle is one atomic step:
+        # Link._lost sets over, then unpark()s whoever is counted.
+        if self.st.over:
+            return False
+        self.st.idle += 1
+        self.baton_acquire()                   # (the GIL is released while it waits)
+        return not self.st.over
+
+    def park(self):
+        """Wait until handed the reading (the second reader thread's start);
+        False once the link is over."""
+        return self.wait_baton()
+
+    def unpark(self):
+        """Wake a parked reader thread (the link is over: it ends)."""
+        if self.st.idle > 0:
+            self.st.idle -= 1
+            self.baton_release()

@@ -16,7 +16,7 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_FromLongLong, PyL
 from cpython.ref cimport Py_INCREF, PyObject
 from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
 from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, INT64_MAX
 from libc.stdlib cimport realloc, free
 from libc.string cimport memcpy
 
@@ -381,6 +381,7 @@ cdef class Frame:
     cdef public int status             # REPLY: OK or ERROR
     cdef public object value           # REPLY: the result; REQUEST: the args list
     cdef public object kwargs          # REQUEST
+    cdef public int64_t ms             # the deadline, in ms from now (-1: none)
     cdef public bint whole
 
 
@@ -388,7 +389,7 @@ cdef bint parse_head(Reader* r, Frame f):
     """[kind, id, method or status, ms, []]: False if not in the subset
     (``f.kind`` and ``f.call_id`` are set as soon as they are known, so that
     a caller recognises its reply even when that goes to wire.py)."""
-    cdef uint64_t kind = 0, status = 0, call_id = 0
+    cdef uint64_t kind = 0, status = 0, call_id = 0, ms = 0
     if r.end < 1 or r.p[0] != 0x95:
         return False
     r.pos = 1
@@ -406,8 +407,10 @@ cdef bint parse_head(Reader* r, Frame f):
         f.status = <int>status
     if r.pos < r.end and r.p[r.pos] == 0xc0:
         r.pos += 1                          # no deadline
-    elif not read_uint(r, &status):
-        return False                       # (the fast paths need no deadline: they start at once)
+    elif not read_uint(r, &ms):
+        return False
+    else:
+        f.ms = <int64_t>(ms if ms < INT64_MAX else INT64_MAX)
     if r.pos >= r.end or r.p[r.pos] != 0x90:
         return False                       # out-of-band buffers follow
     r.pos += 1
@@ -419,7 +422,7 @@ cdef Frame parse(bytes frame):
     cdef Reader r
     cdef uint8_t b
     cdef Frame f = Frame.__new__(Frame)
-    f.kind = -1
+    f.kind, f.ms = -1, -1
     r.p = <const uint8_t*>PyBytes_AS_STRING(frame)
     r.end = PyBytes_GET_SIZE(frame)
     r.pos = 0

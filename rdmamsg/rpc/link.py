@@ -15,10 +15,12 @@ thread on each side, as a plain send/recv round trip does, rather than a
 spinning reader and a hand-off to the caller.
 
 With the Cython poller, ext/_rpcfast (``fast_path``) runs the two hot loops
-in C: a synchronous call, and a server connection whose handlers run
-inline.  They keep this state by its rules (the turn under ``_turn``, frames
-under ``_send_lock``, the keepalive times) and give every frame they do not
-cover to ``_dispatch``.
+in C: a synchronous call, and a server connection's requests.  They keep
+this state by its rules (the turn under ``_turn``, frames under
+``_send_lock``, the keepalive times) and give every frame they do not
+cover to ``_dispatch``.  A server with a thread pool gives the link a
+second reader thread (``start(relay=...)``): the reader that receives a
+request runs it and the other, parked until then, takes over receiving.
 """
 from __future__ import annotations
 
@@ -44,20 +46,29 @@ except ImportError:                 # not built: the general path serves everyth
 class _State:
     """A Link's receive turn and keepalive times: the state its fast paths
     share (ext/_rpcfast's LinkState is this, with C fields)."""
-    __slots__ = ("last_rx", "last_tx", "ping_tried", "receiver", "asked", "parked", "over")
+    __slots__ = ("last_rx", "last_tx", "ping_tried", "receiver", "asked", "parked", "over",
+                 "idle", "handling")
 
     def __init__(self) -> None:
         self.last_rx = self.last_tx = self.ping_tried = 0.0
         self.receiver, self.asked, self.parked, self.over = None, False, False, False
+        self.idle = self.handling = 0          # (relaying, which needs LinkFast)
 
 
-def fast_path(link: "Link", inline_max: int, pending: dict | None = None):
+def fast_path(link: "Link", inline_max: int, pending: dict | None = None, slots=None):
     """The C fast paths for ``link`` (an ext/_rpcfast LinkFast), or None
     with the pure-pyverbs poller (or without the extension).  ``pending``:
-    a client's calls awaiting replies (kept in place, never replaced)."""
+    a client's calls awaiting replies (kept in place, never replaced);
+    ``slots``: a server pool's handler_slots (the link relays)."""
     if _rpcfast is None or type(link._st) is not _rpcfast.LinkState:
         return None                # Link.__init__ chose the state: C fields, or not
-    return _rpcfast.LinkFast(link, inline_max, pending)
+    return _rpcfast.LinkFast(link, inline_max, pending, slots)
+
+
+def handler_slots(workers: int):
+    """A server pool's ``workers`` slots, shared by its pool and its relaying
+    links (an ext/_rpcfast Slots), or None without the extension."""
+    return None if _rpcfast is None else _rpcfast.Slots(workers)
 
 
 class Link:
@@ -81,13 +92,24 @@ class Link:
         self._turn = threading.Condition(threading.Lock())
         self._disowned = False     # inherited through fork(): see _disown
         self._serve: Server | None = None
+        self._relay = None
+        self._name = name
         self._reader = threading.Thread(target=self._run, name=name, daemon=True)
+        self._second: threading.Thread | None = None
 
-    def start(self, serve: Server | None = None) -> None:
+    def start(self, serve: Server | None = None, relay=None) -> None:
         """Start the reader.  ``serve(timeout)``, if given, receives and
         handles frames itself (LinkFast.serve) and returns those it leaves to
-        the general path, or None when none came within ``timeout``."""
-        self._serve = serve
+        the general path, or None when none came within ``timeout``.
+        ``relay``: the LinkFast whose serve() hands the reading to a second
+        reader thread, parked in ``relay.park()`` until then."""
+        self._serve, self._relay = serve, relay
+        if relay is not None:
+            parking = threading.Event()
+            self._second = threading.Thread(target=self._run_relayed, args=(parking,),
+                                            name=self._name, daemon=True)
+            self._second.start()
+            parking.wait(5)        # parked before the first request: that one relays too
         self._reader.start()
 
     # -- out -----------------------------------------------------------------------
@@ -178,10 +200,13 @@ class Link:
                 self._turn.notify_all()
 
     def _reader_turn(self) -> bool:
+        # (Relaying, the reader threads take turns by the baton; either one
+        # is ``self._reader`` here, and only one of them ever asks.)
         with self._turn:
             st = self._st
-            while not st.over and (st.receiver is not None or st.asked or st.parked):
-                if st.receiver is not None or st.asked:
+            while not st.over and (st.receiver not in (None, self._reader) or st.asked
+                                   or st.parked):
+                if st.receiver not in (None, self._reader) or st.asked:
                     self._turn.wait(self._keepalive)     # a caller receives, and pings
                     continue
                 wait = self._quiet_since() + self._keepalive - time.monotonic()
@@ -201,6 +226,11 @@ class Link:
             self._turn.notify_all()
 
     # -- in ------------------------------------------------------------------------
+
+    def _run_relayed(self, parking: threading.Event) -> None:
+        parking.set()              # just before parking (a request that races it takes the pool)
+        if self._relay.park():
+            self._run()
 
     def _run(self) -> None:
         while self._reader_turn():
@@ -296,6 +326,8 @@ class Link:
                 return
             self._st.over = True
             self._turn.notify_all()
+        if self._relay is not None:
+            self._relay.unpark()           # the parked reader ends
         if self._closing:
             exc = ConnectionAbortedError("the RPC connection was closed")
         orderly = self._closing or isinstance(exc, PeerClosedError)
@@ -313,8 +345,11 @@ class Link:
         self._closing = True
         self.ep.close()
         self.wake()                        # a parked reader finds the endpoint closed
-        if threading.current_thread() is not self._reader:
-            self._reader.join(10)
+        for reader in (self._reader, self._second):
+            # (A relaying reader in a handler ends after it, as a pool thread would.)
+            if reader is not None and reader is not threading.current_thread() \
+                    and reader.ident != self._st.handling:
+                reader.join(10)
 
     def _disown(self) -> None:
         """In a child after fork(): nobody receives, nothing is sent or closed

@@ -5,7 +5,10 @@ are decoded (their large arguments received straight into their final
 objects) on that thread and run elsewhere: plain functions on a thread pool,
 coroutine functions on the server's event loop thread (``handlers="asyncio"``
 runs plain functions there too; ``handlers="inline"`` runs them on the
-reader thread itself).  A request whose deadline has passed by
+reader thread itself).  With the C fast path, the pool's requests are
+mostly run by the reader that received them, while the connection's second
+reader thread receives (the link relays); ``workers`` still bounds how
+many handlers run at once.  A request whose deadline has passed by
 the time it would start is answered with a deadline error and not run; a
 CANCEL for one not yet started stops it from starting (an asyncio handler
 already running is cancelled).  A malformed frame ends that one connection.
@@ -25,7 +28,7 @@ from ..channel.bootstrap import Listener, listen
 from ..channel.endpoint import Endpoint
 from ..errors import ProtocolError
 from . import wire
-from .link import Link, fast_path
+from .link import Link, fast_path, handler_slots
 
 log = logging.getLogger("rdmamsg.rpc")
 
@@ -68,6 +71,7 @@ class Server:
         self._inline_max = inline_max
         self._listener: Listener = listen(address, token, **options)
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, "rdmamsg-rpc-handler")
+        self._slots = handler_slots(workers) if handlers == "threads" else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -189,11 +193,17 @@ class _Connection:
         self._cancelled: set[int] = set()
 
     def start(self) -> None:
-        # Inline handlers: the C loop answers the common requests itself.
-        fast = fast_path(self.link, self.server._inline_max) if self.server._mode == "inline" \
-            else None
-        self.link.start(None if fast is None else
-                        functools.partial(fast.serve, self, self.server._functions))
+        # The C loop answers the common requests itself: inline, or relaying
+        # to a second reader while it runs one (a pool's slots).
+        server = self.server
+        fast = None
+        if server._mode == "inline" or server._slots is not None:
+            fast = fast_path(self.link, server._inline_max, slots=server._slots)
+        if fast is None:
+            self.link.start()
+        else:
+            self.link.start(functools.partial(fast.serve, self, server._functions),
+                            relay=None if server._slots is None else fast)
 
     def _on_frame(self, head: wire.Header, objects: list) -> None:
         if head.kind == wire.CANCEL:
@@ -240,8 +250,15 @@ class _Connection:
 
     def _run(self, call_id: int, fn: Callable, args: list, kwargs: dict,
              deadline: float | None) -> None:
-        if not self._skip(call_id, deadline):
-            self._call(call_id, fn, args, kwargs)
+        slots = self.server._slots
+        if slots is not None:
+            slots.take()                       # relaying readers run handlers too
+        try:
+            if not self._skip(call_id, deadline):
+                self._call(call_id, fn, args, kwargs)
+        finally:
+            if slots is not None:
+                slots.give()
 
     def _call(self, call_id: int, fn: Callable, args: list, kwargs: dict) -> None:
         try:

@@ -202,6 +202,34 @@ def test_inline_handlers_run_one_at_a_time_in_order():
         assert client.call("add", 1, 2) == 3
 
 
+def test_pool_handlers_run_at_most_workers_at_once_while_the_connection_keeps_reading():
+    # With the Cython poller the reader that receives a request runs it and
+    # the connection's second reader receives meanwhile (relaying); the
+    # slots still bound the handlers to ``workers``.
+    with make_server((IP, 0), workers=3).start() as srv, \
+            rdmamsg.rpc.Client(srv.address, timeout=30) as client:
+        names = [client.call("thread_name") for _ in range(20)]
+        if client._link.ep.poller == "cython":
+            assert names == ["rdmamsg-rpc-conn"] * 20
+        else:
+            assert all(n.startswith("rdmamsg-rpc-handler") for n in names), names
+        for _ in range(3):
+            t0 = time.monotonic()
+            held = [client.call_async("hold", 0.4) for _ in range(7)]
+            assert [f.result(10) for f in held] == [0.4] * 7
+            assert 1.2 <= time.monotonic() - t0 < 3          # three waves of three
+            assert client.call("peak") == 3
+        long = client.call_async("hold", 1.0)
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        assert [client.call("add", i, 1) for i in range(20)] == list(range(1, 21))
+        assert time.monotonic() - t0 < 0.9                    # read while the handler runs
+        assert long.result(10) == 1.0
+        with pytest.raises(rdmamsg.RemoteError, match="boom"):
+            client.call("fail", "boom")
+        assert client.call("add", 2, 2) == 4
+
+
 def test_the_c_fast_paths_hand_what_they_do_not_cover_to_the_general_path():
     # With the Cython poller, an inline server and a synchronous caller with
     # nothing else pending run in ext/_rpcfast; frames outside its codec's

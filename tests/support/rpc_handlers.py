@@ -42,6 +42,28 @@ def make_server(address, **kw) -> rdmamsg.rpc.Server:
         with lock:
             return list(ran)
 
+    running = [0, 0]                                 # now, most at once
+
+    @server.register
+    def hold(seconds):
+        with lock:
+            running[0] += 1
+            running[1] = max(running)
+        time.sleep(seconds)
+        with lock:
+            running[0] -= 1
+        return seconds
+
+    @server.register
+    def peak():
+        with lock:
+            most, running[1] = running[1], running[0]
+            return most
+
+    @server.register
+    def thread_name():
+        return threading.current_thread().name
+
     @server.register
     async def nap(i, seconds):
         await asyncio.sleep(seconds)
