@@ -15,18 +15,21 @@ include "rpc_calls.pxi"
 def request(uint64_t call_id, str method, tuple args, dict kwargs, ms=None,
             Py_ssize_t inline_max=65536):
     """wire.encode_request's frame, or None outside the subset."""
-    out = encode_request(Writer(), call_id, method, args, kwargs, ms, inline_max)
-    return None if out is UNFIT else out
+    w = Writer()
+    return frame_bytes(w) if encode_request(w, call_id, method, args, kwargs, ms, inline_max) \
+        else None
 
 
 def reply(uint64_t call_id, result, Py_ssize_t inline_max=65536):
     """wire.encode_reply's frame, or None outside the subset."""
-    out = encode_reply(Writer(), call_id, result, inline_max)
-    return None if out is UNFIT else out
+    w = Writer()
+    return frame_bytes(w) if encode_reply(w, call_id, result, inline_max) else None
 
 
 def decode(bytes frame):
     """(kind, id, method or status, value, kwargs, whole); kind -1 outside the subset."""
-    cdef Frame f = parse(frame)
+    cdef Frame f = parse(PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame))
+    if f.kind == REQUEST and f.whole:          # as wire.request_parts gives them
+        return f.kind, f.call_id, f.method, list(f.value), f.kwargs or {}, True
     return (f.kind, f.call_id, f.method if f.kind == REQUEST else f.status, f.value, f.kwargs,
             f.whole)

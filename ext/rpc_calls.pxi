@@ -17,14 +17,23 @@
 # shared between threads (LinkState.idle, Slots.free) change only with the
 # GIL held and no Python code in between, so each change is atomic.
 
+from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.pythread cimport PyThread_get_thread_ident
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+cdef extern from "Python.h":
+    # (kwargs NULL: no keyword arguments, and no dict made for none)
+    object call_with "PyObject_Call"(object fn, object args, PyObject* kwargs)
 
 import _thread
 import threading
 
 GENERAL = object()        #: call(): not taken; nothing was sent (use the general path)
 TIMED_OUT = object()      #: call(): the timeout passed (the caller sends the CANCEL)
+
+cdef enum:
+    RECV_BUF = 65536 + 1024   # frames up to this long are received into LinkFast.rbuf
+    LEND_MAX = 4096           # frames up to this long are sent from the Writer itself
 
 
 cdef double monotonic() noexcept:
@@ -83,7 +92,11 @@ cdef class Slots:
 
 cdef class LinkFast:
     """The fast paths of one rdmamsg.rpc Link (made by link.fast_path)."""
-    cdef object link, send, recv
+    cdef object link, send, recv, recv_into
+    cdef bytearray rbuf                         # frames are received into this (RECV_BUF)
+    cdef Py_ssize_t rlen                        # the last frame's length there
+    cdef bytes big                              # or the last frame, when longer
+    cdef Py_ssize_t lend_max                    # and sent from self.w up to this size
     cdef LinkState st
     cdef dict pending                           # a client's calls awaiting replies, or None
     cdef object turn_acquire, turn_release, turn_notify, send_acquire, send_release
@@ -96,7 +109,11 @@ cdef class LinkFast:
     def __init__(self, link, Py_ssize_t inline_max, dict pending=None, Slots slots=None):
         self.link, self.st, self.pending, self.slots = link, link._st, pending, slots
         self.inline_max, self.keepalive = inline_max, link._keepalive
-        self.send, self.recv = link.ep.send, link.ep.recv
+        self.send, self.recv, self.recv_into = link.ep.send, link.ep.recv, link.ep.recv_into
+        self.rbuf = bytearray(RECV_BUF)
+        # (A frame lent at the zero-copy size would stay exported in the
+        # registration cache, and the Writer could not grow.)
+        self.lend_max = min(LEND_MAX, link.ep.zerocopy_min - 1)
         # Bound once: only link._disown (in a child after fork) replaces the
         # locks, and it ends the link (st.over), which these paths check first.
         turn = link._turn
@@ -121,8 +138,9 @@ cdef class LinkFast:
             self.link._ping_if_due(now)
         return 0
 
-    cdef int send_frame(self, bytes frame) except -1:
-        """Link.send for a frame without out-of-band buffers."""
+    cdef int send_frame(self) except -1:
+        """Link.send for the frame in self.w (no out-of-band buffers)."""
+        frame = self.w if self.w.n <= self.lend_max else frame_bytes(self.w)
         self.send_acquire()
         try:
             self.send(frame)
@@ -145,6 +163,23 @@ cdef class LinkFast:
             return True
         finally:
             self.turn_release()
+
+    cdef Frame receive(self, double timeout):
+        """The next frame, parsed (raw() has its bytes).  Raises what recv raises."""
+        try:
+            self.rlen = self.recv_into(self.rbuf, timeout)
+        except ValueError:                     # longer than rbuf (it stays queued)
+            self.big = self.recv(timeout)
+            return parse(PyBytes_AS_STRING(self.big), PyBytes_GET_SIZE(self.big))
+        self.big = None
+        return parse(PyByteArray_AS_STRING(self.rbuf), self.rlen)
+
+    cdef bytes raw(self):
+        """The frame receive() parsed last, for the general path (before
+        this thread receives again, or hands the reading over)."""
+        if self.big is not None:
+            return self.big
+        return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self.rbuf), self.rlen)
 
     cdef int give_turn(self) except -1:
         """Link.give_turn(park=lambda: not client._pending)."""
@@ -173,13 +208,14 @@ cdef class LinkFast:
         if timeout is not None:
             deadline = monotonic() + <double>timeout
             ms = max(0, int(timeout * 1000))
-        # Encoding runs no Python code, so threads cannot interleave on self.w.
-        frame = encode_request(self.w, call_id, name, args, kwargs, ms, self.inline_max)
-        if frame is UNFIT or not self.take_turn():
+        if not self.take_turn():
             return GENERAL
         try:
+            # Only the thread whose turn it is uses self.w and self.rbuf.
+            if not encode_request(self.w, call_id, name, args, kwargs, ms, self.inline_max):
+                return GENERAL
             try:
-                self.send_frame(frame)
+                self.send_frame()
             except BaseException as exc:
                 if client._lost is not None:
                     raise client._down() from exc
@@ -200,7 +236,7 @@ cdef class LinkFast:
                 if wait <= 0:
                     return TIMED_OUT
             try:
-                frame = self.recv(max(0.001, min(wait, self.ping_due(now))))
+                f = self.receive(max(0.001, min(wait, self.ping_due(now))))
             except InterruptedError:
                 continue
             except TimeoutError:
@@ -212,12 +248,11 @@ cdef class LinkFast:
             except BaseException as exc:
                 raise self.lose(client, exc)
             self.heard()
-            f = parse(frame)
             if f.kind == REPLY and f.call_id == call_id and f.whole and f.status == OK:
                 return f.value
             slot = client._expect(call_id) if f.kind == REPLY and f.call_id == call_id else None
             try:
-                link._dispatch(frame)      # an error reply, buffers, a PING, another's reply
+                link._dispatch(self.raw())  # an error reply, buffers, a PING, another's reply
             except BaseException as exc:
                 raise self.lose(client, exc)
             if slot is not None:
@@ -246,26 +281,25 @@ cdef class LinkFast:
         while True:
             now = monotonic()
             try:
-                frame = self.recv(max(0.001, min(timeout, self.ping_due(now))))
+                f = self.receive(max(0.001, min(timeout, self.ping_due(now))))
             except InterruptedError:
                 return None
             except TimeoutError:
                 link._check_alive()
                 return None
             self.heard()
-            f = parse(frame)
             if not f.whole or f.kind != REQUEST:
-                return frame
+                return self.raw()
             entry = functions.get(f.method)
             if entry is None or entry[1]:
-                return frame                   # unknown, or runs on the event loop
+                return self.raw()              # unknown, or runs on the event loop
             if self.slots is None:
                 self.answer(conn, f, entry[0])
                 continue
             # Expired on arrival, no reader to relay to, or every slot taken:
             # the pool's way (which checks deadlines and cancels).
             if f.ms == 0 or self.st.idle == 0 or not self.slots.try_take():
-                return frame
+                return self.raw()
             self.st.idle -= 1
             self.baton_release()
             self.st.handling = PyThread_get_thread_ident()
@@ -280,16 +314,16 @@ cdef class LinkFast:
     cdef int answer(self, conn, Frame f, fn) except -1:
         """Run a handler and send its reply (as _Connection._call does)."""
         try:
-            result = fn(*f.value, **f.kwargs)
+            # (The args tuple and kwargs dict are new: the handler may have them.)
+            result = call_with(fn, f.value, NULL if f.kwargs is None else <PyObject*>f.kwargs)
         except BaseException as exc:           # sent to the caller
             conn._finish(f.call_id, exc=exc)
             return 0
-        reply = encode_reply(self.w, f.call_id, result, self.inline_max)
-        if reply is UNFIT:
+        if not encode_reply(self.w, f.call_id, result, self.inline_max):
             conn._finish(f.call_id, result=result)
         elif not self.link._closing:
             try:
-                self.send_frame(reply)
+                self.send_frame()
             except OSError:
                 pass                           # the connection is gone: recv says so next
         return 0
@@ -315,3 +349,4 @@ cdef class LinkFast:
         if self.st.idle > 0:
             self.st.idle -= 1
             self.baton_release()
+

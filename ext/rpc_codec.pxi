@@ -14,7 +14,8 @@ from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_FromLongLong, PyLong_FromUnsignedLongLong
 from cpython.ref cimport Py_INCREF, PyObject
-from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
+from cpython.buffer cimport PyBuffer_FillInfo
+from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM, PyTuple_New, PyTuple_SET_ITEM
 from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, INT64_MAX
 from libc.stdlib cimport realloc, free
@@ -36,15 +37,27 @@ cdef object UNFIT = object()          # "not in the subset": wire.py's turn
 
 
 cdef class Writer:
-    """A growing C buffer that frames are packed into."""
+    """A growing C buffer that frames are packed into.  It lends its frame
+    as a read-only buffer (an endpoint sends it without a bytes object), and
+    does not move while lent."""
     cdef uint8_t* buf
     cdef Py_ssize_t n, cap
+    cdef int exports
 
     def __dealloc__(self):
         free(self.buf)
 
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        PyBuffer_FillInfo(view, self, self.buf, self.n, 1, flags)
+        self.exports += 1
+
+    def __releasebuffer__(self, Py_buffer *view):
+        self.exports -= 1
+
     cdef int grow(self, Py_ssize_t more) except -1:
         cdef Py_ssize_t cap = self.cap or 256
+        if self.exports:
+            raise BufferError("an RPC frame buffer grew while it was being sent")
         while cap < self.n + more:
             cap *= 2
         p = <uint8_t*>realloc(self.buf, cap)
@@ -195,24 +208,22 @@ cdef object frame_bytes(Writer w):
     return PyBytes_FromStringAndSize(<char*>w.buf, w.n)
 
 
-cdef object encode_request(Writer w, uint64_t call_id, str method, tuple args, dict kwargs,
-                           ms, Py_ssize_t inline_max):
-    """wire.encode_request's frame, or UNFIT."""
+cdef bint encode_request(Writer w, uint64_t call_id, str method, tuple args, dict kwargs,
+                         ms, Py_ssize_t inline_max) except -1:
+    """wire.encode_request's frame, into ``w``; False if it is outside the subset."""
     w.n = 0
     w.put1(0x95)
     w.put1(REQUEST)
     pack_int(w, call_id)
     if pack(w, method, 0, inline_max) or pack(w, ms, 0, inline_max):
-        return UNFIT
+        return False
     w.put1(0x90)                           # no out-of-band buffers
     w.put1(0x92)
-    if pack(w, args, 1, inline_max) or pack(w, kwargs, 1, inline_max):
-        return UNFIT
-    return frame_bytes(w)
+    return not (pack(w, args, 1, inline_max) or pack(w, kwargs, 1, inline_max))
 
 
-cdef object encode_reply(Writer w, uint64_t call_id, result, Py_ssize_t inline_max):
-    """wire.encode_reply's frame, or UNFIT."""
+cdef bint encode_reply(Writer w, uint64_t call_id, result, Py_ssize_t inline_max) except -1:
+    """wire.encode_reply's frame, into ``w``; False if it is outside the subset."""
     w.n = 0
     w.put1(0x95)
     w.put1(REPLY)
@@ -220,9 +231,7 @@ cdef object encode_reply(Writer w, uint64_t call_id, result, Py_ssize_t inline_m
     w.put1(OK)
     w.put1(0xc0)
     w.put1(0x90)
-    if pack(w, result, 0, inline_max):
-        return UNFIT
-    return frame_bytes(w)
+    return not pack(w, result, 0, inline_max)
 
 
 # -- decoding ---------------------------------------------------------------------------
@@ -321,7 +330,7 @@ cdef object unpack(Reader* r, int depth):
             n = b & 0x0f
         elif not take(r, 2 if b == 0xdc else 4, &n):
             return UNFIT
-        return read_list(r, n, depth)
+        return read_list(r, n, depth, False)
     if 0x80 <= b <= 0x8f or b == 0xde or b == 0xdf:
         if b <= 0x8f:
             n = b & 0x0f
@@ -342,17 +351,20 @@ cdef object read_str(Reader* r, uint64_t n):
     return s
 
 
-cdef object read_list(Reader* r, uint64_t n, int depth):
+cdef object read_list(Reader* r, uint64_t n, int depth, bint as_tuple):
     cdef Py_ssize_t i
     if <uint64_t>(r.end - r.pos) < n:     # each item takes a byte at least
         return UNFIT
-    out = PyList_New(n)
+    out = PyTuple_New(n) if as_tuple else PyList_New(n)
     for i in range(<Py_ssize_t>n):
         item = unpack(r, depth + 1)
         if item is UNFIT:
             return UNFIT
         Py_INCREF(item)
-        PyList_SET_ITEM(out, i, item)
+        if as_tuple:
+            PyTuple_SET_ITEM(out, i, item)
+        else:
+            PyList_SET_ITEM(out, i, item)
     return out
 
 
@@ -379,8 +391,8 @@ cdef class Frame:
     cdef public uint64_t call_id
     cdef public object method          # REQUEST: str
     cdef public int status             # REPLY: OK or ERROR
-    cdef public object value           # REPLY: the result; REQUEST: the args list
-    cdef public object kwargs          # REQUEST
+    cdef public object value           # REPLY: the result; REQUEST: the args tuple
+    cdef public object kwargs          # REQUEST: a dict, or None for none
     cdef public int64_t ms             # the deadline, in ms from now (-1: none)
     cdef public bint whole
 
@@ -417,14 +429,15 @@ cdef bint parse_head(Reader* r, Frame f):
     return True
 
 
-cdef Frame parse(bytes frame):
-    """A frame as far as the subset goes."""
+cdef Frame parse(const char* p, Py_ssize_t size):
+    """A frame (``size`` bytes at ``p``) as far as the subset goes."""
     cdef Reader r
     cdef uint8_t b
+    cdef uint64_t n = 0
     cdef Frame f = Frame.__new__(Frame)
     f.kind, f.ms = -1, -1
-    r.p = <const uint8_t*>PyBytes_AS_STRING(frame)
-    r.end = PyBytes_GET_SIZE(frame)
+    r.p = <const uint8_t*>p
+    r.end = size
     r.pos = 0
     if not parse_head(&r, f):
         return f
@@ -432,16 +445,25 @@ cdef Frame parse(bytes frame):
         if r.end - r.pos < 2 or r.p[r.pos] != 0x92:
             return f
         r.pos += 1
-        args = unpack(&r, 1)
-        if type(args) is not list or r.pos >= r.end:
+        b = r.p[r.pos]
+        r.pos += 1
+        if 0x90 <= b <= 0x9f:
+            n = b & 0x0f
+        elif not ((b == 0xdc or b == 0xdd) and take(&r, 2 if b == 0xdc else 4, &n)):
+            return f
+        args = read_list(&r, n, 1, True)   # a tuple: the handler is called with it
+        if args is UNFIT or r.pos >= r.end:
             return f
         b = r.p[r.pos]
         r.pos += 1
-        if not 0x80 <= b <= 0x8f:
+        if b == 0x80:
+            kwargs = None
+        elif 0x81 <= b <= 0x8f:
+            kwargs = read_dict(&r, b & 0x0f, 1, True)
+            if kwargs is UNFIT:
+                return f
+        else:
             return f                       # 16 keyword arguments or more: wire.py
-        kwargs = read_dict(&r, b & 0x0f, 1, True)
-        if kwargs is UNFIT:
-            return f
         f.value, f.kwargs = args, kwargs
     else:
         value = unpack(&r, 0)

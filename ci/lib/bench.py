@@ -238,8 +238,8 @@ def main() -> int:
             row("stream_lat 64 B one-way mean [TCP reference]", "us", m, statistics.median(tcp), "",
                 "rstream -T s")
         if "rpc" in only:
-            # Handlers on the server's thread pool (the default), and inline on
-            # its reader thread (handlers="inline": one thread hand-off fewer).
+            # Handlers on the server's thread pool (the default: the reader that
+            # receives a request runs it, relaying), and inline on its reader.
             base, mine, inline = [], [], []
             for r in range(args.rounds):
                 base.append(2 * perftest("ib_send_lat", 64, addr, ip,
@@ -248,8 +248,7 @@ def main() -> int:
                 inline.append(ours("rpc_lat", 64, ip, pollers[0], 0, args.iters,
                                    "--rpc-handlers", "inline")["rtt_median_us"])
             point("rdmamsg rpc_lat (half the round trip)", "lat", 64, statistics.median(mine) / 2)
-            # The target, for both handler modes (the thread pool pays a
-            # hand-off to a worker thread that inline handlers do not).
+            # The target, for both handler modes.
             row("rpc_lat 64 B echo round trip median", "us", statistics.median(mine),
                 statistics.median(base), "<= 2.5", "2x ib_send_lat")
             row("rpc_lat 64 B echo round trip median [inline handlers]", "us",

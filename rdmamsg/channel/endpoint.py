@@ -263,6 +263,12 @@ class Endpoint:
         return self._peer.max_message
 
     @property
+    def zerocopy_min(self) -> int:
+        """Messages this long are sent from the caller's memory (registered
+        and kept exported in the registration cache)."""
+        return self._opts.zerocopy_min
+
+    @property
     def poller(self) -> str:
         return self._engine.name
 

@@ -49,9 +49,10 @@ class Server:
 
     ``workers`` threads run plain handlers; ``handlers="asyncio"`` runs them
     all on one event loop thread instead; ``handlers="inline"`` runs them on
-    the connection's own reader thread, which saves a thread hand-off per
-    call (the lowest latency) but serves that connection's calls one at a
-    time and cannot cancel them: for handlers that return well within
+    the connection's own reader thread, with no thread hand-off and no
+    second reader (a pool's connection relays instead, with the Cython
+    poller), but serves that connection's calls one at a time and cannot
+    cancel them: for handlers that return well within
     ``keepalive`` (a longer one stalls its connection, and past
     ``dead_after`` the client gives up on it).  ``options`` are
     rdmamsg.Options fields for the connections (the clients choose the channel).

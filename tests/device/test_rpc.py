@@ -246,6 +246,8 @@ def test_the_c_fast_paths_hand_what_they_do_not_cover_to_the_general_path():
         assert type(client.call("echo", bytearray(b"ba"))) is bytearray
         big = random.Random(4).randbytes(300_000)
         assert client.call("echo", big) == big
+        pair = [b"a" * 40_000, b"b" * 40_000]       # inline, in frames over 64 KiB
+        assert client.call("echo", *pair) == pair
         with pytest.raises(rdmamsg.RemoteError, match="boom"):
             client.call("fail", "boom")
         with pytest.raises(rdmamsg.rpc.UnknownMethodError):
