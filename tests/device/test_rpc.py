@@ -230,6 +230,22 @@ def test_pool_handlers_run_at_most_workers_at_once_while_the_connection_keeps_re
         assert client.call("add", 2, 2) == 4
 
 
+def test_closing_a_server_does_not_wait_for_a_running_handler():
+    srv = make_server((IP, 0), workers=2).start()
+    try:
+        with rdmamsg.rpc.Client(srv.address, timeout=30) as client:
+            assert client.call("add", 1, 1) == 2
+            pending = client.call_async("sleep", 3)
+            time.sleep(0.3)
+            t0 = time.monotonic()
+            srv.close()
+            assert time.monotonic() - t0 < 1.5
+            with pytest.raises(ConnectionResetError):
+                pending.result(10)
+    finally:
+        srv.close()
+
+
 def test_the_c_fast_paths_hand_what_they_do_not_cover_to_the_general_path():
     # With the Cython poller, an inline server and a synchronous caller with
     # nothing else pending run in ext/_rpcfast; frames outside its codec's
