@@ -1,8 +1,9 @@
 # An RPC Link's two hot loops in C (rdmamsg/rpc/link.py, client.py, server.py):
-# a synchronous call that receives its own reply, and a server connection
-# whose handlers run inline.  They act on the frames the codec covers and
-# hand every other frame to the Link's general path (Link._dispatch), so
-# what they do not do here (out-of-band buffers, errors, PINGs, other
+# a synchronous call that receives its own reply, and a server connection's
+# requests (handlers inline, or relaying).  They act on the frames the codec
+# covers, received into and sent from per-link buffers, and hand every
+# other frame to the Link's general path (Link._dispatch), so what they do
+# not do here (out-of-band buffers, errors, PINGs, other
 # callers' replies, malformed frames) happens as before.
 #
 # They share the Link's state and follow its rules: the turn to receive is
