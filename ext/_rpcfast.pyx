@@ -6,6 +6,7 @@ serve everything these do not; with the pure-pyverbs poller they serve all.
 """
 
 include "rpc_codec.pxi"
+include "rpc_lock.pxi"
 include "rpc_calls.pxi"
 
 
@@ -16,7 +17,7 @@ def request(uint64_t call_id, str method, tuple args, dict kwargs, ms=None,
             Py_ssize_t inline_max=65536):
     """wire.encode_request's frame, or None outside the subset."""
     w = Writer()
-    return frame_bytes(w) if encode_request(w, call_id, method, args, kwargs, ms, inline_max) \
+    return frame_bytes(w) if encode_request(w, call_id, method, args, 0, kwargs, ms, inline_max) \
         else None
 
 

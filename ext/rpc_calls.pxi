@@ -11,12 +11,16 @@
 # lock, and the keepalive times live in its LinkState.
 #
 # A server with a thread pool relays (``slots``): the reader that receives
-# a request hands the reading to the connection's second reader thread,
-# parked on a lock (the baton), and runs the handler itself, which saves
-# the hand-off to a pool thread that both sides' spinning makes slow to
-# schedule.  The pool takes what comes while both are busy.  Counters
-# shared between threads (LinkState.idle, Slots.free) change only with the
-# GIL held and no Python code in between, so each change is atomic.
+# a request runs the handler itself, which saves the hand-off to a pool
+# thread that both sides' spinning makes slow to schedule.  The
+# connection's second reader thread, parked on a lock (the baton), watches
+# meanwhile: if the handler lasts RELAY_AFTER, it takes over the reading,
+# and the first thread parks once its handler is done.  A quick handler
+# thus costs no thread switch at all.  The pool takes what comes while both
+# are busy.  State shared between the threads changes only with the GIL
+# held and no Python code in between, so each change is atomic; the
+# watching thread reads it without the GIL only as a hint, and checks it
+# again with the GIL before it acts.
 
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.pythread cimport PyThread_get_thread_ident
@@ -26,7 +30,7 @@ cdef extern from "Python.h":
     # (kwargs NULL: no keyword arguments, and no dict made for none)
     object call_with "PyObject_Call"(object fn, object args, PyObject* kwargs)
 
-import _thread
+import weakref
 import threading
 
 GENERAL = object()        #: call(): not taken; nothing was sent (use the general path)
@@ -35,9 +39,12 @@ TIMED_OUT = object()      #: call(): the timeout passed (the caller sends the CA
 cdef enum:
     RECV_BUF = 65536 + 1024   # frames up to this long are received into LinkFast.rbuf
     LEND_MAX = 4096           # frames up to this long are sent from the Writer itself
+    RELAY_AFTER_US = 1000     # a handler this long on a reader: the other one reads
+cdef double RELAY_AFTER = RELAY_AFTER_US * 1e-6
+cdef double QUIET = 0.1       # no handler on a reader for this long: stop watching
 
 
-cdef double monotonic() noexcept:
+cdef double monotonic() noexcept nogil:
     """time.monotonic(), without a Python call (the same clock)."""
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -100,12 +107,19 @@ cdef class LinkFast:
     cdef Py_ssize_t lend_max                    # and sent from self.w up to this size
     cdef LinkState st
     cdef dict pending                           # a client's calls awaiting replies, or None
-    cdef object turn_acquire, turn_release, turn_notify, send_acquire, send_release
+    cdef Lock turn_lock, send_lock
+    cdef object turn_notify
     cdef Writer w
     cdef Py_ssize_t inline_max
     cdef double keepalive
     cdef Slots slots                            # relaying (a server's pool), or None
-    cdef object baton_acquire, baton_release
+    cdef PyThread_type_lock baton               # relaying: the parked reader waits on it
+    cdef double since                           # relaying: when a reader's handler began (0: none)
+    cdef double last_start                      # relaying: when the last one began
+    cdef bint watching                          # relaying: the parked reader watches it
+    cdef bint handed                            # relaying: and has taken over the reading
+    cdef object client                          # a client's Client (a weak reference), or None
+    cdef uint64_t last_id                       # a client's last call id
 
     def __init__(self, link, Py_ssize_t inline_max, dict pending=None, Slots slots=None):
         self.link, self.st, self.pending, self.slots = link, link._st, pending, slots
@@ -115,39 +129,43 @@ cdef class LinkFast:
         # (A frame lent at the zero-copy size would stay exported in the
         # registration cache, and the Writer could not grow.)
         self.lend_max = min(LEND_MAX, link.ep.zerocopy_min - 1)
-        # Bound once: only link._disown (in a child after fork) replaces the
-        # locks, and it ends the link (st.over), which these paths check first.
-        turn = link._turn
-        self.turn_acquire, self.turn_release, self.turn_notify = (turn.acquire, turn.release,
-                                                                  turn.notify_all)
-        self.send_acquire, self.send_release = link._send_lock.acquire, link._send_lock.release
+        # Link makes them rdmamsg Locks, taken here in C.  Bound once: only
+        # link._disown (in a child after fork) replaces the locks, and it ends
+        # the link (st.over), which these paths check first.
+        self.turn_lock, self.send_lock = link._turn._lock, link._send_lock
+        self.turn_notify = link._turn.notify_all
         self.w = Writer()
-        baton = _thread.allocate_lock()
-        baton.acquire()                        # held: released to hand the reading over
-        self.baton_acquire, self.baton_release = baton.acquire, baton.release
+        self.baton = PyThread_allocate_lock()
+        if self.baton == NULL:
+            raise MemoryError()
+        PyThread_acquire_lock_timed(self.baton, 0, 0)   # held: released to wake the parked reader
+
+    def __dealloc__(self):
+        if self.baton != NULL:
+            PyThread_free_lock(self.baton)
 
     # -- shared with Link ------------------------------------------------------------
 
     cdef inline double ping_due(self, double now):
         return max(self.st.last_tx, self.st.ping_tried) + self.keepalive - now
 
-    cdef int heard(self) except -1:
-        """Link._heard: a frame came."""
+    cdef double heard(self) except? -1:
+        """Link._heard: a frame came.  The time."""
         cdef double now = monotonic()
         self.st.last_rx = now
         if self.ping_due(now) <= 0:
             self.link._ping_if_due(now)
-        return 0
+        return now
 
     cdef int send_frame(self) except -1:
         """Link.send for the frame in self.w (no out-of-band buffers)."""
         frame = self.w if self.w.n <= self.lend_max else frame_bytes(self.w)
-        self.send_acquire()
+        self.send_lock.take()
         try:
             self.send(frame)
             self.st.last_tx = monotonic()
         finally:
-            self.send_release()
+            self.send_lock.give()
         return 0
 
     cdef bint take_turn(self) except -1:
@@ -156,14 +174,14 @@ cdef class LinkFast:
         st = self.st
         if st.over:
             return False
-        self.turn_acquire()
+        self.turn_lock.take()
         try:
             if st.over or st.asked or st.receiver is not None:
                 return False
             st.receiver = self
             return True
         finally:
-            self.turn_release()
+            self.turn_lock.give()
 
     cdef Frame receive(self, double timeout):
         """The next frame, parsed (raw() has its bytes).  Raises what recv raises."""
@@ -185,25 +203,62 @@ cdef class LinkFast:
     cdef int give_turn(self) except -1:
         """Link.give_turn(park=lambda: not client._pending)."""
         st = self.st
-        self.turn_acquire()
+        self.turn_lock.take()
         try:
             st.receiver = None
             st.parked = not self.pending
             if st.asked or not st.parked:
                 self.turn_notify()
         finally:
-            self.turn_release()
+            self.turn_lock.give()
         return 0
 
     # -- the client's synchronous call ---------------------------------------------
+
+    def bind(self, client):
+        """Client.call in C, for ``client`` (held weakly: a dropped client
+        still warns and closes).  Its ids come from next_id()."""
+        self.client = weakref.ref(client)
+        return self.client_call
+
+    def next_id(self):
+        """A new call id (for the general path too: one sequence per link)."""
+        self.last_id += 1
+        return self.last_id
+
+    def client_call(self, *args, **kwargs):
+        """Client.call(name, *args, **kwargs): the fast path, else the general one."""
+        client = self.client()
+        if client is None:
+            raise ConnectionAbortedError("the RPC client was dropped without close()")
+        if not args:
+            raise TypeError("call() needs the method's name")
+        cdef uint64_t call_id
+        name, timeout = args[0], client.timeout
+        if type(name) is str:
+            self.last_id += 1
+            call_id = self.last_id
+            out = self.call_c(client, call_id, name, args, 1, kwargs, timeout)
+            if out is TIMED_OUT:
+                client._timed_out(call_id, name, timeout)           # raises
+            if out is not GENERAL:
+                return out
+        return client._general_call(name, args[1:], kwargs, timeout)
 
     def call(self, client, uint64_t call_id, name, tuple args, dict kwargs, timeout):
         """Client._call's fast path: send the request and receive frames on
         this thread until its reply comes.  The result; or raises what the
         general path raises (RemoteError, a lost connection's error); or
         GENERAL (nothing sent) or TIMED_OUT (the request went: cancel it)."""
+        if type(name) is not str:
+            return GENERAL
+        return self.call_c(client, call_id, name, args, 0, kwargs, timeout)
+
+    cdef object call_c(self, client, uint64_t call_id, str name, tuple args, Py_ssize_t skip,
+                       dict kwargs, timeout):
+        """call(), with the request's arguments from ``args[skip:]``."""
         cdef double deadline = 0
-        if type(name) is not str or self.pending is None or self.pending or self.st.over:
+        if self.pending is None or self.pending or self.st.over:
             return GENERAL                     # (a lost or inherited client's link is over)
         ms = None
         if timeout is not None:
@@ -213,7 +268,7 @@ cdef class LinkFast:
             return GENERAL
         try:
             # Only the thread whose turn it is uses self.w and self.rbuf.
-            if not encode_request(self.w, call_id, name, args, kwargs, ms, self.inline_max):
+            if not encode_request(self.w, call_id, name, args, skip, kwargs, ms, self.inline_max):
                 return GENERAL
             try:
                 self.send_frame()
@@ -227,10 +282,9 @@ cdef class LinkFast:
 
     cdef object await_reply(self, client, uint64_t call_id, bint timed, double deadline):
         cdef Frame f
-        cdef double now, wait
+        cdef double now = self.st.last_tx, wait     # (send_frame just read the clock)
         link = self.link
         while True:
-            now = monotonic()
             wait = self.keepalive
             if timed:
                 wait = min(wait, deadline - now)
@@ -239,16 +293,18 @@ cdef class LinkFast:
             try:
                 f = self.receive(max(0.001, min(wait, self.ping_due(now))))
             except InterruptedError:
+                now = monotonic()
                 continue
             except TimeoutError:
                 try:
                     link._check_alive()
                 except BaseException as exc:
                     raise self.lose(client, exc)
+                now = monotonic()
                 continue
             except BaseException as exc:
                 raise self.lose(client, exc)
-            self.heard()
+            now = self.heard()
             if f.kind == REPLY and f.call_id == call_id and f.whole and f.status == OK:
                 return f.value
             slot = client._expect(call_id) if f.kind == REPLY and f.call_id == call_id else None
@@ -273,8 +329,8 @@ cdef class LinkFast:
         """Receive requests and answer them until a frame needs the general
         path (returned: Link._dispatch it) or none comes within ``timeout``
         (None).  Inline handlers run here; with ``slots`` (relaying), a
-        handler runs here while the parked reader takes over, and this
-        thread then parks until handed the reading again.  Raises what ends
+        handler runs here too, and if the parked reader took over the
+        reading meanwhile, this thread parks in its place.  Raises what ends
         the connection, as Link._step does."""
         cdef Frame f
         cdef double now
@@ -288,7 +344,7 @@ cdef class LinkFast:
             except TimeoutError:
                 link._check_alive()
                 return None
-            self.heard()
+            now = self.heard()
             if not f.whole or f.kind != REQUEST:
                 return self.raw()
             entry = functions.get(f.method)
@@ -301,16 +357,23 @@ cdef class LinkFast:
             # the pool's way (which checks deadlines and cancels).
             if f.ms == 0 or self.st.idle == 0 or not self.slots.try_take():
                 return self.raw()
-            self.st.idle -= 1
-            self.baton_release()
+            # (Set before ``watching`` is read: the parked reader stops
+            # watching only while no handler runs, and none began lately.)
+            self.since = self.last_start = now
+            if not self.watching:
+                self.watching = True
+                PyThread_release_lock(self.baton)      # the parked reader: watch
             self.st.handling = PyThread_get_thread_ident()
             try:
                 self.answer(conn, f, entry[0])
             finally:
+                self.since = 0
                 self.st.handling = 0
                 self.slots.give()
-            if not self.wait_baton():
-                return None
+            if self.handed:                    # the other reader reads now: park
+                self.handed = False
+                if not self.park_c():
+                    return None
 
     cdef int answer(self, conn, Frame f, fn) except -1:
         """Run a handler and send its reply (as _Connection._call does)."""
@@ -331,23 +394,53 @@ cdef class LinkFast:
 
     # -- relaying --------------------------------------------------------------------
 
-    cdef bint wait_baton(self) except -1:
+    cdef bint park_c(self) except -1:
+        """Park this reader thread until the other one's handler lasts
+        RELAY_AFTER: then take over the reading (True).  False once the link
+        is over."""
+        cdef int why
+        st = self.st
         # Checking ``over`` and counting this thread idle is one atomic step:
         # Link._lost sets over, then unpark()s whoever is counted.
-        if self.st.over:
+        if st.over:
             return False
-        self.st.idle += 1
-        self.baton_acquire()                   # (the GIL is released while it waits)
-        return not self.st.over
+        st.idle += 1
+        while True:
+            with nogil:
+                why = self.watch()
+            if st.over:
+                return False
+            if why == 2:
+                if self.since != 0 and not self.handed and monotonic() - self.since >= RELAY_AFTER:
+                    self.handed = True
+                    st.idle -= 1
+                    return True
+            elif why == 3:
+                if self.since == 0 and monotonic() - self.last_start > QUIET:
+                    self.watching = False
+
+    cdef int watch(self) noexcept nogil:
+        """Wait on the baton, polling every RELAY_AFTER while watching.  1:
+        the baton came (the link is over, or watching begins); 2: a handler
+        seems to have lasted; 3: watching seems no longer needed."""
+        cdef double now, since
+        while True:
+            if PyThread_acquire_lock_timed(self.baton, RELAY_AFTER_US if self.watching else -1,
+                                           0) == PY_LOCK_ACQUIRED:
+                return 1
+            now, since = monotonic(), self.since
+            if since != 0 and now - since >= RELAY_AFTER:
+                return 2
+            if since == 0 and now - self.last_start > QUIET:
+                return 3
 
     def park(self):
-        """Wait until handed the reading (the second reader thread's start);
+        """Park until handed the reading (the second reader thread's start);
         False once the link is over."""
-        return self.wait_baton()
+        return self.park_c()
 
     def unpark(self):
         """Wake a parked reader thread (the link is over: it ends)."""
         if self.st.idle > 0:
             self.st.idle -= 1
-            self.baton_release()
-
+            PyThread_release_lock(self.baton)

@@ -19,7 +19,7 @@ from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM, PyTuple_New, PyTu
 from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, INT64_MAX
 from libc.stdlib cimport realloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
@@ -208,9 +208,11 @@ cdef object frame_bytes(Writer w):
     return PyBytes_FromStringAndSize(<char*>w.buf, w.n)
 
 
-cdef bint encode_request(Writer w, uint64_t call_id, str method, tuple args, dict kwargs,
-                         ms, Py_ssize_t inline_max) except -1:
-    """wire.encode_request's frame, into ``w``; False if it is outside the subset."""
+cdef bint encode_request(Writer w, uint64_t call_id, str method, tuple args, Py_ssize_t skip,
+                         dict kwargs, ms, Py_ssize_t inline_max) except -1:
+    """wire.encode_request's frame for ``args[skip:]``, into ``w``; False if
+    it is outside the subset."""
+    cdef Py_ssize_t i, n = PyTuple_GET_SIZE(args) - skip
     w.n = 0
     w.put1(0x95)
     w.put1(REQUEST)
@@ -219,7 +221,11 @@ cdef bint encode_request(Writer w, uint64_t call_id, str method, tuple args, dic
         return False
     w.put1(0x90)                           # no out-of-band buffers
     w.put1(0x92)
-    return not (pack(w, args, 1, inline_max) or pack(w, kwargs, 1, inline_max))
+    w.put_len(n, 0x90, 16, 0, 0xdc, 0xdd)
+    for i in range(n):
+        if pack(w, <object>PyTuple_GET_ITEM(args, skip + i), 2, inline_max):
+            return False
+    return not pack(w, kwargs, 1, inline_max)
 
 
 cdef bint encode_reply(Writer w, uint64_t call_id, result, Py_ssize_t inline_max) except -1:
@@ -397,6 +403,28 @@ cdef class Frame:
     cdef public bint whole
 
 
+cdef object last_method = ""            # the last method name read (servers call few)
+
+
+cdef object read_method(Reader* r):
+    """A request's method name, or None if it is not a str.  The same name
+    as last time is that same object: no new str, and its hash is known."""
+    global last_method
+    cdef Py_ssize_t n, size
+    cdef const char* s
+    if r.pos < r.end and 0xa0 <= r.p[r.pos] <= 0xbf:
+        n = r.p[r.pos] & 0x1f
+        s = PyUnicode_AsUTF8AndSize(last_method, &size)
+        if n == size and r.end - r.pos > n and memcmp(s, r.p + r.pos + 1, n) == 0:
+            r.pos += 1 + n
+            return last_method
+    method = unpack(r, 1)
+    if type(method) is not str:
+        return None
+    last_method = method
+    return method
+
+
 cdef bint parse_head(Reader* r, Frame f):
     """[kind, id, method or status, ms, []]: False if not in the subset
     (``f.kind`` and ``f.call_id`` are set as soon as they are known, so that
@@ -409,10 +437,9 @@ cdef bint parse_head(Reader* r, Frame f):
         return False
     f.kind, f.call_id = <int>kind, call_id
     if kind == REQUEST:
-        method = unpack(r, 1)
-        if type(method) is not str:
+        f.method = read_method(r)
+        if f.method is None:
             return False
-        f.method = method
     else:
         if not read_uint(r, &status) or status > 1:
             return False

@@ -61,7 +61,6 @@ class Client:
         self._inline_max = inline_max
         self._lock = threading.Lock()
         self._pending: dict[int, concurrent.futures.Future | _Slot] = {}
-        self._ids = itertools.count(1)
         self._lost: BaseException | None = None
         self._deadlines = _Deadlines()
         ep = connect(address, connect_timeout, token, **options)
@@ -73,6 +72,9 @@ class Client:
                           dead_after=dead_after, max_payload=max_payload,
                           name=f"rdmamsg-rpc-client-{address[0]}:{address[1]}")
         self._fast = fast_path(self._link, inline_max, self._pending)
+        self._next_id = itertools.count(1).__next__ if self._fast is None else self._fast.next_id
+        if self._fast is not None and type(self).call is Client.call:
+            self.call = self._fast.bind(self)   # the same call, in C: no Python frame per call
         self._link.start()
         owner(self)
 
@@ -94,14 +96,21 @@ class Client:
 
     def _call(self, name: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
         if self._fast is not None:
-            call_id = next(self._ids)
+            call_id = self._next_id()
             out = self._fast.call(self, call_id, name, args, kwargs, timeout)
+            if out is _TIMED_OUT:
+                self._timed_out(call_id, name, timeout)
             if out is not _GENERAL:
-                if out is _TIMED_OUT:
-                    if self._lost is None:
-                        self._link.try_send(wire.encode_cancel(call_id))
-                    raise _timed_out(name, timeout)
                 return out
+        return self._general_call(name, args, kwargs, timeout)
+
+    def _timed_out(self, call_id: int, name: str, timeout: float) -> None:
+        """A fast call timed out: cancel it, and raise TimeoutError."""
+        if self._lost is None:
+            self._link.try_send(wire.encode_cancel(call_id))
+        raise _timed_out(name, timeout)
+
+    def _general_call(self, name: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
         # The calling thread receives its own reply when no other caller is
         # receiving: no reader thread spins meanwhile, no hand-off follows,
         # and the reply lands in a plain slot rather than a Future.
@@ -138,7 +147,7 @@ class Client:
         """Send a request whose reply ``holder`` receives; its call id."""
         if not isinstance(name, str):
             raise TypeError("an RPC method name must be a string")
-        call_id = next(self._ids)
+        call_id = self._next_id()
         frame, buffers = wire.encode_request(call_id, name, args, kwargs, timeout, self._inline_max)
         with self._lock:
             if self._lost is not None:

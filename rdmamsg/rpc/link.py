@@ -81,15 +81,18 @@ class Link:
         self._on_frame, self._on_lost = on_frame, on_lost
         self._keepalive, self._dead_after = keepalive, dead_after
         self._max_payload = max_payload
-        self._send_lock = threading.Lock()
         # st.receiver: who receives frames: the reader thread, a caller
         # (take_turn), or nobody.  A caller that asked (st.asked) waits for the
         # reader to step aside.  st.parked: the reader waits for wake() (or
         # keepalive seconds idle).  st.over: lost, nobody receives any more.
-        self._st = _State() if _rpcfast is None or ep.poller != "cython" else _rpcfast.LinkState()
+        fast = _rpcfast is not None and ep.poller == "cython"
+        self._st = _rpcfast.LinkState() if fast else _State()
         self._st.last_rx = self._st.last_tx = self._st.ping_tried = time.monotonic()
         self._closing = False
-        self._turn = threading.Condition(threading.Lock())
+        # (The fast paths take and give these locks in C.)
+        lock = _rpcfast.Lock if fast else threading.Lock
+        self._send_lock = lock()
+        self._turn = threading.Condition(lock())
         self._disowned = False     # inherited through fork(): see _disown
         self._serve: Server | None = None
         self._relay = None

@@ -65,6 +65,10 @@ def make_server(address, **kw) -> rdmamsg.rpc.Server:
         return threading.current_thread().name
 
     @server.register
+    def thread_id():
+        return threading.get_ident()
+
+    @server.register
     async def nap(i, seconds):
         await asyncio.sleep(seconds)
         return i

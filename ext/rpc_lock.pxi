@@ -1,0 +1,84 @@
+# A lock the fast paths take and give in C, with no Python call: a Link's
+# send lock and its turn lock (under its Condition).  To link.py it is a
+# threading.Lock: acquire(blocking, timeout), release(), locked(), with.
+
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
+                               PyThread_release_lock, PyLockStatus, PY_LOCK_ACQUIRED, PY_LOCK_INTR)
+
+cdef extern from "pythread.h":
+    ctypedef long long PY_TIMEOUT_T
+    PyLockStatus PyThread_acquire_lock_timed(PyThread_type_lock lock, PY_TIMEOUT_T us,
+                                             int intr_flag) nogil
+
+
+cdef class Lock:
+    """A plain (non-reentrant) lock, as threading.Lock."""
+    cdef PyThread_type_lock lk
+    cdef bint held
+
+    def __cinit__(self):
+        self.lk = PyThread_allocate_lock()
+        if self.lk == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        if self.lk != NULL:
+            if self.held:
+                PyThread_release_lock(self.lk)
+            PyThread_free_lock(self.lk)
+
+    cdef inline bint take(self) except -1:
+        """Acquire, waiting as long as it takes."""
+        if PyThread_acquire_lock_timed(self.lk, 0, 0) == PY_LOCK_ACQUIRED:
+            self.held = True
+            return True
+        return self.wait(-1)
+
+    cdef bint wait(self, double timeout) except -1:
+        """Acquire within ``timeout`` seconds (-1: no limit), the GIL
+        released meanwhile; signal handlers run (and may raise) on EINTR."""
+        cdef PyLockStatus r
+        cdef PY_TIMEOUT_T us
+        cdef double deadline = monotonic() + timeout
+        while True:
+            us = -1 if timeout < 0 else <PY_TIMEOUT_T>(max(0.0, deadline - monotonic()) * 1e6)
+            with nogil:
+                r = PyThread_acquire_lock_timed(self.lk, us, 1)
+            if r != PY_LOCK_INTR:
+                break
+            PyErr_CheckSignals()               # raises what a handler raised
+        if r == PY_LOCK_ACQUIRED:
+            self.held = True
+            return True
+        return False
+
+    cdef inline void give(self) noexcept:
+        self.held = False
+        PyThread_release_lock(self.lk)
+
+    def acquire(self, bint blocking=True, double timeout=-1):
+        if not blocking:
+            if timeout != -1:
+                raise ValueError("can't specify a timeout for a non-blocking call")
+            timeout = 0
+        elif timeout < 0 and timeout != -1:
+            raise ValueError("timeout value must be a non-negative number")
+        if PyThread_acquire_lock_timed(self.lk, 0, 0) == PY_LOCK_ACQUIRED:
+            self.held = True
+            return True
+        return False if timeout == 0 else self.wait(timeout)
+
+    def release(self):
+        if not self.held:
+            raise RuntimeError("release unlocked lock")
+        self.give()
+
+    def locked(self):
+        return self.held
+
+    def __enter__(self):
+        return self.take()
+
+    def __exit__(self, *exc):
+        self.release()
