@@ -20,7 +20,7 @@ this state by its rules (the turn under ``_turn``, frames under
 ``_send_lock``, the keepalive times) and give every frame they do not
 cover to ``_dispatch``.  A server with a thread pool gives the link a
 second reader thread (``start(relay=...)``): the reader that receives a
-request runs it and the other, parked until then, takes over receiving.
+request runs it, and the other, parked, takes over receiving if it lasts.
 """
 from __future__ import annotations
 

@@ -6,9 +6,9 @@ objects) on that thread and run elsewhere: plain functions on a thread pool,
 coroutine functions on the server's event loop thread (``handlers="asyncio"``
 runs plain functions there too; ``handlers="inline"`` runs them on the
 reader thread itself).  With the C fast path, the pool's requests are
-mostly run by the reader that received them, while the connection's second
-reader thread receives (the link relays); ``workers`` still bounds how
-many handlers run at once.  A request whose deadline has passed by
+mostly run by the reader that received them; the connection's second
+reader thread takes over receiving if one lasts (the link relays).
+``workers`` still bounds how many handlers run at once.  A request whose deadline has passed by
 the time it would start is answered with a deadline error and not run; a
 CANCEL for one not yet started stops it from starting (an asyncio handler
 already running is cancelled).  A malformed frame ends that one connection.
@@ -195,7 +195,7 @@ class _Connection:
 
     def start(self) -> None:
         # The C loop answers the common requests itself: inline, or relaying
-        # to a second reader while it runs one (a pool's slots).
+        # (a pool's slots): a second reader takes over while a handler lasts.
         server = self.server
         fast = None
         if server._mode == "inline" or server._slots is not None:
