@@ -16,3 +16,27 @@ include "onesided.pxi"
 include "stream.pxi"
 
 BACKEND = "cython"
+
+
+# -- for ext/_rpcfast: an engine's send and recv_into as C calls -------------------------
+
+from cpython.pycapsule cimport PyCapsule_New
+
+include "engine_api.pxi"
+
+
+cdef int _api_send(PyObject *engine, const char *ptr, size_t n) except -1:
+    (<Engine>engine)._send_mem(<char *>ptr, n, -1.0, None, False)
+    return 0
+
+
+cdef Py_ssize_t _api_recv_into(PyObject *engine, char *buf, size_t cap,
+                               double timeout) except -1:
+    return (<Engine>engine)._recv_into_mem(buf, cap, mono() + timeout)
+
+
+cdef EngineApi _api
+_api.send = _api_send
+_api.recv_into = _api_recv_into
+#: Engine.send (without a time limit, copied) and Engine.recv_into, for C callers.
+API = PyCapsule_New(&_api, ENGINE_API, NULL)

@@ -7,6 +7,7 @@ serve everything these do not; with the pure-pyverbs poller they serve all.
 
 include "rpc_codec.pxi"
 include "rpc_lock.pxi"
+include "engine_api.pxi"
 include "rpc_calls.pxi"
 
 

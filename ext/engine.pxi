@@ -807,52 +807,59 @@ cdef class Engine:
 
     cdef int _send_obj(self, data, timeout) except -1:
         cdef Py_buffer view
-        cdef uint32_t lkey = 0
-        cdef uint64_t first_seq
         _get_buffer(data, &view, PyBUF_SIMPLE)
         reg = None
         try:
-            if <size_t>view.len > self.send_max:
-                raise ValueError(f"message of {view.len} bytes exceeds the peer's limit of "
-                                 f"{self.send_max}")
             deadline = _deadline(timeout)
-            if self.regcache is not None and <size_t>view.len >= self.zc_min:
+            if (self.regcache is not None and <size_t>view.len >= self.zc_min
+                    and <size_t>view.len <= self.send_max):
                 reg = self.regcache.acquire(data, <uintptr_t>view.buf, view.len)
-                if reg is not None:
-                    lkey = reg.lkey
-            self._lock()
-            try:
-                self._check_send()
-                self._prune()
-                if self.tail_obj is not None:
-                    tail = self.tail_obj
-                    self._send_buf(PyBytes_AS_STRING(tail), len(tail), True, deadline, 0)
-                first_seq = self.seq_next
-                try:
-                    # A buffer that may change must be waited for: ask for the
-                    # completion of its last fragment.  Others complete with the
-                    # next signaled send (an RC queue completes in order).
-                    self._send_buf(<char *>view.buf, view.len, False, deadline, lkey,
-                                   type(data) is not bytes)
-                finally:
-                    if reg is not None and self.seq_next > first_seq:
-                        # Posted from the caller's memory: keep it registered
-                        # (and exported) until the last of those sends completes.
-                        self.zc_pending.append((self.seq_next - 1, reg))
-                        self.st[ST_ZEROCOPY] += 1
-                        reg = None
-                        if type(data) is not bytes:
-                            self._wait_sent(self.seq_next - 1)
-                self.st[ST_MSGS_OUT] += 1
-                self.st[ST_BYTES_OUT] += view.len
-            finally:
-                self._flush()
-                self._unlock()
+            if self._send_mem(<char *>view.buf, view.len, deadline, reg, type(data) is not bytes):
+                reg = None                     # kept until its sends complete
         finally:
             if reg is not None:
                 self.regcache.release(reg)
             PyBuffer_Release(&view)
         return 0
+
+    cdef bint _send_mem(self, char *ptr, size_t n, double deadline, object reg,
+                        bint mutable) except -1:
+        """Send the ``n`` bytes at ``ptr`` as one message: copied, or with
+        ``reg`` (their registration) from there.  True if ``reg`` is kept
+        (in zc_pending) until those sends complete."""
+        cdef uint32_t lkey = 0 if reg is None else reg.lkey
+        cdef uint64_t first_seq
+        cdef bint kept = False
+        if n > self.send_max:
+            raise ValueError(f"message of {n} bytes exceeds the peer's limit of {self.send_max}")
+        self._lock()
+        try:
+            self._check_send()
+            self._prune()
+            if self.tail_obj is not None:
+                tail = self.tail_obj
+                self._send_buf(PyBytes_AS_STRING(tail), len(tail), True, deadline, 0)
+            first_seq = self.seq_next
+            try:
+                # A buffer that may change must be waited for: ask for the
+                # completion of its last fragment.  Others complete with the
+                # next signaled send (an RC queue completes in order).
+                self._send_buf(ptr, n, False, deadline, lkey, mutable)
+            finally:
+                if reg is not None and self.seq_next > first_seq:
+                    # Posted from the caller's memory: keep it registered
+                    # (and exported) until the last of those sends completes.
+                    self.zc_pending.append((self.seq_next - 1, reg))
+                    self.st[ST_ZEROCOPY] += 1
+                    kept = True
+                    if mutable:
+                        self._wait_sent(self.seq_next - 1)
+            self.st[ST_MSGS_OUT] += 1
+            self.st[ST_BYTES_OUT] += n
+        finally:
+            self._flush()
+            self._unlock()
+        return kept
 
     cdef int _prune(self) except -1:
         """Let go of registrations whose zero-copy sends have completed."""
@@ -1100,26 +1107,28 @@ cdef class Engine:
     cdef object _recv_into_obj(self, buffer, timeout):
         cdef Py_buffer view
         _get_buffer(buffer, &view, PyBUF_WRITABLE)
-        cdef double deadline
         try:
-            deadline = _deadline(timeout)
-            self._lock()
-            try:
-                self._check_open()
-                while True:
-                    got = self._take(<char *>view.buf, view.len)
-                    if got is not None:
-                        return got
-                    self._check_recv()
-                    if self._progress():
-                        continue
-                    if not self._block(deadline, True):
-                        raise TimeoutError("no message arrived in time")
-            finally:
-                self._detach_user()
-                self._unlock()
+            return self._recv_into_mem(<char *>view.buf, view.len, _deadline(timeout))
         finally:
             PyBuffer_Release(&view)
+
+    cdef object _recv_into_mem(self, char *buf, size_t cap, double deadline):
+        """recv_into() for ``cap`` bytes at ``buf``: the length."""
+        self._lock()
+        try:
+            self._check_open()
+            while True:
+                got = self._take(buf, cap)
+                if got is not None:
+                    return got
+                self._check_recv()
+                if self._progress():
+                    continue
+                if not self._block(deadline, True):
+                    raise TimeoutError("no message arrived in time")
+        finally:
+            self._detach_user()
+            self._unlock()
 
     def recv_view(self, timeout=None):
         """The next whole message without a copy, as a MessageView lending the

@@ -14,8 +14,9 @@
 # a request runs the handler itself, which saves the hand-off to a pool
 # thread that both sides' spinning makes slow to schedule.  The
 # connection's second reader thread, parked on a lock (the baton), watches
-# meanwhile: if the handler lasts RELAY_AFTER, it takes over the reading,
-# and the first thread parks once its handler is done.  A quick handler
+# meanwhile: once the handler has lasted RELAY_AFTER (seen within
+# WATCH_EVERY), it takes over the reading, and the first thread parks when
+# its handler is done.  A quick handler
 # thus costs no thread switch at all.  The pool takes what comes while both
 # are busy.  State shared between the threads changes only with the GIL
 # held and no Python code in between, so each change is atomic; the
@@ -23,12 +24,14 @@
 # again with the GIL before it acts.
 
 from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.pycapsule cimport PyCapsule_GetPointer
 from cpython.pythread cimport PyThread_get_thread_ident
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 cdef extern from "Python.h":
     # (kwargs NULL: no keyword arguments, and no dict made for none)
     object call_with "PyObject_Call"(object fn, object args, PyObject* kwargs)
+    Py_ssize_t PY_SSIZE_T_MAX
 
 import weakref
 import threading
@@ -42,6 +45,11 @@ cdef enum:
     RELAY_AFTER_US = 1000     # a handler this long on a reader: the other one reads
 cdef double RELAY_AFTER = RELAY_AFTER_US * 1e-6
 cdef double QUIET = 0.1       # no handler on a reader for this long: stop watching
+cdef enum:
+    # While watching with no handler running, look this often.  (Each look
+    # wakes a thread, which on a busy host delays the spinning ones: every
+    # 1 ms made pool round trips slower than every 10 ms.)
+    WATCH_EVERY_US = 10000
 
 
 cdef double monotonic() noexcept nogil:
@@ -101,7 +109,11 @@ cdef class Slots:
 cdef class LinkFast:
     """The fast paths of one rdmamsg.rpc Link (made by link.fast_path)."""
     cdef object link, send, recv, recv_into
+    cdef const EngineApi *api                   # the endpoint's engine in C, or NULL
+    cdef object eng                             # (that engine)
+    cdef Py_ssize_t direct_max                  # frames below this go through api.send
     cdef bytearray rbuf                         # frames are received into this (RECV_BUF)
+    cdef Frame fr                               # and parsed into this
     cdef Py_ssize_t rlen                        # the last frame's length there
     cdef bytes big                              # or the last frame, when longer
     cdef Py_ssize_t lend_max                    # and sent from self.w up to this size
@@ -125,7 +137,9 @@ cdef class LinkFast:
         self.link, self.st, self.pending, self.slots = link, link._st, pending, slots
         self.inline_max, self.keepalive = inline_max, link._keepalive
         self.send, self.recv, self.recv_into = link.ep.send, link.ep.recv, link.ep.recv_into
+        self.find_engine(link.ep)
         self.rbuf = bytearray(RECV_BUF)
+        self.fr = Frame.__new__(Frame)
         # (A frame lent at the zero-copy size would stay exported in the
         # registration cache, and the Writer could not grow.)
         self.lend_max = min(LEND_MAX, link.ep.zerocopy_min - 1)
@@ -144,6 +158,22 @@ cdef class LinkFast:
         if self.baton != NULL:
             PyThread_free_lock(self.baton)
 
+    cdef int find_engine(self, ep) except -1:
+        """Call the Cython engine behind ``ep`` in C, if its send and
+        recv_into are the engine's own (not a subclass's)."""
+        try:
+            from rdmamsg.transport import _cpoller
+        except ImportError:
+            return 0
+        eng = getattr(ep, "_engine", None)
+        if type(eng) is _cpoller.Engine and self.send == eng.send \
+                and self.recv_into == eng.recv_into:
+            self.api = <const EngineApi *>PyCapsule_GetPointer(_cpoller.API, ENGINE_API)
+            self.eng = eng
+            # (From zerocopy_min on, a send is made from the caller's memory.)
+            self.direct_max = ep.zerocopy_min if ep.zerocopy_min > 0 else PY_SSIZE_T_MAX
+        return 0
+
     # -- shared with Link ------------------------------------------------------------
 
     cdef inline double ping_due(self, double now):
@@ -159,10 +189,14 @@ cdef class LinkFast:
 
     cdef int send_frame(self) except -1:
         """Link.send for the frame in self.w (no out-of-band buffers)."""
-        frame = self.w if self.w.n <= self.lend_max else frame_bytes(self.w)
+        cdef bint direct = self.api != NULL and self.w.n < self.direct_max
+        frame = None if direct else self.w if self.w.n <= self.lend_max else frame_bytes(self.w)
         self.send_lock.take()
         try:
-            self.send(frame)
+            if direct:
+                self.api.send(<PyObject *>self.eng, <const char *>self.w.buf, self.w.n)
+            else:
+                self.send(frame)
             self.st.last_tx = monotonic()
         finally:
             self.send_lock.give()
@@ -184,14 +218,22 @@ cdef class LinkFast:
             self.turn_lock.give()
 
     cdef Frame receive(self, double timeout):
-        """The next frame, parsed (raw() has its bytes).  Raises what recv raises."""
+        """The next frame, parsed into self.fr (raw() has its bytes).  Raises
+        what recv raises.  Only the receiving thread reads self.fr, and only
+        until it receives again or the other reader may take over."""
         try:
-            self.rlen = self.recv_into(self.rbuf, timeout)
+            if self.api != NULL:
+                self.rlen = self.api.recv_into(<PyObject *>self.eng,
+                                               PyByteArray_AS_STRING(self.rbuf), RECV_BUF, timeout)
+            else:
+                self.rlen = self.recv_into(self.rbuf, timeout)
         except ValueError:                     # longer than rbuf (it stays queued)
             self.big = self.recv(timeout)
-            return parse(PyBytes_AS_STRING(self.big), PyBytes_GET_SIZE(self.big))
+            parse_into(self.fr, PyBytes_AS_STRING(self.big), PyBytes_GET_SIZE(self.big))
+            return self.fr
         self.big = None
-        return parse(PyByteArray_AS_STRING(self.rbuf), self.rlen)
+        parse_into(self.fr, PyByteArray_AS_STRING(self.rbuf), self.rlen)
+        return self.fr
 
     cdef bytes raw(self):
         """The frame receive() parsed last, for the general path (before
@@ -306,7 +348,8 @@ cdef class LinkFast:
                 raise self.lose(client, exc)
             now = self.heard()
             if f.kind == REPLY and f.call_id == call_id and f.whole and f.status == OK:
-                return f.value
+                value, f.value = f.value, None     # (the frame is reused: not kept alive)
+                return value
             slot = client._expect(call_id) if f.kind == REPLY and f.call_id == call_id else None
             try:
                 link._dispatch(self.raw())  # an error reply, buffers, a PING, another's reply
@@ -377,14 +420,20 @@ cdef class LinkFast:
 
     cdef int answer(self, conn, Frame f, fn) except -1:
         """Run a handler and send its reply (as _Connection._call does)."""
+        # Taken from the frame first: relaying, the other reader may parse
+        # the next frame into it while the handler runs.
+        cdef uint64_t call_id = f.call_id
+        args, kwargs = f.value, f.kwargs
+        f.value = f.kwargs = None
         try:
             # (The args tuple and kwargs dict are new: the handler may have them.)
-            result = call_with(fn, f.value, NULL if f.kwargs is None else <PyObject*>f.kwargs)
+            result = call_with(fn, args, NULL if kwargs is None else <PyObject*>kwargs)
         except BaseException as exc:           # sent to the caller
-            conn._finish(f.call_id, exc=exc)
+            conn._finish(call_id, exc=exc)
             return 0
-        if not encode_reply(self.w, f.call_id, result, self.inline_max):
-            conn._finish(f.call_id, result=result)
+        args = kwargs = None
+        if not encode_reply(self.w, call_id, result, self.inline_max):
+            conn._finish(call_id, result=result)
         elif not self.link._closing:
             try:
                 self.send_frame()
@@ -420,18 +469,25 @@ cdef class LinkFast:
                     self.watching = False
 
     cdef int watch(self) noexcept nogil:
-        """Wait on the baton, polling every RELAY_AFTER while watching.  1:
+        """Wait on the baton; while watching, also for the running handler
+        to last RELAY_AFTER, looking every WATCH_EVERY when none runs.  1:
         the baton came (the link is over, or watching begins); 2: a handler
         seems to have lasted; 3: watching seems no longer needed."""
-        cdef double now, since
+        cdef double left, since
+        cdef long long us
         while True:
-            if PyThread_acquire_lock_timed(self.baton, RELAY_AFTER_US if self.watching else -1,
-                                           0) == PY_LOCK_ACQUIRED:
+            us = -1
+            if self.watching:
+                us = WATCH_EVERY_US
+                since = self.since
+                if since != 0:
+                    left = since + RELAY_AFTER - monotonic()
+                    if left <= 0:
+                        return 2
+                    us = min(us, <long long>(left * 1e6) + 1)
+            if PyThread_acquire_lock_timed(self.baton, us, 0) == PY_LOCK_ACQUIRED:
                 return 1
-            now, since = monotonic(), self.since
-            if since != 0 and now - since >= RELAY_AFTER:
-                return 2
-            if since == 0 and now - self.last_start > QUIET:
+            if self.since == 0 and monotonic() - self.last_start > QUIET:
                 return 3
 
     def park(self):

@@ -458,29 +458,36 @@ cdef bint parse_head(Reader* r, Frame f):
 
 cdef Frame parse(const char* p, Py_ssize_t size):
     """A frame (``size`` bytes at ``p``) as far as the subset goes."""
+    cdef Frame f = Frame.__new__(Frame)
+    parse_into(f, p, size)
+    return f
+
+
+cdef int parse_into(Frame f, const char* p, Py_ssize_t size) except -1:
+    """parse(), into ``f`` (a frame a loop reuses: what it held is dropped)."""
     cdef Reader r
     cdef uint8_t b
     cdef uint64_t n = 0
-    cdef Frame f = Frame.__new__(Frame)
-    f.kind, f.ms = -1, -1
+    f.kind, f.ms, f.call_id, f.status, f.whole = -1, -1, 0, 0, False
+    f.method = f.value = f.kwargs = None
     r.p = <const uint8_t*>p
     r.end = size
     r.pos = 0
     if not parse_head(&r, f):
-        return f
+        return 0
     if f.kind == REQUEST:
         if r.end - r.pos < 2 or r.p[r.pos] != 0x92:
-            return f
+            return 0
         r.pos += 1
         b = r.p[r.pos]
         r.pos += 1
         if 0x90 <= b <= 0x9f:
             n = b & 0x0f
         elif not ((b == 0xdc or b == 0xdd) and take(&r, 2 if b == 0xdc else 4, &n)):
-            return f
+            return 0
         args = read_list(&r, n, 1, True)   # a tuple: the handler is called with it
         if args is UNFIT or r.pos >= r.end:
-            return f
+            return 0
         b = r.p[r.pos]
         r.pos += 1
         if b == 0x80:
@@ -488,14 +495,14 @@ cdef Frame parse(const char* p, Py_ssize_t size):
         elif 0x81 <= b <= 0x8f:
             kwargs = read_dict(&r, b & 0x0f, 1, True)
             if kwargs is UNFIT:
-                return f
+                return 0
         else:
-            return f                       # 16 keyword arguments or more: wire.py
+            return 0                       # 16 keyword arguments or more: wire.py
         f.value, f.kwargs = args, kwargs
     else:
         value = unpack(&r, 0)
         if value is UNFIT:
-            return f
+            return 0
         f.value = value
     f.whole = r.pos == r.end               # trailing bytes: wire.py refuses them
-    return f
+    return 0

@@ -1,0 +1,12 @@
+# The C calls that _cpoller's API capsule offers (ext/_rpcfast uses them on
+# the engine behind an Endpoint, skipping a Python call and a buffer export).
+
+from cpython.ref cimport PyObject
+
+ctypedef struct EngineApi:
+    # Engine.send(data) of ``n`` bytes at ``ptr``, copied (below zerocopy_min)
+    int (*send)(PyObject *engine, const char *ptr, size_t n) except -1
+    # Engine.recv_into(buf, timeout): the length
+    Py_ssize_t (*recv_into)(PyObject *engine, char *buf, size_t cap, double timeout) except -1
+
+cdef const char *ENGINE_API = "rdmamsg.transport._cpoller.API"
