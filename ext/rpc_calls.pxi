@@ -16,9 +16,8 @@
 # connection's second reader thread, parked on a lock (the baton), watches
 # meanwhile: once the handler has lasted RELAY_AFTER (seen within
 # WATCH_EVERY), it takes over the reading, and the first thread parks when
-# its handler is done.  A quick handler
-# thus costs no thread switch at all.  The pool takes what comes while both
-# are busy.  State shared between the threads changes only with the GIL
+# its handler is done.  A quick handler thus costs no thread switch at
+# all.  The pool takes what comes while both are busy.  State shared between the threads changes only with the GIL
 # held and no Python code in between, so each change is atomic; the
 # watching thread reads it without the GIL only as a hint, and checks it
 # again with the GIL before it acts.
@@ -469,22 +468,29 @@ cdef class LinkFast:
                     self.watching = False
 
     cdef int watch(self) noexcept nogil:
-        """Wait on the baton; while watching, also for the running handler
-        to last RELAY_AFTER, looking every WATCH_EVERY when none runs.  1:
-        the baton came (the link is over, or watching begins); 2: a handler
-        seems to have lasted; 3: watching seems no longer needed."""
-        cdef double left, since
+        """Wait on the baton; while watching, also look every WATCH_EVERY
+        for a running handler, and if there is one, look again when it would
+        have lasted RELAY_AFTER.  (Only twice per WATCH_EVERY: chasing each
+        new handler would wake this thread as often as quick ones come.)
+        1: the baton came (the link is over, or watching begins); 2: a
+        handler seems to have lasted; 3: watching seems no longer needed."""
+        cdef double since, left, chasing = 0
         cdef long long us
         while True:
             us = -1
             if self.watching:
-                us = WATCH_EVERY_US
                 since = self.since
-                if since != 0:
+                us = WATCH_EVERY_US
+                if chasing != 0:
+                    if since == chasing:
+                        return 2               # the same handler, RELAY_AFTER on
+                    chasing = 0                # it ended: look again later
+                elif since != 0:
                     left = since + RELAY_AFTER - monotonic()
                     if left <= 0:
                         return 2
-                    us = min(us, <long long>(left * 1e6) + 1)
+                    chasing = since
+                    us = <long long>(left * 1e6) + 1
             if PyThread_acquire_lock_timed(self.baton, us, 0) == PY_LOCK_ACQUIRED:
                 return 1
             if self.since == 0 and monotonic() - self.last_start > QUIET:
