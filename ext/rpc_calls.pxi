@@ -17,10 +17,10 @@
 # meanwhile: once the handler has lasted RELAY_AFTER (seen within
 # WATCH_EVERY), it takes over the reading, and the first thread parks when
 # its handler is done.  A quick handler thus costs no thread switch at
-# all.  The pool takes what comes while both are busy.  State shared between the threads changes only with the GIL
-# held and no Python code in between, so each change is atomic; the
-# watching thread reads it without the GIL only as a hint, and checks it
-# again with the GIL before it acts.
+# all.  The pool takes what comes while both are busy.  State shared
+# between the threads changes only with the GIL held and no Python code in
+# between, so each change is atomic; the watching thread reads it without
+# the GIL only as a hint, and checks it again with the GIL before it acts.
 
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.pycapsule cimport PyCapsule_GetPointer

@@ -8,10 +8,11 @@ runs plain functions there too; ``handlers="inline"`` runs them on the
 reader thread itself).  With the C fast path, the pool's requests are
 mostly run by the reader that received them; the connection's second
 reader thread takes over receiving if one lasts (the link relays).
-``workers`` still bounds how many handlers run at once.  A request whose deadline has passed by
-the time it would start is answered with a deadline error and not run; a
-CANCEL for one not yet started stops it from starting (an asyncio handler
-already running is cancelled).  A malformed frame ends that one connection.
+``workers`` still bounds how many handlers run at once.  A request whose
+deadline has passed by the time it would start is answered with a
+deadline error and not run; a CANCEL for one not yet started stops it from
+starting (an asyncio handler already running is cancelled).  A malformed
+frame ends that one connection.
 """
 from __future__ import annotations
 
