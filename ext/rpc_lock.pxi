@@ -30,10 +30,14 @@ cdef class Lock:
 
     cdef inline bint take(self) except -1:
         """Acquire, waiting as long as it takes."""
+        return self.take_within(-1)
+
+    cdef inline bint take_within(self, double timeout) except -1:
+        """Acquire within ``timeout`` seconds (-1: no limit, 0: only if free)."""
         if PyThread_acquire_lock_timed(self.lk, 0, 0) == PY_LOCK_ACQUIRED:
             self.held = True
             return True
-        return self.wait(-1)
+        return False if timeout == 0 else self.wait(timeout)
 
     cdef bint wait(self, double timeout) except -1:
         """Acquire within ``timeout`` seconds (-1: no limit), the GIL
@@ -64,10 +68,7 @@ cdef class Lock:
             timeout = 0
         elif timeout < 0 and timeout != -1:
             raise ValueError("timeout value must be a non-negative number")
-        if PyThread_acquire_lock_timed(self.lk, 0, 0) == PY_LOCK_ACQUIRED:
-            self.held = True
-            return True
-        return False if timeout == 0 else self.wait(timeout)
+        return self.take_within(timeout)
 
     def release(self):
         if not self.held:
