@@ -132,27 +132,10 @@ cdef extern from "<infiniband/verbs.h>" nogil:
 
 
 cdef extern from "pyverbs_layout.h":
-    # The pointer each pyverbs 44 object wraps; see the header for why.
-    ctypedef struct rm_pv_context:
-        ibv_context *context
-        ibv_device *device
-    ctypedef struct rm_pv_pd:
-        ibv_pd *pd
-    ctypedef struct rm_pv_comp_channel:
-        ibv_comp_channel *cc
-    ctypedef struct rm_pv_cq:
-        ibv_cq *cq
-    ctypedef struct rm_pv_qp:
-        ibv_qp *qp
-    ctypedef struct rm_pv_mr:
-        ibv_mr *mr
+    # Where each pyverbs object keeps its ibv_* pointer; see the header for why.
     enum:
-        RM_PV_CONTEXT_SIZE
-        RM_PV_PD_SIZE
-        RM_PV_COMP_CHANNEL_SIZE
-        RM_PV_CQ_SIZE
-        RM_PV_QP_SIZE
-        RM_PV_MR_SIZE
+        RM_PV_PTR_OFFSET
+        RM_PV_MR_PTR_OFFSET
 
 
 cdef extern from "<arpa/inet.h>" nogil:

@@ -1,23 +1,25 @@
 /*
- * The object layouts of the pyverbs classes whose C pointer rdmamsg reads.
+ * Where the ibv_* pointer sits inside the pyverbs objects rdmamsg reads.
  *
- * pyverbs before rdma-core 61 has no accessor for the ibv_* pointer behind a
- * Context, PD, CQ, QP or MR, and Debian ships no .pxd files to cimport.  So we
- * declare the layout ourselves, for the version we run against (rdma-core 44).
- * Cython lays out a cdef class as PyObject_HEAD, then the base classes'
- * fields, then the class's own fields in .pxd order; the vtable pointer comes
- * with the first class that has C methods (PyverbsCM's cpdef close).
+ * pyverbs before rdma-core 61 has no accessor for the pointer behind a
+ * Context, PD, CQ or QP (none for a CompChannel or MR in any release), and
+ * distributions ship no .pxd files to cimport.  Cython lays out a cdef class
+ * as PyObject_HEAD, then the base classes' fields, then the class's own fields
+ * in .pxd order; the vtable pointer comes with the first class that has C
+ * methods (PyverbsCM's cpdef close).  Every pyverbs class we read starts its
+ * own fields with the pointer, right after that common head, and no release
+ * from v39 to master has put a field before it: only the total size changed.
  *
- * Nothing here is trusted blindly: _cpoller checks the exact type, that
- * tp_basicsize equals the *_SIZE below, and then the contents (qp_num, lkey,
- * context pointers) against what pyverbs reports through Python, before any
- * pointer is used.  On any mismatch the pure-pyverbs poller runs instead.
+ * Nothing here is trusted blindly: rawptr.pxi checks the type, that the
+ * object is big enough to hold the pointer at its offset, and then the
+ * contents (qp_num, lkey, context pointers) against what pyverbs reports
+ * through Python, before any pointer is used.
  */
 #ifndef RDMAMSG_PYVERBS_LAYOUT_H
 #define RDMAMSG_PYVERBS_LAYOUT_H
 
+#include <stddef.h>
 #include <Python.h>
-#include <infiniband/verbs.h>
 
 typedef struct {
     PyObject_HEAD
@@ -26,48 +28,18 @@ typedef struct {
     void *vtab;             /* PyverbsCM's vtable */
 } rm_pv_cm;
 
-typedef struct {
-    rm_pv_cm base;
-    struct ibv_context *context;
-    struct ibv_device *device;   /* set only for provider-opened contexts */
-} rm_pv_context;
-
-typedef struct {
-    rm_pv_cm base;
-    struct ibv_pd *pd;
-} rm_pv_pd;
-
-typedef struct {
-    rm_pv_cm base;
-    struct ibv_comp_channel *cc;
-} rm_pv_comp_channel;
-
-typedef struct {
-    rm_pv_cm base;
-    struct ibv_cq *cq;
-} rm_pv_cq;
-
-typedef struct {
-    rm_pv_cm base;
-    struct ibv_qp *qp;
-} rm_pv_qp;
-
+/* MR: PyverbsCM, then its pd and cmid objects, then the ibv_mr pointer. */
 typedef struct {
     rm_pv_cm base;
     PyObject *pd;
     PyObject *cmid;
-    struct ibv_mr *mr;
+    void *mr;
 } rm_pv_mr;
 
-/* tp_basicsize of each class in pyverbs 44 (x86-64): the whole object, so a
- * release that adds or moves a field changes it and fails validation. */
 enum {
-    RM_PV_CONTEXT_SIZE = 184,
-    RM_PV_PD_SIZE = 136,
-    RM_PV_COMP_CHANNEL_SIZE = 64,
-    RM_PV_CQ_SIZE = 96,
-    RM_PV_QP_SIZE = 128,
-    RM_PV_MR_SIZE = 104,
+    /* Context.context, PD.pd, CompChannel.cc, CQ.cq, QP.qp */
+    RM_PV_PTR_OFFSET = sizeof(rm_pv_cm),
+    RM_PV_MR_PTR_OFFSET = offsetof(rm_pv_mr, mr),
 };
 
 #endif

@@ -1,27 +1,87 @@
-# Raw verbs pointers from pyverbs 44 objects, each validated before use.
+# Raw verbs pointers from pyverbs objects (rdma-core 39 on), each validated
+# before use.
 #
-# Order of trust: the exact type and tp_basicsize must match the layout we
-# declared (pyverbs_layout.h) before any field is read; then what the pointer
-# points at must agree with what pyverbs reports through Python.
+# Order of trust: the exact type; then how the pointer is reached
+# (layout_rule): pyverbs' own integer property where it has them (rdma-core 61
+# on), else the known offset in an object big enough to hold a pointer there;
+# then what the pointer points at must agree with what pyverbs reports through
+# Python.  Before rdma-core 61 the same-named properties are object casts that
+# corrupt the C struct when read, so they are never touched there.
 
+import importlib
 import os
 
 from cpython.object cimport PyObject, PyTypeObject
 
 from rdmamsg.errors import PollerUnavailableError
 
+#: The pyverbs classes whose pointer the poller reads: the pointer's offset,
+#: and the integer property that gives it from rdma-core 61 on (None: no
+#: release has one).
+CLASSES = {
+    "pyverbs.device.Context": (RM_PV_PTR_OFFSET, "context"),
+    "pyverbs.pd.PD": (RM_PV_PTR_OFFSET, "pd"),
+    "pyverbs.cq.CompChannel": (RM_PV_PTR_OFFSET, None),
+    "pyverbs.cq.CQ": (RM_PV_PTR_OFFSET, "cq"),
+    "pyverbs.qp.QP": (RM_PV_PTR_OFFSET, "qp"),
+    "pyverbs.mr.MR": (RM_PV_MR_PTR_OFFSET, None),
+}
 
-cdef int _expect_layout(object obj, str module, str name, Py_ssize_t size) except -1:
+
+def layout_rule(str path, Py_ssize_t basicsize, bint int_props):
+    """How the pointer inside a ``path`` object of ``basicsize`` bytes is
+    reached: ``("property", name)`` when pyverbs has integer pointer
+    properties (``int_props``: rdma-core 61 on) and this class has one, else
+    ``("offset", n)``.  Raises PollerUnavailableError, saying why, for a class
+    or a layout the poller cannot read."""
+    try:
+        offset, prop = CLASSES[path]
+    except KeyError:
+        raise PollerUnavailableError(f"{path} is not a pyverbs class the poller reads") from None
+    if int_props and prop is not None:
+        return "property", prop
+    if basicsize < offset + <Py_ssize_t>sizeof(void *):
+        raise PollerUnavailableError(
+            f"{path.rsplit('.', 1)[1]} layout not recognised: {basicsize} bytes cannot hold "
+            f"its pointer at offset {offset}")
+    return "offset", offset
+
+
+cdef object _int_props = None
+
+
+def int_props():
+    """Whether this pyverbs has the integer pointer properties (rdma-core 61
+    on).  ``QP.qp`` came with them and exists in no earlier release, so its
+    presence on the class (never read here) is the safe test."""
+    global _int_props
+    if _int_props is None:
+        from pyverbs.qp import QP
+        _int_props = hasattr(QP, "qp")
+    return _int_props
+
+
+def layout_problem():
+    """Why the poller cannot read this pyverbs' objects, or None."""
+    props = int_props()
+    for path in CLASSES:
+        module, name = path.rsplit(".", 1)
+        cls = getattr(importlib.import_module(module), name)
+        try:
+            layout_rule(path, cls.__basicsize__, props)
+        except PollerUnavailableError as exc:
+            return str(exc)
+    return None
+
+
+cdef void *_pointer(object obj, str path) except? NULL:
     t = type(obj)
-    cdef PyTypeObject *tp = <PyTypeObject *>t
-    if t.__module__ != module or t.__name__ != name:
-        raise PollerUnavailableError(
-            f"expected a {module}.{name}, got {t.__module__}.{t.__name__}")
-    if tp.tp_basicsize != size:
-        raise PollerUnavailableError(
-            f"{module}.{name} is {tp.tp_basicsize} bytes, the layout rdmamsg "
-            f"knows is {size} (pyverbs from rdma-core 44): another pyverbs version?")
-    return 0
+    if f"{t.__module__}.{t.__name__}" != path:
+        raise PollerUnavailableError(f"expected a {path}, got {t.__module__}.{t.__name__}")
+    how, where = layout_rule(path, (<PyTypeObject *>t).tp_basicsize, int_props())
+    if how == "property":
+        return <void *><uintptr_t>getattr(obj, where)
+    return (<void **>((<char *><PyObject *>obj) + <Py_ssize_t>where))[0]
 
 
 cdef int _mismatch(str what) except -1:
@@ -29,8 +89,7 @@ cdef int _mismatch(str what) except -1:
 
 
 cdef ibv_context *context_ptr(object ctx) except NULL:
-    _expect_layout(ctx, "pyverbs.device", "Context", RM_PV_CONTEXT_SIZE)
-    cdef ibv_context *c = (<rm_pv_context *><PyObject *>ctx).context
+    cdef ibv_context *c = <ibv_context *>_pointer(ctx, "pyverbs.device.Context")
     if c == NULL:
         raise PollerUnavailableError("the Context is closed")
     if (<bytes>ibv_get_device_name(c.device)).decode() != ctx.name:
@@ -41,8 +100,7 @@ cdef ibv_context *context_ptr(object ctx) except NULL:
 
 
 cdef ibv_pd *pd_ptr(object pd, ibv_context *c) except NULL:
-    _expect_layout(pd, "pyverbs.pd", "PD", RM_PV_PD_SIZE)
-    cdef ibv_pd *p = (<rm_pv_pd *><PyObject *>pd).pd
+    cdef ibv_pd *p = <ibv_pd *>_pointer(pd, "pyverbs.pd.PD")
     if p == NULL:
         raise PollerUnavailableError("the PD is closed")
     if p.context != c:
@@ -51,8 +109,7 @@ cdef ibv_pd *pd_ptr(object pd, ibv_context *c) except NULL:
 
 
 cdef ibv_comp_channel *channel_ptr(object cc, ibv_context *c) except NULL:
-    _expect_layout(cc, "pyverbs.cq", "CompChannel", RM_PV_COMP_CHANNEL_SIZE)
-    cdef ibv_comp_channel *ch = (<rm_pv_comp_channel *><PyObject *>cc).cc
+    cdef ibv_comp_channel *ch = <ibv_comp_channel *>_pointer(cc, "pyverbs.cq.CompChannel")
     if ch == NULL:
         raise PollerUnavailableError("the CompChannel is closed")
     if ch.context != c:
@@ -67,8 +124,7 @@ cdef ibv_comp_channel *channel_ptr(object cc, ibv_context *c) except NULL:
 
 
 cdef ibv_cq *cq_ptr(object cq, ibv_context *c, ibv_comp_channel *ch) except NULL:
-    _expect_layout(cq, "pyverbs.cq", "CQ", RM_PV_CQ_SIZE)
-    cdef ibv_cq *q = (<rm_pv_cq *><PyObject *>cq).cq
+    cdef ibv_cq *q = <ibv_cq *>_pointer(cq, "pyverbs.cq.CQ")
     if q == NULL:
         raise PollerUnavailableError("the CQ is closed")
     if q.context != c:
@@ -81,8 +137,7 @@ cdef ibv_cq *cq_ptr(object cq, ibv_context *c, ibv_comp_channel *ch) except NULL
 
 
 cdef ibv_qp *qp_ptr(object qp, ibv_pd *p, ibv_cq *q) except NULL:
-    _expect_layout(qp, "pyverbs.qp", "QP", RM_PV_QP_SIZE)
-    cdef ibv_qp *raw = (<rm_pv_qp *><PyObject *>qp).qp
+    cdef ibv_qp *raw = <ibv_qp *>_pointer(qp, "pyverbs.qp.QP")
     if raw == NULL:
         raise PollerUnavailableError("the QP is closed")
     if raw.qp_num != qp.qp_num:
@@ -95,8 +150,7 @@ cdef ibv_qp *qp_ptr(object qp, ibv_pd *p, ibv_cq *q) except NULL:
 
 
 cdef ibv_mr *mr_ptr(object mr, ibv_pd *p) except NULL:
-    _expect_layout(mr, "pyverbs.mr", "MR", RM_PV_MR_SIZE)
-    cdef ibv_mr *m = (<rm_pv_mr *><PyObject *>mr).mr
+    cdef ibv_mr *m = <ibv_mr *>_pointer(mr, "pyverbs.mr.MR")
     if m == NULL:
         raise PollerUnavailableError("the MR is closed")
     if m.lkey != mr.lkey or m.rkey != mr.rkey:
@@ -106,17 +160,6 @@ cdef ibv_mr *mr_ptr(object mr, ibv_pd *p) except NULL:
     if <uintptr_t>m.addr != <uintptr_t>mr.buf:
         _mismatch("mr->addr differs from MR.buf")
     return m
-
-
-#: The pyverbs classes whose layout the poller reads, with the size it expects.
-LAYOUT = {
-    "pyverbs.device.Context": RM_PV_CONTEXT_SIZE,
-    "pyverbs.pd.PD": RM_PV_PD_SIZE,
-    "pyverbs.cq.CompChannel": RM_PV_COMP_CHANNEL_SIZE,
-    "pyverbs.cq.CQ": RM_PV_CQ_SIZE,
-    "pyverbs.qp.QP": RM_PV_QP_SIZE,
-    "pyverbs.mr.MR": RM_PV_MR_SIZE,
-}
 
 
 def raw_pointers(ctx, pd, cq, channel, qp, mrs=()):

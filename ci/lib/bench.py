@@ -39,30 +39,47 @@ def human(size: int) -> str:
     return f"{size} B"
 
 
-def perftest(tool: str, size: int, addr, ip: str, extra: list[str]) -> dict:
+def perftest(tool: str, size: int, addr, ip: str, extra: list[str],
+             port: int | None = None) -> dict:
     """One perftest run's figures; run again (twice at most) if it printed
-    inf or nan, which ib_send_lat did once under TCG."""
+    inf or nan, which ib_send_lat did once under TCG.  With ``port``, the
+    server is already running on the peer ``ip`` (the two-host bench)."""
     for _ in range(2):
-        got = _perftest_once(tool, size, addr, ip, extra)
+        got = _perftest_once(tool, size, addr, ip, extra, port)
         if all(math.isfinite(v) for v in got.values()):
             break
     return got
 
 
-def _perftest_once(tool: str, size: int, addr, ip: str, extra: list[str]) -> dict:
+def _perftest_args(tool: str, size: int, addr, port: int, extra: list[str]) -> list[str]:
+    return [tool, "-d", addr.device, "-i", str(addr.port), "-x", str(addr.gid_index),
+            "-s", str(size), "-p", str(port), "-F", *extra]
+
+
+def _perftest_once(tool: str, size: int, addr, ip: str, extra: list[str],
+                   port: int | None) -> dict:
     global PERFTEST_PORT
-    PERFTEST_PORT += 1
-    base = [tool, "-d", addr.device, "-i", str(addr.port), "-x", str(addr.gid_index),
-            "-s", str(size), "-p", str(PERFTEST_PORT), "-F", *extra]
-    srv = subprocess.Popen(base, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(3)   # under TCG the server needs a few seconds before the client
-    try:
-        cli = subprocess.run(base + [ip], capture_output=True, text=True, timeout=180)
-    finally:
+    if port is None:
+        PERFTEST_PORT += 1
+        base = _perftest_args(tool, size, addr, PERFTEST_PORT, extra)
+        srv = subprocess.Popen(base, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(3)   # under TCG the server needs a few seconds before the client
         try:
-            srv.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            srv.kill()
+            cli = subprocess.run(base + [ip], capture_output=True, text=True, timeout=180)
+        finally:
+            try:
+                srv.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                srv.kill()
+    else:
+        # The peer restarts its server after each run: a refused client waits
+        # for the restart and tries again.
+        for _ in range(15):
+            cli = subprocess.run(_perftest_args(tool, size, addr, port, extra) + [ip],
+                                 capture_output=True, text=True, timeout=180)
+            if cli.returncode == 0:
+                break
+            time.sleep(2)
     for line in cli.stdout.splitlines():
         cols = line.split()
         if cols and cols[0] == str(size) and len(cols) >= 5:
@@ -120,6 +137,38 @@ def ours(test: str, size: int, ip: str, poller: str, duration: float, iters: int
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+class Table:
+    """Rows of rdmamsg against a baseline, each with its ratio and target."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.targets: dict[str, str] = {}
+
+    def row(self, name: str, unit: str, mine: float, theirs: float, target: str,
+            tool: str) -> None:
+        self.rows.append({"name": name, "unit": unit, "rdmamsg": round(mine, 3),
+                          "baseline": round(theirs, 3), "ratio": round(mine / theirs, 3),
+                          "against": tool})
+        if target:
+            self.targets[name] = target
+        print(f"  {name}: {mine:.2f} vs {tool} {theirs:.2f} {unit}", flush=True)
+
+    def report(self, json_path: str | None,
+               title: str = "benchmark (rdmamsg / perftest, same boot, medians)") -> None:
+        """The ratio table, and the rows as JSON if asked."""
+        print()
+        print(f"{title:<56} {'unit':>7} "
+              f"{'rdmamsg':>10} {'perftest':>10} {'against':>13} {'ratio':>7}  target")
+        for r in self.rows:
+            print(f"{r['name']:<56} {r['unit']:>7} {r['rdmamsg']:>10.2f} "
+                  f"{r['baseline']:>10.2f} {r['against']:>13} {r['ratio']:>7.2f}  "
+                  f"{self.targets.get(r['name'], '')}")
+        if json_path:
+            with open(json_path, "w") as f:
+                json.dump(self.rows, f, indent=1)
+            print(f"\nrows written to {json_path}")
+
+
 def _ours_this_round(tests, pollers: list[str], r: int):
     """(test, poller) runs for round ``r``: every round on the first poller,
     the others in the first round only."""
@@ -151,20 +200,12 @@ def main() -> int:
             [sys.executable, "-m", "rdmamsg", "bench", "--server", "--bind", ip, "--port",
              str(BENCH_PORT[p])], env=env, stdout=subprocess.DEVNULL))
     time.sleep(2)
-    rows = []
-    targets = {}
+    table = Table()
+    row = table.row
     points = []     # for the plot: {"label", "kind", "size", "value"} (MiB/s, one-way us)
 
     def point(label, kind, size, value):
         points.append({"label": label, "kind": kind, "size": size, "value": value})
-
-    def row(name, unit, mine, theirs, target, tool):
-        rows.append({"name": name, "unit": unit, "rdmamsg": round(mine, 3),
-                     "baseline": round(theirs, 3), "ratio": round(mine / theirs, 3),
-                     "against": tool})
-        if target:
-            targets[name] = target
-        print(f"  {name}: {mine:.2f} vs {tool} {theirs:.2f} {unit}", flush=True)
 
     try:
         if "perftest" in only:
@@ -264,16 +305,7 @@ def main() -> int:
         for s in servers:
             s.terminate()
             s.wait()
-    print()
-    print(f"{'benchmark (rdmamsg / perftest, same boot, medians)':<56} {'unit':>7} "
-          f"{'rdmamsg':>10} {'perftest':>10} {'against':>13} {'ratio':>7}  target")
-    for r in rows:
-        print(f"{r['name']:<56} {r['unit']:>7} {r['rdmamsg']:>10.2f} {r['baseline']:>10.2f} "
-              f"{r['against']:>13} {r['ratio']:>7.2f}  {targets.get(r['name'], '')}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-        print(f"\nrows written to {args.json}")
+    table.report(args.json)
     if args.plot:
         plot(points, args.plot, "rdmamsg against perftest and rstream (same device, same boot)")
         print(f"plot written to {args.plot}")

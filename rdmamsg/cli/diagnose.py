@@ -17,8 +17,8 @@ ROCE_HEADROOM = 80
 
 ERROR, WARN, OK = "error", "warn", "ok"
 
-#: The rdma-core release whose pyverbs rdmamsg is built against (Debian 12).
-SUPPORTED_RDMA_CORE = 44
+#: The oldest rdma-core whose pyverbs the Cython poller reads (Ubuntu 22.04's).
+SUPPORTED_RDMA_CORE = 39
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def _poller(f: Facts) -> list[Finding]:
     if f.cython_error is None:
         return [Finding(OK, "the Cython poller is built and matches this pyverbs")]
     fix = ("build ext/ ('ci/setup', or 'pip install -e .' with Cython and the rdma-core "
-           "headers); it supports pyverbs from rdma-core 44")
+           f"headers); it supports pyverbs from rdma-core {SUPPORTED_RDMA_CORE} on")
     if f.poller_mode == "cython":
         return [Finding(ERROR, f"RDMAMSG_POLLER=cython, but the Cython poller cannot run: "
                                f"{f.cython_error}", fix)]
@@ -175,8 +175,8 @@ def _version(version: str | None) -> Finding:
         return Finding(OK, "pyverbs imports (rdma-core version unknown)")
     if int(m.group(1)) < SUPPORTED_RDMA_CORE:
         return Finding(WARN, f"pyverbs is from rdma-core {version}, older than the "
-                             f"{SUPPORTED_RDMA_CORE} rdmamsg is built and tested with",
-                       f"use rdma-core {SUPPORTED_RDMA_CORE} or later (Debian 12's, or a newer "
+                             f"{SUPPORTED_RDMA_CORE} rdmamsg supports",
+                       f"use rdma-core {SUPPORTED_RDMA_CORE} or later (Ubuntu 22.04's, or a newer "
                        "distribution's python3-pyverbs)")
     return Finding(OK, f"pyverbs imports (rdma-core {version})")
 

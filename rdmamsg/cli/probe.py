@@ -2,7 +2,6 @@
 interfaces, limits, the poller, and a loopback self-test."""
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import platform
@@ -70,13 +69,10 @@ def cython_error() -> str | None:
         from ..transport import _cpoller
     except ImportError as exc:
         return f"not built ({exc})"
-    for path, size in _cpoller.LAYOUT.items():
-        module, name = path.rsplit(".", 1)
-        have = getattr(importlib.import_module(module), name).__basicsize__
-        if have != size:
-            return (f"{path} is {have} bytes, the poller knows {size} (pyverbs from "
-                    "rdma-core 44): another pyverbs version")
-    return None
+    why = _cpoller.layout_problem()
+    if why is None:
+        return None
+    return f"pyverbs {pyverbs_version() or '(version unknown)'}: {why}"
 
 
 def local_ip_towards(host: str) -> str:

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
+from support.bed import self_ip
 from support.rawverbs import open_side
 
 
@@ -29,3 +32,12 @@ def test_device_is_the_one_asked_for(rdma_addr):
         assert rdma_addr.device == want
     if rdma_addr.link_layer == "Ethernet":
         assert rdma_addr.gid[:12] == bytes(10) + b"\xff\xff"   # an IPv4-mapped RoCE v2 GID
+
+
+def test_doctor_reports_the_cython_poller_on_this_bed(rdma_addr):
+    """The Cython poller reads this release's pyverbs (rdma-core 39 on): on
+    every bed, doctor says so rather than falling back."""
+    ip = ["--ip", self_ip()] if self_ip() else []
+    out = subprocess.run([sys.executable, "-m", "rdmamsg", "doctor", "--no-selftest", *ip],
+                         capture_output=True, text=True, timeout=120)
+    assert "the Cython poller is built and matches this pyverbs" in out.stdout, out.stdout
