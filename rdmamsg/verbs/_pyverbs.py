@@ -2,12 +2,15 @@
 
 Importing pyverbs 44 calls ``logging.basicConfig(level=INFO)`` on the root
 logger; we undo that so an application's logging stays its own.  rdma-core 59
-renamed ``pyverbs.enums`` to ``pyverbs.libibverbs_enums``; both are accepted.
+renamed ``pyverbs.enums`` to ``pyverbs.libibverbs_enums``, and 65 grouped its
+constants into enum classes; ``enums`` names them all, flat, either way.
 """
 from __future__ import annotations
 
+import enum
 import logging
 import threading
+import types
 
 from ..errors import NoDeviceError
 
@@ -29,9 +32,9 @@ try:
     from pyverbs.pyverbs_error import PyverbsError, PyverbsRDMAError
 
     try:
-        import pyverbs.libibverbs_enums as enums
+        import pyverbs.libibverbs_enums as _enums
     except ImportError:
-        import pyverbs.enums as enums
+        import pyverbs.enums as _enums
 except ImportError as exc:  # pragma: no cover - depends on the host
     raise NoDeviceError(
         "pyverbs is not importable: install Debian's python3-pyverbs and make the "
@@ -43,5 +46,22 @@ finally:
         if h not in _handlers:
             _root.removeHandler(h)
     _root.setLevel(_level)
+
+
+
+def _flat(module) -> types.SimpleNamespace:
+    """The verbs constants by name (``enums.IBV_ACCESS_LOCAL_WRITE``).  Up to
+    rdma-core 64 they sit at module level; 65 groups most of them into
+    IntEnum/IntFlag classes (``ibv_access_flags.IBV_ACCESS_LOCAL_WRITE``),
+    whose members are ints all the same."""
+    ns = {name: getattr(module, name) for name in dir(module) if not name.startswith("_")}
+    for value in list(ns.values()):
+        if isinstance(value, type) and issubclass(value, enum.Enum):
+            for name, member in value.__members__.items():
+                ns.setdefault(name, member)
+    return types.SimpleNamespace(**ns)
+
+
+enums = _flat(_enums)
 
 __all__ = ["fd_lock", "GID", "AHAttr", "GlobalRoute", "cq", "device", "mr", "pd", "qp", "wr", "enums", "PyverbsError", "PyverbsRDMAError"]
