@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import inspect
 import logging
 import threading
 import time
@@ -95,7 +96,7 @@ class Server:
             return lambda f: self.register(name_or_fn or f.__name__, f)
         if not isinstance(name_or_fn, str) or not name_or_fn:
             raise TypeError("a handler's name must be a non-empty string")
-        on_loop = asyncio.iscoroutinefunction(fn) or self._mode == "asyncio"
+        on_loop = inspect.iscoroutinefunction(fn) or self._mode == "asyncio"
         self._functions[name_or_fn] = (fn, on_loop)    # decided once: not per call
         return fn
 
@@ -274,7 +275,7 @@ class _Connection:
                        deadline: float | None) -> None:
         if self._skip(call_id, deadline):
             return
-        if not asyncio.iscoroutinefunction(fn):
+        if not inspect.iscoroutinefunction(fn):
             self._call(call_id, fn, args, kwargs)
             return
         task = loop.create_task(fn(*args, **kwargs))

@@ -39,5 +39,6 @@ def test_doctor_reports_the_cython_poller_on_this_bed(rdma_addr):
     every bed, doctor says so rather than falling back."""
     ip = ["--ip", self_ip()] if self_ip() else []
     out = subprocess.run([sys.executable, "-m", "rdmamsg", "doctor", "--no-selftest", *ip],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, RDMAMSG_POLLER="auto"))
     assert "the Cython poller is built and matches this pyverbs" in out.stdout, out.stdout
