@@ -146,9 +146,10 @@ class Table:
 
     def row(self, name: str, unit: str, mine: float, theirs: float, target: str,
             tool: str) -> None:
+        # A baseline of 0 (perftest printed no rate) gives no ratio, not a crash.
+        ratio = round(mine / theirs, 3) if theirs else math.nan
         self.rows.append({"name": name, "unit": unit, "rdmamsg": round(mine, 3),
-                          "baseline": round(theirs, 3), "ratio": round(mine / theirs, 3),
-                          "against": tool})
+                          "baseline": round(theirs, 3), "ratio": ratio, "against": tool})
         if target:
             self.targets[name] = target
         print(f"  {name}: {mine:.2f} vs {tool} {theirs:.2f} {unit}", flush=True)
