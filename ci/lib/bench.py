@@ -17,6 +17,7 @@ one-way times (perftest's t_typical).  It reports and never fails on numbers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -83,8 +84,11 @@ def _perftest_once(tool: str, size: int, addr, ip: str, extra: list[str],
     for line in cli.stdout.splitlines():
         cols = line.split()
         if cols and cols[0] == str(size) and len(cols) >= 5:
-            if "lat" in tool:   # #bytes #iter t_min t_max t_typical t_avg ...
-                return {"typical_us": float(cols[4]), "avg_us": float(cols[5])}
+            if "lat" in tool:   # #bytes #iter t_min t_max t_typical t_avg t_stdev 99% ...
+                out = {"typical_us": float(cols[4]), "avg_us": float(cols[5])}
+                if len(cols) >= 8:
+                    out["p99_us"] = float(cols[7])
+                return out
             # #bytes #iterations BW-peak BW-average[MB/s, 2^20] MsgRate[Mpps]
             return {"MiB_per_s": float(cols[3]), "msg_per_s": float(cols[4]) * 1e6}
     raise RuntimeError(f"{tool} -s {size} printed no result:\n{cli.stdout}\n{cli.stderr}")
@@ -178,6 +182,53 @@ def _ours_this_round(tests, pollers: list[str], r: int):
             yield test, p
 
 
+def threads(args, ip: str, poller: str, row) -> None:
+    """Both ends in one process, one thread each, against the same shape
+    across two processes, in the same rounds."""
+    twins = (("send_lat_thread", "send_lat", "median_us", args.iters, 0, "us"),
+             ("send_bw_thread", "send_bw", "msg_per_s", 0, args.duration, "Kmsg/s"),
+             ("rpc_lat_inproc", "rpc_lat", "rtt_median_us", args.iters, 0, "us"))
+    got = {t: [] for twin in twins for t in twin[:2]}
+    for _ in range(args.rounds):
+        for one, other, key, iters, duration, _unit in twins:
+            for test in (other, one):
+                got[test].append(ours(test, 64, ip, poller, duration, iters)[key])
+    for one, other, key, _iters, _duration, unit in twins:
+        scale = 1e-3 if unit == "Kmsg/s" else 1
+        # Throughput: ours / theirs, so within 1.3x is >= 0.77.
+        row(f"{one} 64 B [against {other} across processes]", unit,
+            statistics.median(got[one]) * scale, statistics.median(got[other]) * scale,
+            ">= 0.77" if unit == "Kmsg/s" else "<= 1.3", other)
+
+
+def busy(args, addr, ip: str, poller: str, row) -> None:
+    """send_lat and ib_send_lat, each with a CPU-bound process beside it."""
+    base, p99, mine, mine99 = [], [], [], []
+    for _ in range(args.rounds):
+        with _busy_loop():
+            lat = perftest("ib_send_lat", 64, addr, ip, ["-n", str(args.iters)])
+            base.append(lat["typical_us"])
+            p99.append(lat.get("p99_us", math.nan))
+            got = ours("send_lat", 64, ip, poller, 0, args.iters)
+            mine.append(got["median_us"])
+            mine99.append(got["p99_us"])
+    row("send_lat_busy 64 B one-way median, a busy process beside", "us",
+        statistics.median(mine), statistics.median(base), "<= 3.0", "ib_send_lat")
+    row("send_lat_busy 64 B one-way p99 [reported]", "us", statistics.median(mine99),
+        statistics.median(p99), "", "ib_send_lat")
+
+
+@contextlib.contextmanager
+def _busy_loop():
+    """A Python busy loop in its own process while the block runs."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", help="write the rows here")
@@ -186,9 +237,10 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=5000)
     ap.add_argument("--pollers", default="cython,python")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per shape")
-    ap.add_argument("--only", default="perftest,stream,rpc",
+    ap.add_argument("--only", default="perftest,stream,rpc,threads,busy",
                     help="which groups to run: perftest (channels, ep.write), stream (facade), "
-                         "rpc")
+                         "rpc, threads (both ends in one process), busy (send_lat beside a "
+                         "CPU-bound process)")
     args = ap.parse_args()
     ip = os.environ.get("RDMAMSG_SELF")
     addr = rdmamsg.resolve_local(ip, device=os.environ.get("RDMAMSG_DEVICE"))
@@ -289,19 +341,36 @@ def main() -> int:
                 mine.append(ours("rpc_lat", 64, ip, pollers[0], 0, args.iters)["rtt_median_us"])
                 inline.append(ours("rpc_lat", 64, ip, pollers[0], 0, args.iters,
                                    "--rpc-handlers", "inline")["rtt_median_us"])
+            rtt = mine
             point("rdmamsg rpc_lat (half the round trip)", "lat", 64, statistics.median(mine) / 2)
             # The issue's target, for both handler modes.
             row("rpc_lat 64 B echo round trip median", "us", statistics.median(mine),
                 statistics.median(base), "<= 2.5", "2x ib_send_lat")
             row("rpc_lat 64 B echo round trip median [inline handlers]", "us",
                 statistics.median(inline), statistics.median(base), "<= 2.5", "2x ib_send_lat")
-            base, mine = [], []
+            # Pipelined calls, three ways, against ib_send_bw's 64 B message
+            # rate; and against one sequential caller (rpc_lat's median).
+            shapes = {"rpc_rate": ("32 outstanding (call_async)", ">= 0.25"),
+                      "rpc_rate_aio": ("AsyncClient, 32 tasks", ">= 0.2"),
+                      "rpc_rate_threads": ("8 threads, one Client", ">= 0.2")}
+            base, mine = [], {test: [] for test in shapes}
             for r in range(args.rounds):
                 base.append(perftest("ib_send_bw", 64, addr, ip,
                                      ["-D", str(int(args.duration))])["msg_per_s"])
-                mine.append(ours("rpc_rate", 64, ip, pollers[0], args.duration, 0)["calls_per_s"])
-            row("rpc_rate 64 B echo, 32 outstanding", "Kcall/s", statistics.median(mine) / 1e3,
-                statistics.median(base) / 1e3, "", "ib_send_bw msgs")
+                for test in shapes:
+                    mine[test].append(ours(test, 64, ip, pollers[0], args.duration,
+                                           0)["calls_per_s"])
+            sequential = 1e6 / statistics.median(rtt)
+            for test, (what, target) in shapes.items():
+                row(f"{test} 64 B echo, {what}", "Kcall/s", statistics.median(mine[test]) / 1e3,
+                    statistics.median(base) / 1e3, target, "ib_send_bw msgs")
+            for test, (what, _) in shapes.items():
+                row(f"{test} [against one sequential caller]", "Kcall/s",
+                    statistics.median(mine[test]) / 1e3, sequential / 1e3, "> 1.0", "rpc_lat")
+        if "threads" in only:
+            threads(args, ip, pollers[0], row)
+        if "busy" in only:
+            busy(args, addr, ip, pollers[0], row)
     finally:
         for s in servers:
             s.terminate()

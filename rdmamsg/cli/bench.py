@@ -16,7 +16,9 @@ or rows of JSON to the plot.
 
 Tests (see bench_client.py): send_bw, send_lat, write_bw, write_lat,
 rma_bw, rma_lat (ep.write), stream_bw, stream_lat (the socket facade),
-rpc_lat, rpc_rate (rdmamsg.rpc).
+rpc_lat, rpc_rate, rpc_rate_aio, rpc_rate_threads (rdmamsg.rpc); and, with
+both ends in this process (no server needed): send_lat_thread,
+send_bw_thread, rpc_lat_inproc.
 """
 from __future__ import annotations
 
@@ -25,13 +27,16 @@ import json
 import sys
 
 from . import bench_client as bc
-from .bench_rpc import rpc_lat, rpc_rate
+from . import bench_rpc
 from .bench_serve import serve
 from .budget import Budget, Progress
 
 TESTS = ("send_bw", "send_lat", "write_bw", "write_lat", "rma_bw", "rma_lat", "stream_bw",
-         "stream_lat", "rpc_lat", "rpc_rate")
-BANDWIDTH = ("send_bw", "write_bw", "rma_bw", "stream_bw", "rpc_rate")
+         "stream_lat", "rpc_lat", "rpc_rate", "rpc_rate_aio", "rpc_rate_threads",
+         "send_lat_thread", "send_bw_thread", "rpc_lat_inproc")
+BANDWIDTH = ("send_bw", "write_bw", "rma_bw", "stream_bw", "rpc_rate", "rpc_rate_aio",
+             "rpc_rate_threads", "send_bw_thread")
+RPC_SERVED = ("rpc_lat", "rpc_rate", "rpc_rate_aio", "rpc_rate_threads")
 DEFAULT_PORT = 18515 + 1   # beside perftest's default port
 SWEEP = tuple(1 << k for k in range(1, 24, 2))   # 2 B .. 8 MiB, as perftest -a steps
 
@@ -39,10 +44,17 @@ SWEEP = tuple(1 << k for k in range(1, 24, 2))   # 2 B .. 8 MiB, as perftest -a 
 def run_test(test: str, host: str, port: int, size: int, budget: Budget, opts: dict,
              handlers: str = "threads") -> dict:
     addr = (host, port)
-    if test in ("rpc_lat", "rpc_rate"):
+    if test in RPC_SERVED:
         with bc.open_test(addr, test, {"size": size, "handlers": handlers}, {}) as ep:
-            fn = rpc_lat if test == "rpc_lat" else rpc_rate
+            fn = getattr(bench_rpc, test)
             return {**fn(ep, host, size, budget, **opts), "handlers": handlers}
+    if test == "rpc_lat_inproc":
+        return {**bench_rpc.rpc_lat_inproc(host, size, budget, handlers, **opts),
+                "handlers": handlers}
+    if test == "send_lat_thread":
+        return bc.send_lat_thread(host, size, budget, **opts)
+    if test == "send_bw_thread":
+        return bc.send_bw_thread(host, size, budget, **opts)
     if test == "rma_bw":
         return bc.rma_bw(addr, size, budget, **opts)
     if test == "rma_lat":
@@ -56,11 +68,11 @@ def run_test(test: str, host: str, port: int, size: int, budget: Budget, opts: d
 
 def row_text(r: dict) -> str:
     """One result as a line of the table."""
-    head = f"{r['test']:<10} {r['size']:>9}  "
-    if r["test"] == "rpc_lat":
+    head = f"{r['test']:<16} {r['size']:>9}  "
+    if r["test"].startswith("rpc_lat"):
         return head + (f"{'round trip':>12} {r['rtt_median_us']:10.1f} us median "
                        f"{r['rtt_p99_us']:10.1f} us p99  {r['poller']}, {r['handlers']} handlers")
-    if r["test"] == "rpc_rate":
+    if r["test"].startswith("rpc_rate"):
         return head + (f"{r['calls_per_s']:12.0f} calls/s ({r['outstanding']} outstanding)"
                        f"{'':>12}  {r['poller']}, {r['handlers']} handlers")
     if "MB_per_s" in r:
@@ -159,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--compare: {exc}")
     progress = Progress(len(tests) * len(size_list), True if args.progress else None)
     if not args.json:
-        print(f"{'test':<10} {'bytes':>9}  result", flush=True)
+        print(f"{'test':<16} {'bytes':>9}  result", flush=True)
     rows = []
     for test in tests:
         for size in size_list:

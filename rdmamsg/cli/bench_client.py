@@ -19,17 +19,23 @@ server's half of each.
             directions' bytes over the whole time.
   stream_lat  ping-pong of ``size`` bytes on the facade; the mean one-way
             time (rstream's usec/xfer) and the median.
+  send_lat_thread, send_bw_thread   send_lat and send_bw with the other end
+            on a thread of this process (no bench server): what a client and
+            a server in one process cost each other.
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
+import threading
 import time
+from typing import Any, Callable, Iterator
 
 import msgpack
 
-from ..channel.bootstrap import connect
+from ..channel.bootstrap import connect, listen
 from ..stream.socket import RdmaSocket
-from .bench_serve import recv_exactly, spin_until
+from .bench_serve import count_messages, echo_messages, recv_exactly, spin_until
 from .budget import Budget
 
 WRITE_RING = 8 << 20
@@ -101,6 +107,61 @@ def send_lat(addr, size: int, budget: Budget, test: str = "send_lat", **opts) ->
             samples.append(clock() - t0)
         ep.send(b"")
         return latency_row(test, size, samples, ep.poller)
+
+
+@contextlib.contextmanager
+def _peer_thread(host: str, serve: Callable[[Any], Any], opts: dict) -> Iterator[tuple]:
+    """(endpoint, outcome): an endpoint to a thread of this process that runs
+    ``serve(its endpoint)``; once the block is left, outcome[0] is what it
+    returned (or it raised)."""
+    outcome: list = []
+
+    def run(ln) -> None:
+        try:
+            with ln.accept(60) as peer:
+                outcome.append(serve(peer))
+        except BaseException as exc:        # noqa: BLE001 (raised by the caller)
+            outcome.append(exc)
+
+    with listen((host, 0), **opts) as ln:
+        thread = threading.Thread(target=run, args=(ln,), name="rdmamsg-bench-peer")
+        thread.start()
+        try:
+            with connect((host, ln.address[1]), timeout=60, **opts) as ep:
+                yield ep, outcome
+        finally:
+            thread.join(120)
+    if thread.is_alive():
+        raise TimeoutError("the bench's peer thread did not finish")
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+
+
+def send_lat_thread(host: str, size: int, budget: Budget, **opts) -> dict:
+    payload = bytes(size)
+    buf = bytearray(size)
+    samples = []
+    clock = time.perf_counter_ns
+    with _peer_thread(host, echo_messages, opts) as (ep, _):
+        budget.start()
+        while budget.more(len(samples)):
+            t0 = clock()
+            ep.send(payload)
+            ep.recv_into(buf, timeout=60)
+            samples.append(clock() - t0)
+        ep.send(b"")
+        poller = ep.poller
+    return latency_row("send_lat_thread", size, samples, poller)
+
+
+def send_bw_thread(host: str, size: int, budget: Budget, **opts) -> dict:
+    payload = bytes(size)
+    with _peer_thread(host, count_messages, opts) as (ep, outcome):
+        _batches(budget, ep.send, payload)
+        ep.send(b"")
+        poller = ep.poller
+    r = outcome[0]
+    return _rate("send_bw_thread", size, r["messages"], r["bytes"], r["seconds"], poller)
 
 
 def rma_bw(addr, size: int, budget: Budget, **opts) -> dict:

@@ -25,7 +25,9 @@ from ..stream.socket import RdmaSocket
 from .bench_rpc import serve_rpc
 
 
-def _count(ep) -> dict:
+def count_messages(ep) -> dict:
+    """Receive messages until an empty one: their count, bytes, and the seconds
+    from the first to the last."""
     n = nbytes = 0
     first = last = 0.0
     while True:
@@ -42,7 +44,8 @@ def _count(ep) -> dict:
     return {"messages": n, "bytes": nbytes, "seconds": last - first}
 
 
-def _echo(ep) -> None:
+def echo_messages(ep) -> None:
+    """Send every message back, until an empty one."""
     while True:
         with ep.recv_view(timeout=60) as data:
             if not len(data):
@@ -124,12 +127,12 @@ def _rma(ep, spec: dict) -> None:
 def serve_one(ep, bind: str, opts: dict) -> None:
     spec = msgpack.unpackb(ep.recv(timeout=60))
     test = spec.get("test")
-    if test in ("rpc_lat", "rpc_rate"):
+    if test in ("rpc_lat", "rpc_rate", "rpc_rate_aio", "rpc_rate_threads"):
         serve_rpc(ep, bind, spec.get("handlers", "threads"), **opts)
     elif test in ("send_bw", "write_bw"):
-        ep.send(msgpack.packb(_count(ep)))
+        ep.send(msgpack.packb(count_messages(ep)))
     elif test in ("send_lat", "write_lat"):
-        _echo(ep)
+        echo_messages(ep)
     elif test in ("rma_bw", "rma_lat"):
         _rma(ep, spec)
     elif test in ("stream_bw", "stream_lat"):
