@@ -241,6 +241,9 @@ def main() -> int:
                     help="which groups to run: perftest (channels, ep.write), stream (facade), "
                          "rpc, threads (both ends in one process), busy (send_lat beside a "
                          "CPU-bound process)")
+    ap.add_argument("--instructions", action="store_true",
+                    help="instead of timings: callgrind's instructions per round trip "
+                         "(ci/lib/instructions.py)")
     args = ap.parse_args()
     ip = os.environ.get("RDMAMSG_SELF")
     addr = rdmamsg.resolve_local(ip, device=os.environ.get("RDMAMSG_DEVICE"))
@@ -261,6 +264,11 @@ def main() -> int:
         points.append({"label": label, "kind": kind, "size": size, "value": value})
 
     try:
+        if args.instructions:
+            import instructions
+
+            instructions.run(addr, ip, row)
+            only = set()
         if "perftest" in only:
             # Each perftest baseline is shared by the rdmamsg tests compared with it.
             for tool, tests in (("ib_send_bw", ("send_bw",)), ("ib_write_bw", ("write_bw", "rma_bw"))):
@@ -375,8 +383,9 @@ def main() -> int:
         for s in servers:
             s.terminate()
             s.wait()
-    table.report(args.json)
-    if args.plot:
+    table.report(args.json, "instructions (rdmamsg / perftest, same boot)" if args.instructions
+                 else "benchmark (rdmamsg / perftest, same boot, medians)")
+    if args.plot and points:
         plot(points, args.plot, "rdmamsg against perftest and rstream (same device, same boot)")
         print(f"plot written to {args.plot}")
     return 0
