@@ -34,6 +34,7 @@ cdef extern from "Python.h":
 
 import weakref
 import threading
+from concurrent.futures import InvalidStateError
 
 GENERAL = object()        #: call(): not taken; nothing was sent (use the general path)
 TIMED_OUT = object()      #: call(): the timeout passed (the caller sends the CANCEL)
@@ -120,7 +121,8 @@ cdef class LinkFast:
     cdef dict pending                           # a client's calls awaiting replies, or None
     cdef Lock turn_lock, send_lock
     cdef object turn_notify
-    cdef Writer w
+    cdef Writer w                               # the receiving thread's frames
+    cdef Writer sw                              # send_request's (under the send lock)
     cdef Py_ssize_t inline_max
     cdef double keepalive
     cdef Slots slots                            # relaying (a server's pool), or None
@@ -148,6 +150,7 @@ cdef class LinkFast:
         self.turn_lock, self.send_lock = link._turn._lock, link._send_lock
         self.turn_notify = link._turn.notify_all
         self.w = Writer()
+        self.sw = Writer()
         self.baton = PyThread_allocate_lock()
         if self.baton == NULL:
             raise MemoryError()
@@ -188,18 +191,36 @@ cdef class LinkFast:
 
     cdef int send_frame(self) except -1:
         """Link.send for the frame in self.w (no out-of-band buffers)."""
-        cdef bint direct = self.api != NULL and self.w.n < self.direct_max
-        frame = None if direct else self.w if self.w.n <= self.lend_max else frame_bytes(self.w)
         self.send_lock.take()
         try:
-            if direct:
-                self.api.send(<PyObject *>self.eng, <const char *>self.w.buf, self.w.n)
-            else:
-                self.send(frame)
-            self.st.last_tx = monotonic()
+            self.send_locked(self.w)
         finally:
             self.send_lock.give()
         return 0
+
+    cdef int send_locked(self, Writer w) except -1:
+        """Send the frame in ``w``; the send lock is held."""
+        if self.api != NULL and w.n < self.direct_max:
+            self.api.send(<PyObject *>self.eng, <const char *>w.buf, w.n)
+        else:
+            self.send(w if w.n <= self.lend_max else frame_bytes(w))
+        self.st.last_tx = monotonic()
+        return 0
+
+    def send_request(self, uint64_t call_id, str name, tuple args, dict kwargs, timeout):
+        """Link.send of wire.encode_request's frame, encoded here in C, from
+        any thread (Client.call_async, and callers while another receives).
+        False, with nothing sent, for a request outside the codec's subset."""
+        ms = None if timeout is None else max(0, int(timeout * 1000))
+        self.send_lock.take()
+        try:
+            # (self.sw is used only under the send lock.)
+            if not encode_request(self.sw, call_id, name, args, 0, kwargs, ms, self.inline_max):
+                return False
+            self.send_locked(self.sw)
+        finally:
+            self.send_lock.give()
+        return True
 
     cdef bint take_turn(self) except -1:
         """Link.take_turn when nobody receives: become the receiver (False:
@@ -358,6 +379,38 @@ cdef class LinkFast:
                 if slot.exc is not None:
                     raise slot.exc
                 return slot.result
+
+    def collect(self, double timeout):
+        """Link's serve() for a client's reader: receive frames and complete
+        the pending calls whose replies the codec covers, waiting up to
+        ``timeout`` for the first frame and then taking only those already
+        there, so that a batch of replies costs one wake-up.  Returns a
+        frame the general path must take (Link._dispatch), or None."""
+        cdef Frame f
+        cdef double now = monotonic()
+        link, pending, ready = self.link, self.pending, self.link.ep.pending
+        while True:
+            try:
+                f = self.receive(max(0.001, min(timeout, self.ping_due(now))))
+            except InterruptedError:
+                return None
+            except TimeoutError:
+                link._check_alive()
+                return None
+            now = self.heard()
+            if f.kind != REPLY or not f.whole or f.status != OK:
+                return self.raw()
+            # (Popped with the GIL held, so atomic against the client's own
+            # pops: each call is completed once.)
+            holder = pending.pop(f.call_id, None)
+            value, f.value = f.value, None
+            if holder is not None:
+                try:
+                    holder.set_result(value)
+                except InvalidStateError:
+                    pass                         # cancelled meanwhile: dropped
+            if not ready():
+                return None
 
     cdef object lose(self, client, exc):
         """The connection is lost (as Link.receive_until reports it): the

@@ -75,7 +75,8 @@ class Client:
         self._next_id = itertools.count(1).__next__ if self._fast is None else self._fast.next_id
         if self._fast is not None and type(self).call is Client.call:
             self.call = self._fast.bind(self)   # the same call, in C: no Python frame per call
-        self._link.start()
+        # With the fast path, the reader completes replies in C, a batch per wake-up.
+        self._link.start(serve=None if self._fast is None else self._fast.collect)
         owner(self)
 
     # -- calling ---------------------------------------------------------------------
@@ -148,13 +149,22 @@ class Client:
         if not isinstance(name, str):
             raise TypeError("an RPC method name must be a string")
         call_id = self._next_id()
-        frame, buffers = wire.encode_request(call_id, name, args, kwargs, timeout, self._inline_max)
+        fast = self._fast
+        frame = buffers = None
+        if fast is None:
+            frame, buffers = wire.encode_request(call_id, name, args, kwargs, timeout,
+                                                 self._inline_max)
         with self._lock:
             if self._lost is not None:
                 raise self._down()
             self._pending[call_id] = holder
         try:
-            self._link.send(frame, buffers)
+            # The fast path encodes in C what its codec covers; wire.py the rest.
+            if fast is None or not fast.send_request(call_id, name, args, kwargs, timeout):
+                if frame is None:
+                    frame, buffers = wire.encode_request(call_id, name, args, kwargs, timeout,
+                                                         self._inline_max)
+                self._link.send(frame, buffers)
         except BaseException as exc:
             with self._lock:
                 self._pending.pop(call_id, None)
@@ -411,7 +421,8 @@ class _Deadlines:
                 self._thread = threading.Thread(target=self._run, name="rdmamsg-rpc-deadlines",
                                                 daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0][2] is fn:
+                self._cond.notify()      # sooner than the thread waits for (else: no wake-up)
 
     def _run(self) -> None:
         while True:
