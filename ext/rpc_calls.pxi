@@ -380,6 +380,18 @@ cdef class LinkFast:
                     raise slot.exc
                 return slot.result
 
+    def wake(self):
+        """Link.wake in C: unpark the reader (a reply is awaited that no
+        caller receives)."""
+        st = self.st
+        self.turn_lock.take()
+        try:
+            if st.parked:
+                st.parked = False
+                self.turn_notify()
+        finally:
+            self.turn_lock.give()
+
     def collect(self, double timeout):
         """Link's serve() for a client's reader: receive frames and complete
         the pending calls whose replies the codec covers, waiting up to

@@ -72,6 +72,7 @@ class Client:
                           dead_after=dead_after, max_payload=max_payload,
                           name=f"rdmamsg-rpc-client-{address[0]}:{address[1]}")
         self._fast = fast_path(self._link, inline_max, self._pending)
+        self._wake = self._link.wake if self._fast is None else self._fast.wake
         self._next_id = itertools.count(1).__next__ if self._fast is None else self._fast.next_id
         if self._fast is not None and type(self).call is Client.call:
             self.call = self._fast.bind(self)   # the same call, in C: no Python frame per call
@@ -183,11 +184,10 @@ class Client:
 
     def _submit(self, name: str, args: tuple, kwargs: dict, timeout: float | None,
                 timer: bool) -> concurrent.futures.Future:
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-        call_id = self._send_call(fut, name, args, kwargs, timeout)
-        fut.add_done_callback(functools.partial(self._done, call_id))
+        fut = _Call(self._me)
+        fut.call_id = call_id = self._send_call(fut, name, args, kwargs, timeout)
         if timer:
-            self._link.wake()            # no caller receives this reply: the reader must
+            self._wake()                 # no caller receives this reply: the reader must
         if timer and timeout is not None:
             self._deadlines.add(time.monotonic() + timeout,
                                 functools.partial(_to_client, self._me, "_expire", call_id, name,
@@ -200,12 +200,11 @@ class Client:
         if fut is not None and _settle(fut, exc=_timed_out(name, timeout)):
             self._link.try_send(wire.encode_cancel(call_id))
 
-    def _done(self, call_id: int, fut: concurrent.futures.Future) -> None:
-        if fut.cancelled():
-            with self._lock:
-                was_pending = self._pending.pop(call_id, None) is not None
-            if was_pending and self._lost is None:
-                self._link.try_send(wire.encode_cancel(call_id))
+    def _cancelled(self, call_id: int) -> None:
+        with self._lock:
+            was_pending = self._pending.pop(call_id, None) is not None
+        if was_pending and self._lost is None:
+            self._link.try_send(wire.encode_cancel(call_id))
 
     # -- replies ---------------------------------------------------------------------
 
@@ -355,6 +354,22 @@ class _AsyncScoped:
 
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.wrap_future(self._scoped.call_async(name, *args, **kwargs))
+
+
+class _Call(concurrent.futures.Future):
+    """A call's Future (call_async): cancelling it cancels the call.  (A
+    subclass rather than a done-callback: no callback object per call.)"""
+
+    def __init__(self, client: weakref.ref) -> None:
+        super().__init__()
+        self._client = client
+        self.call_id = 0
+
+    def cancel(self) -> bool:
+        if not super().cancel():
+            return False
+        _to_client(self._client, "_cancelled", self.call_id)
+        return True
 
 
 class _Slot:
