@@ -14,8 +14,11 @@ nothing else is pending, stays parked.  A synchronous call then costs one
 thread on each side, as a plain send/recv round trip does, rather than a
 spinning reader and a hand-off to the caller.
 
-With the Cython poller, ext/_rpcfast (``fast_path``) runs the two hot loops
-in C: a synchronous call, and a server connection's requests.  They keep
+With the Cython poller, ext/_rpcfast (``fast_path``) runs the hot loops
+in C: a synchronous call, a server connection's requests, and a client's
+reader, which completes the replies it receives a batch per wake-up
+(``LinkFast.collect``); requests from other threads are encoded in C under
+the send lock (``LinkFast.send_request``).  They keep
 this state by its rules (the turn under ``_turn``, frames under
 ``_send_lock``, the keepalive times) and give every frame they do not
 cover to ``_dispatch``.  A server with a thread pool gives the link a
