@@ -94,19 +94,25 @@ def send_bw(addr, size: int, budget: Budget, test: str = "send_bw", **opts) -> d
 
 
 def send_lat(addr, size: int, budget: Budget, test: str = "send_lat", **opts) -> dict:
+    with open_test(addr, test, {"size": size}, opts) as ep:
+        return latency_row(test, size, _echoed(ep, size, budget), ep.poller)
+
+
+def _echoed(ep, size: int, budget: Budget) -> list[int]:
+    """Round trips of ``size`` bytes to an echoing peer (ns each), then the
+    empty message that ends its echo."""
     payload = bytes(size)
     buf = bytearray(size)
     samples = []
     clock = time.perf_counter_ns
-    with open_test(addr, test, {"size": size}, opts) as ep:
-        budget.start()
-        while budget.more(len(samples)):
-            t0 = clock()
-            ep.send(payload)
-            ep.recv_into(buf, timeout=60)
-            samples.append(clock() - t0)
-        ep.send(b"")
-        return latency_row(test, size, samples, ep.poller)
+    budget.start()
+    while budget.more(len(samples)):
+        t0 = clock()
+        ep.send(payload)
+        ep.recv_into(buf, timeout=60)
+        samples.append(clock() - t0)
+    ep.send(b"")
+    return samples
 
 
 @contextlib.contextmanager
@@ -138,19 +144,8 @@ def _peer_thread(host: str, serve: Callable[[Any], Any], opts: dict) -> Iterator
 
 
 def send_lat_thread(host: str, size: int, budget: Budget, **opts) -> dict:
-    payload = bytes(size)
-    buf = bytearray(size)
-    samples = []
-    clock = time.perf_counter_ns
     with _peer_thread(host, echo_messages, opts) as (ep, _):
-        budget.start()
-        while budget.more(len(samples)):
-            t0 = clock()
-            ep.send(payload)
-            ep.recv_into(buf, timeout=60)
-            samples.append(clock() - t0)
-        ep.send(b"")
-        poller = ep.poller
+        samples, poller = _echoed(ep, size, budget), ep.poller
     return latency_row("send_lat_thread", size, samples, poller)
 
 
