@@ -227,8 +227,8 @@ def resolve_local(ip: str | None = None, *, device: str | None = None, port: int
                   gid_index: int | None = None) -> LocalAddress:
     """Choose device, port and GID for a connection whose local IP is ``ip``.
 
-    On RoCE this is the RoCE v2 GID whose address is ``ip``; on InfiniBand the
-    port's LID (and a GID only if ``gid_index`` is given, for routed fabrics).
+    On RoCE this is the RoCE v2 GID whose address is ``ip`` (for a loopback
+    ``ip``, the first with an address); on InfiniBand the port's LID (and a GID only if ``gid_index`` is given, for routed fabrics).
     ``device``, ``port`` and ``gid_index`` override each choice.
     """
     devices = list_devices()
@@ -245,6 +245,8 @@ def resolve_local(ip: str | None = None, *, device: str | None = None, port: int
         raise NoDeviceError(f"no ACTIVE RDMA port (ports: {states}); check the link "
                             "('rdma link show') or run 'python -m rdmamsg doctor'")
     want = None if ip is None else ipaddress.ip_address(ip)
+    if want is not None and want.is_loopback:
+        want = None   # to ourselves: any local RoCE GID reaches any other (both ends agree)
     for p in active:
         if gid_index is not None:
             return _address(p, _gid_at(p, gid_index))
