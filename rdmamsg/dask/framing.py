@@ -22,10 +22,6 @@ SMALL_BUFFER = 2048                    #: buffers shorter than this may ride in 
 MAX_FRAMES = 1 << 20
 
 
-def _nbytes(frame) -> int:
-    return frame.nbytes if isinstance(frame, memoryview) else memoryview(frame).nbytes
-
-
 def plan(frames: Sequence, head_limit: int) -> tuple[bytes, list[memoryview]]:
     """The head message for ``frames``, and the frames that follow it as
     messages of their own, in order.  The head stays within ``head_limit``
@@ -36,10 +32,12 @@ def plan(frames: Sequence, head_limit: int) -> tuple[bytes, list[memoryview]]:
     size = _COUNT.size + _LEN.size * len(frames)
     for frame in frames:
         view = frame if isinstance(frame, memoryview) else memoryview(frame)
-        view = view.cast("B") if view.ndim != 1 or view.format != "B" else view
+        if view.nbytes == 0:
+            view = memoryview(b"")          # an empty array's shape may have zeros
+        elif view.ndim != 1 or view.format != "B":
+            view = view.cast("B")
         n = view.nbytes
-        owner = view.obj
-        small = isinstance(owner, bytes) or n < SMALL_BUFFER
+        small = isinstance(view.obj, bytes) or n < SMALL_BUFFER
         if small and size + n <= head_limit:
             lengths.append(n)
             inline.append(view)

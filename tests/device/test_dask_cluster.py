@@ -1,5 +1,6 @@
 """A real Dask workload on rdma://: a LocalCluster of two worker processes."""
 import os
+from multiprocessing import resource_tracker
 
 import numpy as np
 import pandas as pd
@@ -9,18 +10,29 @@ import dask
 import dask.array as da
 import dask.dataframe as dd
 from distributed import Client, LocalCluster
+from support.bed import resource_counts
 
 IP = os.environ.get("RDMAMSG_SELF", "")
 
 
+@pytest.fixture
+def no_leaks():
+    """The cluster outlives each test: its fixture checks for leaks instead."""
+    yield
+
+
 @pytest.fixture(scope="module")
 def client():
+    resource_tracker.ensure_running()     # multiprocessing's, kept for the process's life
+    before = resource_counts()
     with LocalCluster(protocol="rdma://", host=IP, n_workers=2, threads_per_worker=2,
-                      processes=True, dashboard_address=None, memory_limit="700MiB") as cluster:
+                      processes=True, dashboard_address=":0", memory_limit="700MiB") as cluster:
         with Client(cluster) as c:
             assert cluster.scheduler_address.startswith(f"rdma://{IP}:")
             assert all(a.startswith("rdma://") for a in c.scheduler_info()["workers"])
             yield c
+    after = resource_counts()
+    assert after == before, f"verbs resources or fds leaked: before {before}, after {after}"
 
 
 def test_an_array_reduction(client):
@@ -37,7 +49,10 @@ def test_a_dataframe_groupby_with_a_shuffle(client, method):
     shuffled = ddf.shuffle("key", shuffle_method=method)
     got = client.compute(shuffled.groupby("key").val.agg(["sum", "count"])).result()
     want = pdf.groupby("key").val.agg(["sum", "count"])
-    pd.testing.assert_frame_equal(got.sort_index(), want, check_exact=False)
+    # reindex, not sort_index: in the TCG VM, pandas' sort_index left this index
+    # unsorted over tcp:// as well (numpy's SIMD sort under qemu, probably)
+    assert got.index.is_unique and len(got) == len(want)
+    pd.testing.assert_frame_equal(got.reindex(want.index), want, check_exact=False)
 
 
 def test_futures_pass_64_mib_arrays_between_workers(client):

@@ -44,6 +44,11 @@ def test_multidimensional_and_typed_views_are_sent_as_bytes():
     assert got == [arr.tobytes()]
 
 
+def test_empty_arrays_of_any_shape():
+    got, _, separate = roundtrip([memoryview(np.zeros((0, 3))), b"", memoryview(bytearray())])
+    assert got == [b"", b"", b""] and separate == []
+
+
 @pytest.mark.parametrize("head, why", [
     (b"", "too short"),
     (bytes([2, 0, 0, 0, 0]), "version 2"),
