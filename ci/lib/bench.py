@@ -240,7 +240,8 @@ def main() -> int:
     ap.add_argument("--only", default="perftest,stream,rpc,threads,busy",
                     help="which groups to run: perftest (channels, ep.write), stream (facade), "
                          "rpc, threads (both ends in one process), busy (send_lat beside a "
-                         "CPU-bound process)")
+                         "CPU-bound process); dask (the rdma:// comm backend, "
+                         "ci/lib/bench_dask.py) runs only when named")
     ap.add_argument("--instructions", action="store_true",
                     help="instead of timings: callgrind's instructions per round trip "
                          "(ci/lib/instructions.py)")
@@ -379,6 +380,10 @@ def main() -> int:
             threads(args, ip, pollers[0], row)
         if "busy" in only:
             busy(args, addr, ip, pollers[0], row)
+        if "dask" in only:
+            import bench_dask
+
+            bench_dask.run(args, addr, ip, row, perftest, human)
     finally:
         for s in servers:
             s.terminate()
