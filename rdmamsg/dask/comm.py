@@ -151,7 +151,7 @@ class RdmaConnector(Connector):
     async def connect(self, address: str, deserialize: bool = True,
                       **connection_args) -> RdmaComm:
         host, port = parse_host_port(address)
-        token, options = connection_settings(connection_args)
+        token, options = connection_settings(address, connection_args)
         timeout = dask.utils.parse_timedelta(
             dask.config.get("distributed.comm.timeouts.connect"), "seconds")
         loop = asyncio.get_running_loop()
@@ -186,7 +186,7 @@ class RdmaListener(BaseListener):
         self.deserialize = deserialize
         self.allow_offload = allow_offload
         self.default_host = default_host
-        self._token, self._options = connection_settings(connection_args)
+        self._token, self._options = connection_settings(loc, connection_args)
         self._listener: RdmaListenerSocket | None = None
         self._accepting: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()

@@ -20,10 +20,15 @@ from ..channel.options import Options
 from ..verbs.device import list_devices
 
 
-def connection_settings(connection_args: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """(token, options) for a connection or a listener.  ``connection_args``
-    are what Dask passes through (TLS settings and the like); they do not
-    apply to this backend and are ignored."""
+def connection_settings(address: str, connection_args: dict[str, Any]
+                        ) -> tuple[str | None, dict[str, Any]]:
+    """(token, options) for a connection to, or a listener on, ``address``.
+    Of what Dask passes through (``connection_args``: TLS settings and the
+    like) only ``require_encryption`` applies: rdma:// does not encrypt, so
+    it refuses, as tcp:// does (RuntimeError)."""
+    if connection_args.get("require_encryption"):
+        raise RuntimeError("encryption required by Dask configuration, refusing "
+                           f"communication from/to 'rdma://{address}' (rdma:// is not encrypted)")
     token = dask.config.get("distributed.comm.rdma.token", None) or \
         os.environ.get("RDMAMSG_TOKEN") or None
     options = dict(dask.config.get("distributed.comm.rdma.options", None) or {})
