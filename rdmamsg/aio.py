@@ -55,7 +55,7 @@ class Server(asyncio.AbstractServer):
         # runs in the executor; only once the listening fd is readable, and
         # with a time limit, so that close() never strands a thread in it.
         while self._sock.fileno() >= 0:
-            await self._readable()
+            await wait_readable(self._loop, self._sock.fileno())
             try:
                 conn, _ = await self._loop.run_in_executor(self._acceptor, self._sock.accept)
             except OSError:                    # refused, timed out, or closed under us
@@ -64,15 +64,6 @@ class Server(asyncio.AbstractServer):
                 RdmaTransport(self._loop, conn, self._factory())
             except OSError:
                 conn.close()
-
-    async def _readable(self) -> None:
-        fd = self._sock.fileno()
-        ready = self._loop.create_future()
-        self._loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
-        try:
-            await ready
-        finally:
-            self._loop.remove_reader(fd)
 
     @property
     def sockets(self) -> tuple[RdmaSocket, ...]:
@@ -112,6 +103,16 @@ class Server(asyncio.AbstractServer):
         await self.wait_closed()
 
 
+async def wait_readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """Until ``fd`` is readable (a listener's, say: a client waits)."""
+    ready = loop.create_future()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
 async def start_server(client_connected_cb: ClientCallback, host: str, port: int, *,
                        limit: int = LIMIT, backlog: int = 128, **options: Any) -> Server:
     """Serve rdmamsg streams on (host, port): ``client_connected_cb(reader,
@@ -149,4 +150,4 @@ async def connect(loop: asyncio.AbstractEventLoop, protocol_factory: Callable[[]
         raise
 
 
-__all__ = ["open_connection", "start_server", "Server", "serve", "connect"]
+__all__ = ["open_connection", "start_server", "Server", "serve", "connect", "wait_readable"]

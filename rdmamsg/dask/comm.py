@@ -20,6 +20,7 @@ from distributed.comm.core import (BaseListener, Comm, CommClosedError, Connecto
 from distributed.comm.utils import ensure_concrete_host, from_frames, to_frames
 from distributed.protocol.utils import host_array
 
+from ..aio import wait_readable
 from ..channel.bootstrap import Listener as RdmaListenerSocket
 from ..channel.bootstrap import connect as rdma_connect
 from ..channel.endpoint import Endpoint
@@ -31,8 +32,9 @@ from .settings import connection_settings, default_host
 log = logging.getLogger("rdmamsg.dask")
 PREFIX = "rdma://"
 
-#: The handshakes (connect, accept), each a blocking call of up to
-#: handshake_timeout, in threads of their own so that none waits on another.
+#: The handshakes (connect, accept) and orderly closes, each a blocking call
+#: of up to handshake_timeout (or linger), in threads of their own so that
+#: none waits on another.
 _handshakes = concurrent.futures.ThreadPoolExecutor(64, thread_name_prefix="rdmamsg-dask-hs")
 
 
@@ -201,13 +203,7 @@ class RdmaListener(BaseListener):
         loop = asyncio.get_running_loop()
         listener = self._listener
         while not listener.closed:
-            ready = loop.create_future()
-            fd = listener.fileno()
-            loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
-            try:
-                await ready
-            finally:
-                loop.remove_reader(fd)
+            await wait_readable(loop, listener.fileno())
             job = loop.run_in_executor(_handshakes, listener.accept, 0)
             try:
                 ep = await asyncio.shield(job)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import struct
 from typing import Sequence
 
+from ..verbs.regcache import byte_view
+
 VERSION = 1
 _COUNT = struct.Struct("<BI")          # version, frame count
 _LEN = struct.Struct("<Q")
@@ -31,11 +33,8 @@ def plan(frames: Sequence, head_limit: int) -> tuple[bytes, list[memoryview]]:
     lengths, inline, separate = [], [], []
     size = _COUNT.size + _LEN.size * len(frames)
     for frame in frames:
-        view = frame if isinstance(frame, memoryview) else memoryview(frame)
-        if view.nbytes == 0:
-            view = memoryview(b"")          # an empty array's shape may have zeros
-        elif view.ndim != 1 or view.format != "B":
-            view = view.cast("B")
+        # an empty array's shape may have zeros, which cast() refuses
+        view = byte_view(frame) if memoryview(frame).nbytes else memoryview(b"")
         n = view.nbytes
         small = isinstance(view.obj, bytes) or n < SMALL_BUFFER
         if small and size + n <= head_limit:
@@ -45,12 +44,8 @@ def plan(frames: Sequence, head_limit: int) -> tuple[bytes, list[memoryview]]:
         else:
             lengths.append(n | SEPARATE)
             separate.append(view)
-    head = bytearray(_COUNT.pack(VERSION, len(frames)))
-    for n in lengths:
-        head += _LEN.pack(n)
-    for view in inline:
-        head += view
-    return bytes(head), separate
+    head = b"".join([_COUNT.pack(VERSION, len(frames)), *map(_LEN.pack, lengths), *inline])
+    return head, separate
 
 
 def parse(head) -> tuple[list, list[tuple[int, int]]]:

@@ -228,7 +228,8 @@ def resolve_local(ip: str | None = None, *, device: str | None = None, port: int
     """Choose device, port and GID for a connection whose local IP is ``ip``.
 
     On RoCE this is the RoCE v2 GID whose address is ``ip`` (for a loopback
-    ``ip``, the first with an address); on InfiniBand the port's LID (and a GID only if ``gid_index`` is given, for routed fabrics).
+    ``ip``, the first with an address); on InfiniBand the port's LID (and a
+    GID only if ``gid_index`` is given, for routed fabrics).
     ``device``, ``port`` and ``gid_index`` override each choice.
     """
     devices = list_devices()
