@@ -1,4 +1,4 @@
-"""python -m rdmamsg.run [--match RULE ...] [-v] (-m module | script.py) [args...]
+"""python -m rdmamsg.run [--match RULE ...] [--protocol rsocket] [-v] (-m module | script.py) [args...]
 
 Runs an unmodified Python program with rdmamsg.patch() in force: its TCP
 connections to matching addresses go over RDMA, everything else through the
@@ -15,7 +15,7 @@ import sys
 from .transparent import patch
 
 
-_WITH_VALUE = ("--match", "--channel")
+_WITH_VALUE = ("--match", "--channel", "--protocol")
 
 
 def _split(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
@@ -43,11 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     ours, module, program = _split(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(
         prog="python -m rdmamsg.run", description=__doc__.split("\n\n")[1],
-        usage="%(prog)s [--match RULE ...] [-v] (-m module | script.py) [args...]")
+        usage="%(prog)s [--match RULE ...] [--protocol P] [-v] (-m module | script.py) [args...]")
     ap.add_argument("--match", action="append", metavar="RULE",
                     help="HOST[:PORT], CIDR[:PORT] or *:PORT to carry over RDMA (repeatable)")
-    ap.add_argument("--channel", choices=("send", "write"), default="send",
+    ap.add_argument("--channel", choices=("send", "write"),
                     help="the rdmamsg channel for the connections (default: send)")
+    ap.add_argument("--protocol", choices=("rdmamsg", "rsocket"), default="rdmamsg",
+                    help="rdmamsg's own (both ends rdmamsg), or rsocket: librdmacm's "
+                         "rsockets, to talk to C programs using rsocket() or librspreload.so")
     ap.add_argument("-v", "--verbose", action="store_true",
                     help="say on stderr which connections go over RDMA")
     args = ap.parse_args(ours)
@@ -56,8 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         logging.basicConfig(format="%(message)s")
         logging.getLogger("rdmamsg.transparent").setLevel(logging.INFO)
+    if args.protocol == "rsocket" and args.channel:
+        ap.error("--channel is an rdmamsg protocol option; rsockets has one way to move data")
+    options = ({"protocol": "rsocket"} if args.protocol == "rsocket"
+               else {"channel": args.channel or "send"})
     try:
-        p = patch(args.match, channel=args.channel)
+        p = patch(args.match, **options)
     except ValueError as exc:
         ap.error(str(exc))
     if args.verbose:

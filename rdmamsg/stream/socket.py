@@ -28,10 +28,12 @@ from typing import Any, Iterable
 
 from ..channel.bootstrap import Listener, connect
 from ..channel.endpoint import Endpoint
+from ..channel.rsocket_setup import RsListener, rs_connect
 from ..errors import PeerClosedError, closed_error
 from ..transport.backend import make_stream_fast
 
 Address = tuple[str, int]
+PROTOCOLS = ("rdmamsg", "rsocket")
 CHUNK = 4 << 20          #: the largest message a blocking send makes (zero-copy above 64 KiB)
 _ACCEPTED_OPTS = {
     (_socket.SOL_SOCKET, _socket.SO_TYPE): _socket.SOCK_STREAM,
@@ -47,6 +49,10 @@ class RdmaSocket:
     ``connect`` and ``accept`` make the RDMA connection (a TCP bootstrap on the
     same address, then an RC queue pair); ``options`` are rdmamsg.Options
     fields for it (``channel="write"``, ``buffer_size``, ...).
+
+    ``protocol="rsocket"`` speaks librdmacm's rsockets instead (rdma_cm, no
+    TCP port), so the peer may be a C program using rsocket() or running
+    under librspreload.so.  rsockets has no token and none of the options.
     """
 
     family = _socket.AF_INET
@@ -54,11 +60,18 @@ class RdmaSocket:
     proto = 0
 
     def __init__(self, family: int = _socket.AF_INET, type: int = _socket.SOCK_STREAM,
-                 proto: int = 0, *, token: str | bytes | None = None, **options: Any) -> None:
+                 proto: int = 0, *, token: str | bytes | None = None, protocol: str = "rdmamsg",
+                 **options: Any) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
+        if protocol == "rsocket" and (token is not None or options):
+            given = sorted(options) + (["token"] if token is not None else [])
+            raise ValueError(f"the rsocket protocol carries no token and no rdmamsg options "
+                             f"(given: {', '.join(given)})")
         if family != _socket.AF_INET or (type & ~_socket.SOCK_NONBLOCK
                                          & ~_socket.SOCK_CLOEXEC) != _socket.SOCK_STREAM:
             raise OSError(errno.EAFNOSUPPORT, "RdmaSocket is AF_INET, SOCK_STREAM only")
-        self._token, self._options = token, options
+        self._token, self._options, self._protocol = token, options, protocol
         self._timeout: float | None = _socket.getdefaulttimeout()
         if type & _socket.SOCK_NONBLOCK:
             self._timeout = 0.0
@@ -102,8 +115,12 @@ class RdmaSocket:
         if self._ep is not None:
             raise OSError(errno.EINVAL, "a connected socket cannot listen")
         if self._listener is None:
-            self._listener = Listener(self._bound or ("0.0.0.0", 0), self._token,
-                                      backlog=max(backlog, 1), **self._options)
+            where = self._bound or ("0.0.0.0", 0)
+            if self._protocol == "rsocket":
+                self._listener = RsListener(where, backlog=max(backlog, 1))
+            else:
+                self._listener = Listener(where, self._token, backlog=max(backlog, 1),
+                                          **self._options)
 
     def accept(self) -> tuple["RdmaSocket", Address]:
         self._check()
@@ -116,7 +133,8 @@ class RdmaSocket:
                 raise BlockingIOError(errno.EAGAIN, "no connection is waiting") from None
             raise
         child = self.from_endpoint(ep, _socket.getdefaulttimeout())
-        return child, ep.raddr
+        child._protocol = self._protocol
+        return child, ep.raddr[:2]
 
     def connect(self, address: Address) -> None:
         self._check()
@@ -125,6 +143,9 @@ class RdmaSocket:
         if self._listener is not None:
             raise OSError(errno.EINVAL, "a listening socket cannot connect")
         timeout = None if not self._timeout else self._timeout
+        if self._protocol == "rsocket":
+            self._attach(rs_connect((address[0], address[1]), timeout, self._bound))
+            return
         self._attach(connect((address[0], address[1]), timeout=timeout, token=self._token,
                              source_address=self._bound, **self._options))
 
@@ -148,11 +169,10 @@ class RdmaSocket:
         # With a timeout, one fragment at a time: a message either goes whole or not.
         piece = mv[:CHUNK if self._timeout is None else ep.fragment]
         if not self._selectable:
-            self._send_piece(ep, piece)
-            return piece.nbytes
+            return self._send_piece(ep, piece)
         before = ep.progress_count()
         try:
-            self._send_piece(ep, piece)
+            n = self._send_piece(ep, piece)
         except BlockingIOError:
             self._send_mark = ep.progress_count()
             self._rearm_after_send()
@@ -160,11 +180,13 @@ class RdmaSocket:
         self._send_mark = None
         if ep.progress_count() != before:      # it took completions: some may be arrivals
             self._rearm_after_send()
-        return piece.nbytes
+        return n
 
-    def _send_piece(self, ep: Endpoint, piece: memoryview) -> None:
+    def _send_piece(self, ep: Endpoint, piece: memoryview) -> int:
+        """Bytes sent: a message goes whole; an rsocket stream may take part."""
         try:
-            ep.send(piece, self._timeout)
+            n = ep.send(piece, self._timeout)
+            return piece.nbytes if n is None else n
         except TimeoutError:
             if self._timeout == 0:
                 raise BlockingIOError(errno.EAGAIN, "the peer is not taking data now") from None

@@ -49,8 +49,10 @@ def patch(match: Iterable[str] | str | None = None, **options: Any) -> Patch:
 
     ``match``: rules as ``HOST[:PORT]``, ``CIDR[:PORT]`` or ``*:PORT``; by
     default the networks of the interfaces behind active RoCE ports.
-    ``options`` are rdmamsg.Options fields for every such connection.  Sockets
-    made before the call stay kernel sockets.
+    ``options`` are RdmaSocket options for every such connection: rdmamsg.Options
+    fields, or ``protocol="rsocket"`` to speak librdmacm's rsockets (then a C
+    program under librspreload.so is the other end).  Sockets made before the
+    call stay kernel sockets.
     """
     if isinstance(match, str):
         match = [match]
