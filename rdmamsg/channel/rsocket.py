@@ -209,19 +209,23 @@ class RsEndpoint:
             return sent
 
     def _room(self, left: int) -> int:
-        """Bytes the next write may carry now: lent room, a send WR, and
-        contiguous space in the send ring (a tail too short for a useful
-        write is skipped: the next write frees it when it completes)."""
+        """Bytes the next write may carry now: a send WR, room in the lent
+        slot (any), and contiguous space in the send ring, which must take
+        at least a useful write (a shorter tail is skipped: the next write
+        frees it when it completes)."""
         if not self._sq_free:
             return 0
-        want = min(left, LOW_WATER)
+        room = self._tx.room()
+        if not room:
+            return 0
+        want = min(left, room, LOW_WATER)
         tail = SEND_RING - self._sbuf_head
         if tail < want and self._sbuf_free >= tail:
             self._sbuf_free -= tail
             self._sbuf_skipped += tail
             self._sbuf_head = 0
-        room = min(self._tx.room(), self._sbuf_free, SEND_RING - self._sbuf_head)
-        return room if room >= want else 0
+        space = min(self._sbuf_free, SEND_RING - self._sbuf_head)
+        return min(room, space) if space >= want else 0
 
     def _post_data(self, piece: memoryview) -> None:
         n = piece.nbytes

@@ -89,6 +89,14 @@ class Runner:
         from ..stream.socket import RdmaSocket
         return RdmaSocket(protocol="rsocket")
 
+    def listen(self) -> None:
+        a = self.args
+        self.listener = self._socket()
+        if self.kernel:
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((a.bind or "0.0.0.0", a.port))
+        self.listener.listen(1)
+
     def connect(self) -> None:
         a = self.args
         if self.client:
@@ -98,12 +106,6 @@ class Runner:
             s.connect((a.server, a.port))
             self.sock = s
             return
-        if self.listener is None:
-            self.listener = self._socket()
-            if self.kernel:
-                self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.listener.bind((a.bind or "0.0.0.0", a.port))
-            self.listener.listen(1)
         self.sock, _ = self.listener.accept()
 
     def send(self, size: int) -> None:
@@ -149,6 +151,8 @@ class Runner:
 
     def run(self) -> None:
         a = self.args
+        if not self.client:
+            self.listen()            # first, as rstream: the header says it listens
         print(f"{'name':<10}{'bytes':<8}{'xfers':<8}{'iters':<8}{'total':<8}{'time':>8} "
               f"{'Gb/sec':>10}{'usec/xfer':>13}", flush=True)
         sizes = [s for s, opt in SIZES if opt <= (1 if a.size == "all" else 0)]
