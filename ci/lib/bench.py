@@ -97,21 +97,27 @@ def _perftest_once(tool: str, size: int, addr, ip: str, extra: list[str],
 RSTREAM_PORT = 18800
 
 
-def rstream(size: int, count: int, iters: int, ip: str, tcp: bool = False) -> dict:
+def rstream(size: int, count: int, iters: int, ip: str, tcp: bool = False,
+            ours: str | None = None) -> dict:
     """rstream in its custom mode: ``iters`` rounds of ``count`` transfers of
-    ``size`` bytes each way; its Gb/sec (both directions) and usec/xfer."""
+    ``size`` bytes each way; its Gb/sec (both directions) and usec/xfer.
+    ``ours="client"`` or ``"server"``: that end is rdmamsg's rstream twin
+    (python -m rdmamsg rstream, over rsockets), the other the C program."""
     global RSTREAM_PORT
     RSTREAM_PORT += 1
-    base = ["rstream", "-p", str(RSTREAM_PORT), "-S", str(size), "-C", str(count),
-            "-I", str(iters), *(["-T", "s"] if tcp else [])]
-    srv = subprocess.Popen(base + ["-b", ip], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    args = ["-p", str(RSTREAM_PORT), "-S", str(size), "-C", str(count), "-I", str(iters),
+            *(["-T", "s"] if tcp else [])]
+    c, py = ["rstream", *args], [sys.executable, "-m", "rdmamsg", "rstream", *args]
+    server, client = (py if ours == "server" else c), (py if ours == "client" else c)
+    srv = subprocess.Popen(server + ["-b", ip], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         # Under TCG the server may take several seconds to listen: a refused
         # client is tried again, up to 20 s.
         for _ in range(10):
             time.sleep(2)
-            cli = subprocess.run(base + ["-s", ip], capture_output=True, text=True, timeout=300)
-            if "Connection refused" not in cli.stderr or srv.poll() is not None:
+            cli = subprocess.run(client + ["-s", ip], capture_output=True, text=True, timeout=600)
+            if ("Connection refused" not in cli.stderr + cli.stdout
+                    and "rpoll" not in cli.stderr + cli.stdout) or srv.poll() is not None:
                 break
     finally:
         try:
@@ -123,6 +129,26 @@ def rstream(size: int, count: int, iters: int, ip: str, tcp: bool = False) -> di
     if cli.returncode or len(cols) < 8:
         raise RuntimeError(f"rstream -S {size} printed no result:\n{cli.stdout}\n{cli.stderr}")
     return {"MB_per_s": float(cols[-2]) * 1e3 / 8, "usec_per_xfer": float(cols[-1])}
+
+
+def rsocket_rows(args, ip: str, row, point) -> None:
+    """rdmamsg's rsockets (protocol="rsocket") replacing one end of rstream,
+    against rstream C to C in the same boot: 64 KiB transfers, 64 B ping-pong."""
+    count = max(args.iters // 5, 200)
+    iters = max(args.iters // 2, 500)
+    for ours_is in ("client", "server"):
+        base, mine, lbase, lmine = [], [], [], []
+        for r in range(args.rounds):
+            base.append(rstream(65536, count, 1, ip)["MB_per_s"])
+            mine.append(rstream(65536, count, 1, ip, ours=ours_is)["MB_per_s"])
+            lbase.append(rstream(64, 1, iters, ip)["usec_per_xfer"])
+            lmine.append(rstream(64, 1, iters, ip, ours=ours_is)["usec_per_xfer"])
+        m = statistics.median(mine) * 1e6 / MIB
+        point(f"rdmamsg rsocket ({ours_is})", "bw", 65536, m)
+        row(f"rsocket_bw 64 KiB, ours as {ours_is}", "MiB/s", m,
+            statistics.median(base) * 1e6 / MIB, ">= 0.9", "rstream C-C")
+        row(f"rsocket_lat 64 B one-way, ours as {ours_is}", "us", statistics.median(lmine),
+            statistics.median(lbase), "<= 1.5", "rstream C-C")
 
 
 def ours(test: str, size: int, ip: str, poller: str, duration: float, iters: int,
@@ -237,9 +263,9 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=5000)
     ap.add_argument("--pollers", default="cython,python")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per shape")
-    ap.add_argument("--only", default="perftest,stream,rpc,threads,busy",
+    ap.add_argument("--only", default="perftest,stream,rsocket,rpc,threads,busy",
                     help="which groups to run: perftest (channels, ep.write), stream (facade), "
-                         "rpc, threads (both ends in one process), busy (send_lat beside a "
+                         "rsocket (the facade speaking rsockets against rstream), rpc, threads (both ends in one process), busy (send_lat beside a "
                          "CPU-bound process); dask (the rdma:// comm backend, "
                          "ci/lib/bench_dask.py) runs only when named")
     ap.add_argument("--instructions", action="store_true",
@@ -340,6 +366,8 @@ def main() -> int:
             row("stream_lat 64 B one-way mean", "us", m, statistics.median(base), "<= 1.5", "rstream")
             row("stream_lat 64 B one-way mean [TCP reference]", "us", m, statistics.median(tcp), "",
                 "rstream -T s")
+        if "rsocket" in only:
+            rsocket_rows(args, ip, row, point)
         if "rpc" in only:
             # Handlers on the server's thread pool (the default: the reader that
             # receives a request runs it, relaying), and inline on its reader.

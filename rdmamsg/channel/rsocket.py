@@ -348,7 +348,8 @@ class RsEndpoint:
 
     def _give_credits(self) -> None:
         rx = self._rx
-        if self._sent_ctrl == rs.CTRL_DISCONNECT or self._error or self._peer_gone:
+        if (self._sent_ctrl == rs.CTRL_DISCONNECT or self._peer_bye or self._error
+                or self._peer_gone):
             return
         while rx.update_due():
             value, entry, index = rx.make_update()
@@ -572,8 +573,8 @@ class RsEndpoint:
                 return
             deadline = time.monotonic() + (2.0 if linger is None else linger)
             try:
-                if self._error is None and not self._peer_gone and self._sent_ctrl != \
-                        rs.CTRL_DISCONNECT:
+                if (self._error is None and not self._peer_gone and not self._peer_bye
+                        and self._sent_ctrl != rs.CTRL_DISCONNECT):
                     while self._rx.ctrl_in_flight >= rs.CTRL_SLOTS and self._wait(deadline):
                         pass
                     if self._rx.ctrl_in_flight < rs.CTRL_SLOTS:

@@ -3,14 +3,12 @@ ours against ours, against rdma-core's C programs (rstream, and unmodified
 socket programs under librspreload.so), and against a peer that breaks the
 rules or dies."""
 import asyncio
-import errno
 import os
 import random
 import selectors
 import signal
 import socket
 import sys
-import threading
 import time
 
 import pytest

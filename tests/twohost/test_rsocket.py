@@ -2,7 +2,6 @@
 the other (host 0 serves, host 1 connects), in both roles."""
 import os
 import signal
-import sys
 import time
 
 import pytest
