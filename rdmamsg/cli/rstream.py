@@ -184,9 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-S", dest="size", help="transfer size in bytes, or 'all'")
     ap.add_argument("-C", dest="count", type=int, help="transfers per iteration")
     ap.add_argument("-I", dest="iterations", type=int, help="iterations")
-    ap.add_argument("-T", dest="tests", default="",
-                    help="v: verify data; s: kernel TCP sockets instead of rsockets")
+    ap.add_argument("-T", dest="tests", action="append", default=[],
+                    help="v: verify data; s: kernel TCP sockets instead of rsockets "
+                         "(one per -T, as rstream)")
     a = ap.parse_args(argv)
+    unknown = [t for t in a.tests if t not in ("v", "verify", "s", "sockets")]
+    if unknown:
+        ap.error(f"unsupported -T {unknown[0]} (this twin knows v and s)")
+    a.tests = "".join(t[0] for t in a.tests)
     a.custom = (a.size not in (None, "all")) or a.count is not None or a.iterations is not None
     a.transfer_size = int(a.size) if a.size not in (None, "all") else 1000
     a.count = 1000 if a.count is None else a.count

@@ -20,15 +20,15 @@ from rdmamsg.errors import ProtocolError
 from rdmamsg.protocol import rsocket as rs
 from support.peers import run_in_thread
 from support.rsocket_peers import (PRELOAD, Rogue, finish, kernel_refused, ours, results,
-                                   rogue_connect, run, wait_ready)
+                                   rogue_connect, run, wait_ready, warm_up_librdmacm)
 from support.streams import recv_randomly, send_randomly
 
 IP = os.environ.get("RDMAMSG_SELF", "")
-FULL = os.environ.get("RDMAMSG_FULL") == "1"
-#: rstream's default size list in CI costs minutes per direction in Python
-#: under TCG; CI runs each default size with fewer transfers, --full the list.
-CUSTOM = [("64", "1", "3000"), ("4096", "300", "1"), ("65536", "200", "1"),
-          ("1048576", "20", "1")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _librdmacm_opened():
+    warm_up_librdmacm(IP)
 
 
 def _port() -> int:
@@ -176,27 +176,30 @@ def _rstream_pair(server_cmd, client_cmd, port, timeout=900):
 
 @pytest.mark.parametrize("we_are", ["client", "server"])
 def test_rstream_interop_verified(we_are):
-    """rstream -T v (every byte checked on both sides), each default size."""
-    runs = [()] if FULL else [("-S", s, "-C", c, "-I", i) for s, c, i in CUSTOM]
-    for extra in runs:
-        port = _port()
-        c_side = ["rstream", "-T", "v", "-p", str(port), *extra]
-        py_side = ours("-T", "v", "-p", str(port), *extra)
-        if we_are == "client":
-            srv, cli = c_side + ["-b", IP], py_side + ["-s", IP]
-        else:
-            srv, cli = py_side + ["-b", IP], c_side + ["-s", IP]
-        got, seen = _rstream_pair(srv, cli, port)
-        assert got and got.keys() == seen.keys(), (got, seen)
+    """rstream -T v (every byte checked on both sides) over its default size
+    list: a latency connection, then a bandwidth one (about 3 minutes)."""
+    port = _port()
+    c_side = ["rstream", "-T", "v", "-p", str(port)]
+    py_side = ours("-T", "v", "-p", str(port))
+    if we_are == "client":
+        srv, cli = c_side + ["-b", IP], py_side + ["-s", IP]
+    else:
+        srv, cli = py_side + ["-b", IP], c_side + ["-s", IP]
+    got, seen = _rstream_pair(srv, cli, port)
+    names = [f"{n}_{kind}" for kind in ("lat", "bw") for n in ("64", "4k", "64k", "1m")]
+    assert list(got) == names and list(seen) == names, (got, seen)
 
 
 @pytest.mark.parametrize("preloaded", ["client", "server"])
 def test_unmodified_programs_under_the_preload(preloaded):
     """rstream -T s (plain sockets) under librspreload.so against our rstream
     -T s (plain sockets) under python -m rdmamsg.run --protocol rsocket.
-    The listener refuses kernel TCP: the bytes went over rsockets."""
+    The listener refuses kernel TCP: the bytes went over rsockets.  (CPython
+    programs are no C peer here before rdma-core 63: CPython asks socket()
+    for SOCK_STREAM | SOCK_CLOEXEC, which rsocket() refused until then, so
+    the preload left them on kernel sockets.)"""
     port = _port()
-    args = ["-T", "sv", "-p", str(port), "-S", "65536", "-C", "100"]
+    args = ["-T", "s", "-T", "v", "-p", str(port), "-S", "65536", "-C", "100"]
     c_side = ["rstream", *args]
     py_side = ours(*args, transparent=True)
     if preloaded == "server":
@@ -205,6 +208,7 @@ def test_unmodified_programs_under_the_preload(preloaded):
     else:
         server = run(py_side + ["-b", IP])
         client_cmd = c_side + ["-s", IP]
+    server_out = ""
     try:
         server_out = wait_ready(server)
         assert kernel_refused(IP, port)
@@ -219,43 +223,6 @@ def test_unmodified_programs_under_the_preload(preloaded):
         assert f"listening on {IP}:{port} over RDMA" in server_out
     else:
         assert f"connected to {IP}:{port} over RDMA" in client_out
-
-
-PY_ECHO = """
-import socket, sys
-srv = socket.create_server((sys.argv[1], int(sys.argv[2])))
-print("ready", flush=True)
-conn, _ = srv.accept()
-while data := conn.recv(65536):
-    conn.sendall(data)
-conn.close()
-"""
-
-
-def test_a_python_socket_program_under_the_preload(tmp_path):
-    """/usr/bin/python3 under librspreload.so serves an echo; our transparent
-    mode is the client."""
-    script = tmp_path / "echo.py"
-    script.write_text(PY_ECHO)
-    port = _port()
-    server = run(["/usr/bin/python3", str(script), IP, str(port)], env={"LD_PRELOAD": PRELOAD})
-    try:
-        assert server.stdout.readline().strip() == "ready"
-        assert kernel_refused(IP, port)
-        patch = rdmamsg.patch([IP], protocol="rsocket")
-        try:
-            with socket.create_connection((IP, port), 60) as s:
-                assert s.rdma is not None
-                data = os.urandom(200_000)
-                tx = run_in_thread(s.sendall, data)
-                got = recv_randomly(s, len(data), random.Random(1))
-                tx.result()
-                assert got == data
-        finally:
-            patch.undo()
-    finally:
-        server.kill()
-        server.communicate()
 
 
 # -- hostile or broken peers ----------------------------------------------------------
@@ -310,8 +277,8 @@ def test_a_write_outside_the_ring_never_lands():
         rogue.write_data(b"!" * 64, offset=2 * rs.MAX_TRANSFER)     # one byte past the ring
         with pytest.raises(ConnectionError):
             victim.recv_into(bytearray(100), 30)
-        with pytest.raises(ConnectionError):
-            rogue.ep.send(b"more", 30)
+        with pytest.raises(ConnectionError):          # the rogue's write failed too
+            rogue.ep.recv_into(bytearray(100), 30)
         assert bytes(ring.view[-16:]) == tail
 
 
