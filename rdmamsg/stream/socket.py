@@ -2,7 +2,10 @@
 
 A stream is carried on an Endpoint as messages: every message holds stream
 bytes, and an empty message is the end of the stream from that side
-(``shutdown(SHUT_WR)``).  Both ends must therefore be RdmaSockets.  Received
+(``shutdown(SHUT_WR)``).  Both ends must therefore be RdmaSockets, unless
+``protocol="rsocket"``: then the stream is librdmacm's rsockets
+(channel/rsocket.py), whose "messages" are its writes, and the peer may be
+a C program.  Received
 messages are lent by the engine (``recv_view``) and copied out as ``recv``
 asks, so a stream never holds more than one receive buffer of its own.
 
