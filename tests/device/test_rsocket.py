@@ -174,6 +174,7 @@ def _rstream_pair(server_cmd, client_cmd, port, timeout=900):
     return results(client_out), results(server_out)
 
 
+@pytest.mark.timeout(900)         # about 3 minutes here, above ci/test's 300 s default elsewhere
 @pytest.mark.parametrize("we_are", ["client", "server"])
 def test_rstream_interop_verified(we_are):
     """rstream -T v (every byte checked on both sides) over its default size
