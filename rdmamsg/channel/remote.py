@@ -27,14 +27,15 @@ import struct
 import threading
 from dataclasses import dataclass
 
-from ..errors import RemoteAccessError, WorkCompletionError, closed_error, inherited_error
+from ..errors import (RdmaError, RemoteAccessError, WorkCompletionError, closed_error,
+                      inherited_error)
 from ..transport.backend import make_one_sided_poster
 from ..verbs import _pyverbs as pv
 from ..verbs.context import DeviceContext
 from ..verbs.device import LocalAddress
 from ..verbs.inherit import keep, owner
 from ..verbs.pool import registrar
-from ..verbs.qp import RemoteQP, Timing, connect_rc, create_rc_qp
+from ..verbs.qp import RemoteQP, Timing, connect_rc, create_rc_qp, to_error
 from ..verbs.region import Region
 from ..verbs.regcache import RegistrationCache, buffer_address, byte_view
 
@@ -287,11 +288,9 @@ class OneSided:
         raise err
 
     def _to_error(self) -> None:
-        attr = pv.qp.QPAttr()
-        attr.qp_state = e.IBV_QPS_ERR
         try:
-            self.qp.modify(attr, e.IBV_QP_STATE)
-        except pv.PyverbsRDMAError:
+            to_error(self.qp)
+        except RdmaError:
             pass
 
     def _check(self) -> None:

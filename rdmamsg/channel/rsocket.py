@@ -25,11 +25,12 @@ import threading
 import time
 from typing import Any
 
-from ..errors import ProtocolError, WorkCompletionError, closed_error
+from ..errors import ProtocolError, RdmaError, WorkCompletionError, closed_error
 from ..protocol import rsocket as rs
 from ..verbs import _pyverbs as pv
 from ..verbs.context import DeviceContext
 from ..verbs.cq import CompletionQueue
+from ..verbs.qp import to_error
 from ..verbs.region import Region
 from ..verbs import cm
 
@@ -95,11 +96,9 @@ class Resources:
                            data_buf=rs.Sge(self.ring.addr, self.ring.rkey, RING // 2))
 
     def to_error(self) -> None:
-        attr = pv.qp.QPAttr()
-        attr.qp_state = e.IBV_QPS_ERR
         try:
-            self.qp.modify(attr, e.IBV_QP_STATE)
-        except pv.PyverbsRDMAError:
+            to_error(self.qp)
+        except RdmaError:
             pass
 
     def close(self) -> None:

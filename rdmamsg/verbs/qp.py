@@ -87,6 +87,16 @@ def connect_rc(qp, local: LocalAddress, remote: RemoteQP, psn: int, timing: Timi
     _modify("RTS", qp.to_rts, attr)
 
 
+def to_error(qp) -> None:
+    """Move pyverbs ``qp`` to ERR: outstanding work completes with WR_FLUSH_ERR."""
+    attr = pv.qp.QPAttr()
+    attr.qp_state = e.IBV_QPS_ERR
+    try:
+        qp.modify(attr, e.IBV_QP_STATE)
+    except pv.PyverbsRDMAError as exc:
+        raise RdmaError("ibv_modify_qp", exc.error_code or 0, "to ERR") from exc
+
+
 def create_rc_qp(pd, cq, send_wr: int, recv_wr: int, inline: int):
     """An RC QP on ``pd`` with ``cq`` for both queues and room for ``inline``
     bytes of inline data, or less where the device refuses that much."""
@@ -153,12 +163,7 @@ class QueuePair:
         """Move to ERR: outstanding work completes with WR_FLUSH_ERR."""
         if self._closed:
             return
-        attr = pv.qp.QPAttr()
-        attr.qp_state = e.IBV_QPS_ERR
-        try:
-            self.qp.modify(attr, e.IBV_QP_STATE)
-        except pv.PyverbsRDMAError as exc:
-            raise RdmaError("ibv_modify_qp", exc.error_code or 0, "to ERR") from exc
+        to_error(self.qp)
 
     def _check(self) -> None:
         if self._closed:
