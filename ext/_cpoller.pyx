@@ -13,6 +13,7 @@ include "credits.pxi"
 include "ring.pxi"
 include "engine.pxi"
 include "onesided.pxi"
+include "rsocket.pxi"
 include "stream.pxi"
 
 BACKEND = "cython"

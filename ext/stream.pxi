@@ -3,7 +3,9 @@
 # While a socket is connected, blocking (no timeout), not selectable, not
 # shut, and holds no half-read message, a send of up to ``chunk`` bytes is
 # one whole message and a receive into a buffer it fits is one whole message:
-# the engine does all of it.  The socket binds these methods onto itself,
+# the engine does all of it.  On an rsocket (RsCore) a send of up to
+# ``chunk`` bytes goes whole and a receive takes what is there, as the
+# stream's own calls do.  The socket binds these methods onto itself,
 # so such a call costs no Python frame.  Each checks the flags the socket
 # keeps current (``send_ok``, ``recv_ok``) and hands every other case to the
 # socket's general path, which says what is wrong with a bad argument.
@@ -15,16 +17,21 @@ import weakref
 
 cdef class StreamFast:
     """send, sendall and recv_into of one RdmaSocket in its plain state."""
-    cdef Engine eng
+    cdef Engine eng                              # one of these two
+    cdef RsCore rs
     cdef object sockref                          # weak: the socket holds us
     cdef object acquire, release                 # its read lock's, bound once
     cdef object slow_send, slow_sendall, slow_recv_into   # its class's general paths
     cdef Py_ssize_t chunk
     cdef public bint send_ok, recv_ok
 
-    def __init__(self, Engine engine not None, sock, Py_ssize_t chunk):
+    def __init__(self, engine, sock, Py_ssize_t chunk):
         cls = type(sock)
-        self.eng, self.sockref, self.chunk = engine, weakref.ref(sock), chunk
+        if isinstance(engine, RsCore):
+            self.rs = engine
+        else:
+            self.eng = <Engine?>engine
+        self.sockref, self.chunk = weakref.ref(sock), chunk
         self.acquire, self.release = sock._rlock.acquire, sock._rlock.release
         self.slow_send, self.slow_sendall = cls.send, cls.sendall
         self.slow_recv_into = cls.recv_into
@@ -59,7 +66,9 @@ cdef class StreamFast:
         """Send ``data`` as one message if the plain case covers it: its
         length, or 0 (nothing sent: the general path's turn)."""
         cdef Py_ssize_t n = self._plain_len(data) if self.send_ok else 0
-        if n:
+        if n and self.rs is not None:
+            self.rs._send_obj(data, -1.0)
+        elif n:
             self.eng._send_obj(data, None)
         return n
 
@@ -76,7 +85,10 @@ cdef class StreamFast:
             try:
                 if self.recv_ok:                 # again, under the lock
                     try:
-                        n = self.eng._recv_into_obj(buffer, None)
+                        if self.rs is not None:
+                            n = self.rs._recv_obj(buffer, -1.0)
+                        else:
+                            n = self.eng._recv_into_obj(buffer, None)
                     except (ValueError, BufferError, TypeError):
                         n = -1                   # longer than buffer (it stays queued), or bad
                     except PeerClosedError:

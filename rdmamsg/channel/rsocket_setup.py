@@ -19,7 +19,7 @@ from ..errors import ProtocolError
 from ..protocol import rsocket as rs
 from ..verbs import _pyverbs as pv
 from ..verbs import cm
-from .rsocket import Resources, RsEndpoint
+from .rsocket import Resources, RsEndpoint, core_class
 
 log = logging.getLogger("rdmamsg.rsocket")
 Address = tuple[str, int]
@@ -54,6 +54,7 @@ def rs_connect(address: Address, timeout: float | None = None,
     """Connect to an rsocket server (C rsockets, rstream, or ours) at ``address``."""
     host, port = _ipv4(address[0]), int(address[1])
     deadline = None if timeout is None else time.monotonic() + timeout
+    core_class()                      # fail before connecting if there is no C data path
     events = cm.EventChannel()
     cm_id = res = None
     try:
@@ -106,6 +107,7 @@ class RsListener:
 
     def __init__(self, address: Address, backlog: int = 128) -> None:
         host = _ipv4(address[0]) if address[0] else "0.0.0.0"
+        core_class()
         self._events = cm.EventChannel()
         self._id = None
         try:
