@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -11,6 +12,7 @@ import threading
 from rdmamsg.channel import rsocket_setup
 from rdmamsg.channel.rsocket import Resources, RsEndpoint
 from rdmamsg.protocol import rsocket as rs
+from rdmamsg.verbs import _pyverbs as pv
 from rdmamsg.verbs import cm
 
 PRELOAD = "/usr/lib/x86_64-linux-gnu/rsocket/librspreload.so"
@@ -109,27 +111,40 @@ def rogue_connect(address, private_data: bytes, timeout: float = 30):
 
 
 class Rogue:
-    """A connected rsocket that posts what it is told, rules or not."""
+    """A connected rsocket that posts what it is told, rules or not: raw
+    writes on its QP beside the C data path, which sees their completions
+    as a 0-byte DATA write's or a credit update's (its counters drift; a
+    rogue is only closed afterwards)."""
 
     def __init__(self, ep: RsEndpoint) -> None:
         self.ep = ep
 
+    def _post(self, kind: int, imm: int, payload: bytes = b"", raddr: int = 0,
+              rkey: int = 0) -> None:
+        res = self.ep._res
+        res.sbuf.view[:len(payload)] = payload
+        sge = pv.wr.SGE(res.sbuf.addr, len(payload), res.sbuf.lkey)
+        wr = pv.wr.SendWR(wr_id=kind << 32, opcode=pv.enums.IBV_WR_RDMA_WRITE_WITH_IMM,
+                          num_sge=1, sg=[sge], imm_data=socket.htonl(imm),
+                          send_flags=pv.enums.IBV_SEND_SIGNALED)
+        wr.set_wr_rdma(rkey, raddr)
+        if not payload:
+            wr.num_sge = 0
+        try:
+            res.qp.post_send(wr)
+        finally:
+            wr.close()
+            sge.close()
+
     def write_data(self, payload: bytes, offset: int = 0) -> None:
         """A DATA write of ``payload`` at ``offset`` into the slot lent at
         connect, whatever the rules say."""
-        ep = self.ep
-        with ep._lock:
-            res = ep._res
-            res.sbuf.view[:len(payload)] = payload
-            first = ep._tx._get(0)
-            ep._post(res.sbuf.addr, len(payload), res.sbuf.lkey, 1 << 32,
-                     rs.imm(rs.OP_DATA, len(payload)), first.addr + offset, first.key)
+        addr, key, _ = struct.unpack_from("=QII", self.ep._res.sgl.view, 0)   # entry 0, unused
+        self._post(1, rs.imm(rs.OP_DATA, len(payload)), payload, addr + offset, key)
 
     def credits(self, value: int) -> None:
         """An SGL immediate carrying ``value`` as the credit sequence."""
-        with self.ep._lock:
-            self.ep._rx.ctrl_in_flight += 1
-            self.ep._post_ctrl(rs.imm(rs.OP_SGL, value))
+        self._post(2, rs.imm(rs.OP_SGL, value))
 
 
 def warm_up_librdmacm(ip: str) -> None:
