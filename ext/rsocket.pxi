@@ -156,6 +156,11 @@ cdef class RsCore:
                 raise RdmaError("epoll_ctl", errno)
 
     def __dealloc__(self):
+        if self.mu_ok and not self.closed:      # never closed: ibv_destroy_cq waits for acks
+            if self.unacked:
+                ibv_ack_cq_events(self.cq, self.unacked)
+            for fd in (self.sel_fd, self.sig_fd, self.ep_fd, self.wake_fd):
+                close(fd)
         if self.mu_ok:
             pthread_cond_destroy(&self.cond)
             pthread_mutex_destroy(&self.mu)

@@ -64,6 +64,22 @@ def test_stream_integrity_with_random_chunking():
             tx.result()
 
 
+def test_both_directions_at_once_on_each_socket():
+    """A sending and a receiving thread on each socket: four threads share two
+    C data paths (one sleeps in epoll, the others on its condition)."""
+    client, server = _pair()
+    size = 4 << 20
+    with client, server:
+        a, b = random.Random(1).randbytes(size), random.Random(2).randbytes(size)
+        senders = [run_in_thread(send_randomly, client, a, random.Random(3)),
+                   run_in_thread(send_randomly, server, b, random.Random(4))]
+        from_client = run_in_thread(recv_randomly, server, size, random.Random(5))
+        assert recv_randomly(client, size, random.Random(6)) == b
+        assert from_client.result() == a
+        for tx in senders:
+            tx.result()
+
+
 def test_half_close_addresses_and_makefile():
     client, server = _pair()
     with client, server:
