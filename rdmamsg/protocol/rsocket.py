@@ -29,10 +29,17 @@ import sys
 from dataclasses import dataclass
 
 from ..errors import ProtocolError
-from ._rsrules import (  # noqa: F401  the rules themselves, in C
+from ._rsrules import (  # the rules themselves, in C
     CTRL_DISCONNECT, CTRL_KEEPALIVE, CTRL_SHUTDOWN, CTRL_SLOTS, FIRST_TRANSFER, MAX_DEPTH,
     MAX_TRANSFER, OP_CTRL, OP_DATA, OP_IOMAP_SGL, OP_SGL, SGE_LEN, SGL_SIZE, Receiver, Sender,
     rule_text, write_size)
+
+__all__ = [
+    "CTRL_DISCONNECT", "CTRL_KEEPALIVE", "CTRL_SHUTDOWN", "CTRL_SLOTS", "FIRST_TRANSFER",
+    "MAX_DEPTH", "MAX_TRANSFER", "OP_CTRL", "OP_DATA", "OP_IOMAP_SGL", "OP_SGL", "SGE_LEN",
+    "SGL_SIZE", "Receiver", "Sender", "rule_text", "write_size",
+    "VERSION", "FLAG_NET", "FLAG_IOMAP", "CONN_DATA_LEN", "DEFAULT_PORT", "Sge", "ConnData",
+    "imm", "split_imm"]
 
 VERSION = 1
 FLAG_NET = 1                #: the sender of the ConnData is big-endian
@@ -40,7 +47,6 @@ FLAG_IOMAP = 2
 CONN_DATA = struct.Struct(">BBH3xB QII QII")
 CONN_DATA_LEN = CONN_DATA.size          # 40
 DEFAULT_PORT = 7471         #: rstream's
-MIN_QUEUE = 16
 
 _NATIVE_FLAGS = FLAG_NET if sys.byteorder == "big" else 0
 
