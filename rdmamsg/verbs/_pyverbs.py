@@ -3,7 +3,8 @@
 Importing pyverbs 44 calls ``logging.basicConfig(level=INFO)`` on the root
 logger; we undo that so an application's logging stays its own.  rdma-core 59
 renamed ``pyverbs.enums`` to ``pyverbs.libibverbs_enums``, and 65 grouped its
-constants into enum classes; ``enums`` names them all, flat, either way.
+constants into enum classes; ``enums`` names them all, flat, either way
+(``cm_enums`` rdma_cm's: ``cm_enums`` up to 64, ``librdmacm_enums`` from 65).
 """
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ try:
         import pyverbs.libibverbs_enums as _enums
     except ImportError:
         import pyverbs.enums as _enums
+    try:                                    # rdma_cm's, renamed alike by rdma-core 65
+        import pyverbs.librdmacm_enums as _cm_enums
+    except ImportError:
+        import pyverbs.cm_enums as _cm_enums
 except ImportError as exc:  # pragma: no cover - depends on the host
     raise NoDeviceError(
         "pyverbs is not importable: install Debian's python3-pyverbs and make the "
@@ -63,5 +68,6 @@ def _flat(module) -> types.SimpleNamespace:
 
 
 enums = _flat(_enums)
+cm_enums = _flat(_cm_enums)
 
-__all__ = ["fd_lock", "GID", "AHAttr", "GlobalRoute", "cq", "device", "mr", "pd", "qp", "wr", "enums", "PyverbsError", "PyverbsRDMAError"]
+__all__ = ["fd_lock", "GID", "AHAttr", "GlobalRoute", "cq", "device", "mr", "pd", "qp", "wr", "enums", "cm_enums", "PyverbsError", "PyverbsRDMAError"]

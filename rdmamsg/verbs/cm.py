@@ -24,8 +24,9 @@ import time
 from ..errors import RdmaError
 from . import _pyverbs as pv
 
-import pyverbs.cm_enums as ce          # noqa: E402  (after _pyverbs tamed logging)
-import pyverbs.cmid as cmid            # noqa: E402
+import pyverbs.cmid as cmid            # noqa: E402  (after _pyverbs tamed logging)
+
+ce = pv.cm_enums
 
 _PTR_OFFSET = 16 + 3 * ctypes.sizeof(ctypes.c_void_p)   # PyObject_HEAD, weakref, logger, vtab
 _lib = None
