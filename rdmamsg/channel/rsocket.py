@@ -36,7 +36,7 @@ MAX_INLINE = 64             #: writes this short go inline (rsockets' default)
 RECV = 1 << 63              #: the receives' wr_id (RsCore's RECV_TAG)
 
 
-def core_class():
+def core_class() -> type:
     """The C data path's class; PollerUnavailableError saying why if the
     Cython poller cannot be used here."""
     try:
