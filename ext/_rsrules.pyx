@@ -125,9 +125,10 @@ cdef class Receiver:
 
     def peek(self):
         """(offset, length) of the unread part of the oldest message."""
-        if not self.r.mcount:
+        cdef uint32_t off, n
+        if not rs_recv_peek(&self.r, &off, &n):
             raise IndexError("no message waits")
-        return self.r.moff[self.r.mhead], self.r.mlen[self.r.mhead]
+        return off, n
 
     def consume(self, uint32_t n) -> None:
         if rs_recv_consume(&self.r, n):

@@ -114,6 +114,36 @@ cdef double _deadline(object timeout) except? -2.0:
     return mono() + timeout
 
 
+cdef inline void lock_mutex(pthread_mutex_t *mu) noexcept:
+    """Take ``mu`` with the GIL held: by trylock, else with the GIL released,
+    so that a thread holding ``mu`` and waiting for the GIL cannot deadlock
+    against us."""
+    if pthread_mutex_trylock(mu) != 0:
+        with nogil:
+            pthread_mutex_lock(mu)
+
+
+cdef inline double spin_budget(double spin_s, double last_active, double now) noexcept nogil:
+    """Hybrid polling: spin up to ``spin_s`` while completions keep coming,
+    briefly after an idle stretch (no CPU burnt on idle connections)."""
+    if now - last_active < ACTIVE_WINDOW:
+        return spin_s
+    return IDLE_SPIN if spin_s > IDLE_SPIN else spin_s
+
+
+cdef inline int drain_cq_events(ibv_comp_channel *ch, ibv_cq *cq, int unacked) noexcept nogil:
+    """Read every completion event waiting on ``ch`` (non-blocking) and ack
+    them in batches; the count still unacked."""
+    cdef ibv_cq *ev_cq
+    cdef void *ev_ctx
+    while ibv_get_cq_event(ch, &ev_cq, &ev_ctx) == 0:
+        unacked += 1
+    if unacked >= ACK_EVERY:
+        ibv_ack_cq_events(cq, unacked)
+        unacked = 0
+    return unacked
+
+
 cdef class Engine:
     cdef ibv_qp *qp
     cdef ibv_cq *cq
@@ -308,9 +338,7 @@ cdef class Engine:
     # -- the lock --------------------------------------------------------------
 
     cdef inline void _lock(self) noexcept:
-        if pthread_mutex_trylock(&self.mu) != 0:
-            with nogil:
-                pthread_mutex_lock(&self.mu)
+        lock_mutex(&self.mu)
 
     cdef inline void _unlock(self) noexcept:
         pthread_mutex_unlock(&self.mu)
@@ -545,11 +573,7 @@ cdef class Engine:
     # -- waiting ---------------------------------------------------------------
 
     cdef inline double _spin_budget(self, double now) noexcept nogil:
-        """Hybrid polling: spin up to spin_us while completions keep coming,
-        briefly after an idle stretch (no CPU burnt on idle connections)."""
-        if now - self.last_active < ACTIVE_WINDOW:
-            return self.spin_s
-        return IDLE_SPIN if self.spin_s > IDLE_SPIN else self.spin_s
+        return spin_budget(self.spin_s, self.last_active, now)
 
     cdef int _block(self, double deadline, bint receiving=False) except -1:
         """Wait for progress (GIL and mutex held on entry and exit).  0 once
@@ -651,13 +675,7 @@ cdef class Engine:
         return mono() < deadline
 
     cdef void _drain_events(self) noexcept nogil:
-        cdef ibv_cq *ev_cq
-        cdef void *ev_ctx
-        while ibv_get_cq_event(self.ch, &ev_cq, &ev_ctx) == 0:
-            self.unacked += 1
-        if self.unacked >= ACK_EVERY:
-            ibv_ack_cq_events(self.cq, self.unacked)
-            self.unacked = 0
+        self.unacked = drain_cq_events(self.ch, self.cq, self.unacked)
 
     cdef void _check_live(self) noexcept nogil:
         cdef char buf[64]

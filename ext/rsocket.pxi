@@ -64,6 +64,7 @@ cdef class RsCore:
     """The data path of one connected rsocket (see the file's head)."""
 
     name = "cython"
+    RECV_WR_ID = RECV_TAG           # the wr_id of receives posted before the core exists
     cdef ibv_qp *qp
     cdef ibv_cq *cq
     cdef ibv_comp_channel *ch
@@ -166,9 +167,7 @@ cdef class RsCore:
             pthread_mutex_destroy(&self.mu)
 
     cdef inline void _lock(self) noexcept:
-        if pthread_mutex_trylock(&self.mu) != 0:
-            with nogil:
-                pthread_mutex_lock(&self.mu)
+        lock_mutex(&self.mu)
 
     cdef inline void _unlock(self) noexcept:
         pthread_mutex_unlock(&self.mu)
@@ -364,9 +363,7 @@ cdef class RsCore:
     # -- waiting ---------------------------------------------------------------------
 
     cdef inline double _spin_budget(self, double now) noexcept nogil:
-        if now - self.last_active < ACTIVE_WINDOW:
-            return self.spin_s
-        return IDLE_SPIN if self.spin_s > IDLE_SPIN else self.spin_s
+        return spin_budget(self.spin_s, self.last_active, now)
 
     cdef int _block(self, double deadline) except -1:
         """Wait for progress (GIL and mutex held on entry and exit); 0 once
@@ -452,13 +449,7 @@ cdef class RsCore:
         return mono() < deadline
 
     cdef void _drain_events(self) noexcept nogil:
-        cdef ibv_cq *ev_cq
-        cdef void *ev_ctx
-        while ibv_get_cq_event(self.ch, &ev_cq, &ev_ctx) == 0:
-            self.unacked += 1
-        if self.unacked >= ACK_EVERY:
-            ibv_ack_cq_events(self.cq, self.unacked)
-            self.unacked = 0
+        self.unacked = drain_cq_events(self.ch, self.cq, self.unacked)
 
     cdef int _cm(self) except -1:
         """The rdma_cm channel is readable (GIL and mutex held)."""
@@ -610,9 +601,7 @@ cdef class RsCore:
             if not self._await_data(deadline):
                 return 0
             with nogil:
-                while got < <size_t>view.len and self.rx.mcount:
-                    off = self.rx.moff[self.rx.mhead]
-                    n = self.rx.mlen[self.rx.mhead]
+                while got < <size_t>view.len and rs_recv_peek(&self.rx, &off, &n):
                     if n > <size_t>view.len - got:
                         n = <uint32_t>(<size_t>view.len - got)
                     memcpy(<char *>view.buf + got, self.ring + off, n)
@@ -631,11 +620,13 @@ cdef class RsCore:
     def span(self, timeout=None):
         """(ring offset, length) of the oldest unread bytes; None at the end."""
         cdef double deadline = _deadline(timeout)
+        cdef uint32_t off, n
         self._lock()
         try:
             if not self._await_data(deadline):
                 return None
-            return self.rx.moff[self.rx.mhead], self.rx.mlen[self.rx.mhead]
+            rs_recv_peek(&self.rx, &off, &n)
+            return off, n
         finally:
             self._unlock()
 

@@ -198,6 +198,15 @@ cdef inline int rs_recv_data(rs_recv_t *r, uint32_t n) noexcept nogil:
     return RS_OK
 
 
+cdef inline bint rs_recv_peek(rs_recv_t *r, uint32_t *off, uint32_t *n) noexcept nogil:
+    """Where the unread part of the oldest message is (False: none waits)."""
+    if r.mcount == 0:
+        return False
+    off[0] = r.moff[r.mhead]
+    n[0] = r.mlen[r.mhead]
+    return True
+
+
 cdef inline int rs_recv_consume(rs_recv_t *r, uint32_t n) noexcept nogil:
     """The reader took ``n`` bytes of the oldest message."""
     cdef uint32_t h = r.mhead

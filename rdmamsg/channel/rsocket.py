@@ -33,7 +33,6 @@ RING = 1 << 17              #: the receive ring (rsockets' default mem_default)
 SEND_RING = 1 << 17         #: the staging ring outgoing bytes are copied into
 QUEUE = 384                 #: send and receive queue depths (rsockets' defaults)
 MAX_INLINE = 64             #: writes this short go inline (rsockets' default)
-RECV = 1 << 63              #: the receives' wr_id (RsCore's RECV_TAG)
 
 
 def core_class() -> type:
@@ -72,7 +71,7 @@ class Resources:
                                e.IBV_ACCESS_LOCAL_WRITE)
             self.depth = depth
             self._move(cm_id, e.IBV_QPS_INIT)
-            recv_wr = pv.wr.RecvWR(wr_id=RECV, num_sge=1,
+            recv_wr = pv.wr.RecvWR(wr_id=core_class().RECV_WR_ID, num_sge=1,
                                    sg=[pv.wr.SGE(self.ring.addr, 0, self.ring.lkey)])
             for _ in range(depth):
                 self.qp.post_recv(recv_wr)
