@@ -553,14 +553,20 @@ cdef class RsCore:
             raise self._error()
         return 0
 
+    cdef Py_ssize_t _send_ptr(self, const char *p, size_t n, double deadline) except -1:
+        """Send the ``n`` bytes at ``p`` (the caller holds their buffer)."""
+        self._lock()
+        try:
+            return self._send_mem(p, n, deadline)
+        finally:
+            self._unlock()
+
     cdef Py_ssize_t _send_obj(self, data, double deadline) except -1:
         cdef Py_buffer view
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-        self._lock()
         try:
-            return self._send_mem(<const char *>view.buf, view.len, deadline)
+            return self._send_ptr(<const char *>view.buf, view.len, deadline)
         finally:
-            self._unlock()
             PyBuffer_Release(&view)
 
     def send(self, data, timeout=None):
@@ -590,28 +596,46 @@ cdef class RsCore:
                 raise TimeoutError("no data in time")
         return 1
 
-    cdef Py_ssize_t _recv_obj(self, buffer, double deadline) except -1:
-        """Up to len(buffer) bytes as soon as some are there; 0 at the end."""
-        cdef Py_buffer view
+    cdef Py_ssize_t _recv_ptr(self, char *p, size_t cap, double deadline,
+                              bint waitall) except -1:
+        """Up to ``cap`` bytes into ``p`` as soon as some are there; 0 at the
+        end.  ``waitall`` (MSG_WAITALL): all of them, fewer only at the end
+        of the stream, or if an error or the deadline comes after some
+        arrived (the error stays for the next call, as the kernel's sockets
+        do)."""
         cdef size_t got = 0
         cdef uint32_t off, n
-        PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE)
         self._lock()
         try:
-            if not self._await_data(deadline):
-                return 0
-            with nogil:
-                while got < <size_t>view.len and rs_recv_peek(&self.rx, &off, &n):
-                    if n > <size_t>view.len - got:
-                        n = <uint32_t>(<size_t>view.len - got)
-                    memcpy(<char *>view.buf + got, self.ring + off, n)
-                    got += n
-                    rs_recv_consume(&self.rx, n)
-                self.st[RST_BYTES_IN] += got
-                self._give_credits()
+            while got < cap:
+                try:
+                    if not self._await_data(deadline):
+                        break
+                except OSError:
+                    if got:
+                        break
+                    raise
+                with nogil:
+                    while got < cap and rs_recv_peek(&self.rx, &off, &n):
+                        if n > cap - got:
+                            n = <uint32_t>(cap - got)
+                        memcpy(p + got, self.ring + off, n)
+                        got += n
+                        self.st[RST_BYTES_IN] += n
+                        rs_recv_consume(&self.rx, n)
+                    self._give_credits()
+                if not waitall:
+                    break
             return got
         finally:
             self._unlock()
+
+    cdef Py_ssize_t _recv_obj(self, buffer, double deadline) except -1:
+        cdef Py_buffer view
+        PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE)
+        try:
+            return self._recv_ptr(<char *>view.buf, view.len, deadline, False)
+        finally:
             PyBuffer_Release(&view)
 
     def recv_into(self, buffer, timeout=None):

@@ -11,8 +11,82 @@
 # socket's general path, which says what is wrong with a bad argument.
 
 from cpython.bytes cimport PyBytes_GET_SIZE
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
+                               PyThread_acquire_lock, PyThread_release_lock, PyLockStatus,
+                               PY_LOCK_ACQUIRED, PY_LOCK_FAILURE, NOWAIT_LOCK)
 from libc.errno cimport EBADF
+import socket as _socket
 import weakref
+
+cdef extern from "pythread.h":
+    PyLockStatus PyThread_acquire_lock_timed(PyThread_type_lock, long long, int) nogil
+
+cdef int MSG_WAITALL = _socket.MSG_WAITALL
+
+
+cdef class ReadLock:
+    """threading.Lock's interface, for a socket's readers; the fast path
+    takes it with a C call rather than a Python one (under TCG a Python
+    acquire and release cost more than the rest of a receive)."""
+    cdef PyThread_type_lock lk
+    cdef bint held
+
+    def __cinit__(self):
+        self.lk = PyThread_allocate_lock()
+        if self.lk is NULL:
+            raise MemoryError("cannot allocate a lock")
+
+    def __dealloc__(self):
+        if self.lk is not NULL:
+            PyThread_free_lock(self.lk)
+
+    cdef inline bint take(self) noexcept:
+        if PyThread_acquire_lock(self.lk, NOWAIT_LOCK):
+            self.held = True
+            return True
+        return False
+
+    cdef inline void give(self) noexcept:
+        self.held = False
+        PyThread_release_lock(self.lk)
+
+    def acquire(self, bint blocking=True, double timeout=-1) -> bool:
+        cdef PyLockStatus r
+        cdef long long us
+        if not blocking and timeout != -1:
+            raise ValueError("can't specify a timeout for a non-blocking call")
+        if timeout < 0 and timeout != -1:
+            raise ValueError("timeout value must be a non-negative number")
+        if self.take():
+            return True
+        if not blocking:
+            return False
+        cdef double deadline = mono() + timeout
+        while True:
+            us = -1 if timeout == -1 else <long long>(max(deadline - mono(), 0.0) * 1e6)
+            with nogil:
+                r = PyThread_acquire_lock_timed(self.lk, us, 1)
+            if r == PY_LOCK_ACQUIRED:
+                self.held = True
+                return True
+            if r == PY_LOCK_FAILURE:
+                return False
+            PyErr_CheckSignals()                 # interrupted: run the handlers
+
+    def release(self) -> None:
+        if not self.held:
+            raise RuntimeError("release unlocked lock")
+        self.give()
+
+    def locked(self) -> bool:
+        return self.held
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 cdef class StreamFast:
@@ -20,7 +94,7 @@ cdef class StreamFast:
     cdef Engine eng                              # one of these two
     cdef RsCore rs
     cdef object sockref                          # weak: the socket holds us
-    cdef object acquire, release                 # its read lock's, bound once
+    cdef readonly ReadLock lock                  # the socket's read lock: ours
     cdef object slow_send, slow_sendall, slow_recv_into   # its class's general paths
     cdef Py_ssize_t chunk
     cdef public bint send_ok, recv_ok
@@ -32,7 +106,7 @@ cdef class StreamFast:
         else:
             self.eng = <Engine?>engine
         self.sockref, self.chunk = weakref.ref(sock), chunk
-        self.acquire, self.release = sock._rlock.acquire, sock._rlock.release
+        self.lock = ReadLock()
         self.slow_send, self.slow_sendall = cls.send, cls.sendall
         self.slow_recv_into = cls.recv_into
         self.send_ok = self.recv_ok = False
@@ -43,34 +117,41 @@ cdef class StreamFast:
             raise OSError(EBADF, "Bad file descriptor: the socket was collected")
         return sock
 
-    cdef Py_ssize_t _plain_len(self, data):
-        """The length of ``data`` if it goes as one message as it is, else 0
-        (empty, too long, or not a contiguous buffer)."""
+    cdef Py_ssize_t _send(self, data) except -1:
+        """Send ``data`` as one message if the plain case covers it (a
+        contiguous bytes, bytearray or memoryview of 1 to ``chunk`` bytes):
+        its length, or 0 (nothing sent: the general path's turn)."""
         cdef Py_buffer view
         cdef Py_ssize_t n
+        if not self.send_ok:
+            return 0
         t = type(data)
         if t is bytes:
             n = PyBytes_GET_SIZE(data)
-        elif t is bytearray or t is memoryview:
-            try:
-                PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-            except (BufferError, ValueError, TypeError):
+            if n == 0 or n > self.chunk:
                 return 0
-            n = view.len
-            PyBuffer_Release(&view)
-        else:
+            if self.rs is not None:
+                self.rs._send_ptr(PyBytes_AS_STRING(data), n, -1.0)
+            else:
+                self.eng._send_obj(data, None)
+            return n
+        if t is not bytearray and t is not memoryview:
             return 0
-        return n if n <= self.chunk else 0
-
-    cdef Py_ssize_t _send(self, data) except -1:
-        """Send ``data`` as one message if the plain case covers it: its
-        length, or 0 (nothing sent: the general path's turn)."""
-        cdef Py_ssize_t n = self._plain_len(data) if self.send_ok else 0
-        if n and self.rs is not None:
-            self.rs._send_obj(data, -1.0)
-        elif n:
-            self.eng._send_obj(data, None)
-        return n
+        try:
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        except (BufferError, ValueError, TypeError):
+            return 0
+        try:
+            n = view.len
+            if n == 0 or n > self.chunk:
+                return 0
+            if self.rs is not None:
+                self.rs._send_ptr(<const char *>view.buf, n, -1.0)
+            else:
+                self.eng._send_obj(data, None)
+            return n
+        finally:
+            PyBuffer_Release(&view)
 
     def sendall(self, data, flags=0):
         if not self._send(data):
@@ -80,23 +161,61 @@ cdef class StreamFast:
         n = self._send(data)
         return n if n else self.slow_send(self._sock(), data, flags)
 
-    def recv_into(self, buffer, Py_ssize_t nbytes=0, flags=0):
-        if self.recv_ok and nbytes == 0 and self.acquire(False):
+    cdef Py_ssize_t _recv(self, char *p, Py_ssize_t cap, bint waitall) except -2:
+        """Receive into ``cap`` bytes at ``p`` (the lock held): the count, 0
+        at the end of the stream, -1 when the general path must go on (on
+        the Engine: the next message is longer than the room left)."""
+        cdef Py_ssize_t got = 0, n
+        if self.rs is not None:
+            return self.rs._recv_ptr(p, cap, -1.0, waitall)
+        while got < cap:
+            try:
+                n = self.eng._recv_into_mem(p + got, cap - got, -1.0)
+            except PeerClosedError:
+                n = 0
+            except ValueError:                  # too long for the room: it stays queued
+                return -1 if got == 0 else -2 - got
+            except OSError:
+                if got:
+                    return got                  # the error stays for the next call
+                raise
+            if n == 0 and got:
+                self._sock()._at_eof()          # the end of stream came after some bytes
+            if n == 0 or not waitall:
+                return got + n
+            got += n
+        return got
+
+    def recv_into(self, buffer, Py_ssize_t nbytes=0, int flags=0):
+        cdef Py_buffer view
+        cdef Py_ssize_t n = -1
+        if (self.recv_ok and nbytes == 0 and (flags == 0 or flags == MSG_WAITALL)
+                and self.lock.take()):
             try:
                 if self.recv_ok:                 # again, under the lock
                     try:
-                        if self.rs is not None:
-                            n = self.rs._recv_obj(buffer, -1.0)
-                        else:
-                            n = self.eng._recv_into_obj(buffer, None)
+                        PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE)
                     except (ValueError, BufferError, TypeError):
-                        n = -1                   # longer than buffer (it stays queued), or bad
-                    except PeerClosedError:
-                        n = 0
+                        view.len = 0             # the general path says what is wrong
+                    else:
+                        try:
+                            if view.len:
+                                n = self._recv(<char *>view.buf, view.len, flags != 0)
+                        finally:
+                            PyBuffer_Release(&view)
                     if n == 0:
                         self._sock()._at_eof()
-                    if n >= 0:
-                        return n
             finally:
-                self.release()
-        return self.slow_recv_into(self._sock(), buffer, nbytes, flags)
+                self.lock.give()
+        if n >= 0:
+            return n
+        if n == -1:
+            return self.slow_recv_into(self._sock(), buffer, nbytes, flags)
+        # MSG_WAITALL on the Engine took -n - 2 bytes before a message longer
+        # than the room left: the general path takes the rest.
+        n = -n - 2
+        try:
+            return n + self.slow_recv_into(self._sock(), memoryview(buffer).cast("B")[n:],
+                                           0, flags)
+        except OSError:
+            return n

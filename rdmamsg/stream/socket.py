@@ -37,6 +37,7 @@ from ..transport.backend import make_stream_fast
 
 Address = tuple[str, int]
 PROTOCOLS = ("rdmamsg", "rsocket")
+_RECV_FLAGS = _socket.MSG_PEEK | _socket.MSG_WAITALL | _socket.MSG_DONTWAIT
 CHUNK = 4 << 20          #: the largest message a blocking send makes (zero-copy above 64 KiB)
 _ACCEPTED_OPTS = {
     (_socket.SOL_SOCKET, _socket.SO_TYPE): _socket.SOCK_STREAM,
@@ -224,72 +225,110 @@ class RdmaSocket:
     # -- receiving -------------------------------------------------------------------
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        """Up to ``bufsize`` bytes, as soon as any are there; b"" at end of stream."""
+        """Up to ``bufsize`` bytes, as soon as any are there; b"" at end of stream.
+        ``flags``: MSG_PEEK, MSG_WAITALL, MSG_DONTWAIT, as recv_into."""
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
+        if flags & _socket.MSG_WAITALL and not flags & _socket.MSG_PEEK:
+            buf = bytearray(bufsize)
+            return bytes(memoryview(buf)[:self.recv_into(buf, 0, flags)])
+        timeout = self._call_timeout(flags)
         with self._rlock:
-            data = self._next()
+            data = self._next(timeout)
             if data is None:
                 return b""
             n = min(bufsize, len(data) - self._off)
             out = bytes(data[self._off:self._off + n])
-            self._consumed(n)
+            self._took(n, flags & _socket.MSG_PEEK)
             return out
 
     def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
+        """Receive into ``buffer`` (its first ``nbytes`` if given); the count,
+        0 at end of stream.  ``flags``: MSG_PEEK (bytes of the message being
+        read, left unread), MSG_WAITALL (all, fewer only at end of stream or
+        when a timeout or error comes after some arrived), MSG_DONTWAIT."""
         dst = memoryview(buffer).cast("B")
         if dst.readonly:
             raise TypeError("recv_into() needs a writable buffer")
         if nbytes < 0:
             raise ValueError("negative buffersize in recv_into")
         want = min(nbytes or dst.nbytes, dst.nbytes)
+        timeout = self._call_timeout(flags)
+        peek = flags & _socket.MSG_PEEK
         with self._rlock:
-            if self._view is None and want:
-                n = self._whole_into(dst if want == dst.nbytes else dst[:want])
-                if n is not None:
-                    return n
-            data = self._next()
-            if data is None:
-                return 0
-            n = min(want, len(data) - self._off)
-            dst[:n] = data[self._off:self._off + n]
+            got = self._recv_some(dst[:want], timeout, peek)
+            if flags & _socket.MSG_WAITALL and not peek:
+                while 0 < got < want:
+                    try:
+                        n = self._recv_some(dst[got:want], timeout, False)
+                    except OSError:
+                        break                     # the error stays for the next call
+                    if not n:
+                        break
+                    got += n
+            return got
+
+    def _call_timeout(self, flags: int) -> float | None:
+        """This call's timeout: the socket's, or 0 with MSG_DONTWAIT."""
+        if flags & ~_RECV_FLAGS:
+            raise OSError(errno.EOPNOTSUPP, f"recv flags {flags & ~_RECV_FLAGS:#x} are not "
+                          "supported (MSG_PEEK, MSG_WAITALL and MSG_DONTWAIT are)")
+        return 0.0 if flags & _socket.MSG_DONTWAIT else self._timeout
+
+    def _recv_some(self, dst: memoryview, timeout: float | None, peek: int) -> int:
+        """What is there, up to len(dst), waiting as ``timeout`` says (the lock held)."""
+        if self._view is None and dst.nbytes and not peek:
+            n = self._whole_into(dst, timeout)
+            if n is not None:
+                return n
+        data = self._next(timeout)
+        if data is None:
+            return 0
+        n = min(dst.nbytes, len(data) - self._off)
+        dst[:n] = data[self._off:self._off + n]
+        self._took(n, peek)
+        return n
+
+    def _took(self, n: int, peek: int) -> None:
+        if not peek:
             self._consumed(n)
-            return n
+        elif self._selectable:
+            self._rearm()                         # the message read may have been the signal
 
     def _at_eof(self) -> None:
         self._eof = True
         self._refresh()
 
-    def _whole_into(self, dst: memoryview) -> int | None:
+    def _whole_into(self, dst: memoryview, timeout: float | None) -> int | None:
         """The fast path: the next message straight into ``dst`` (one copy, no
         view); None if it is longer than ``dst`` (it stays queued)."""
         ep = self._connected()
         if self._eof or self._shut_rd:
             return 0
         try:
-            n = ep.recv_into(dst, self._timeout)
+            n = ep.recv_into(dst, timeout)
         except ValueError:
             return None
         except PeerClosedError:
             n = 0
         except TimeoutError:
-            raise self._recv_timed_out() from None
+            raise self._recv_timed_out(timeout) from None
         if n == 0:                                # the peer's shutdown(SHUT_WR)
             self._at_eof()
         if self._selectable:
             self._rearm()
         return n
 
-    def _recv_timed_out(self) -> OSError:
+    def _recv_timed_out(self, timeout: float | None) -> OSError:
         """A receive's timeout, as the socket module reports it (the wait may
         have taken completions a blocked send was waiting for)."""
         if self._selectable:
             self._rearm()
-        if self._timeout == 0:
+        if timeout == 0:
             return BlockingIOError(errno.EAGAIN, "no data is waiting")
         return TimeoutError("timed out")
 
-    def _next(self) -> memoryview | None:
+    def _next(self, timeout: float | None) -> memoryview | None:
         """The message being read (None at end of stream), waiting for one as the
         timeout says."""
         ep = self._connected()
@@ -298,12 +337,12 @@ class RdmaSocket:
         if self._eof or self._shut_rd:
             return None
         try:
-            view = ep.recv_view(self._timeout)
+            view = ep.recv_view(timeout)
         except PeerClosedError:
             self._at_eof()
             return None
         except TimeoutError:
-            raise self._recv_timed_out() from None
+            raise self._recv_timed_out(timeout) from None
         if len(view) == 0:                       # the peer's shutdown(SHUT_WR)
             view.release()
             self._at_eof()
@@ -505,6 +544,7 @@ class RdmaSocket:
         self._ep = ep
         self._fast = make_stream_fast(ep.engine, self, CHUNK)
         if self._fast is not None:
+            self._rlock = self._fast.lock      # the fast path takes it without a Python call
             self.send, self.sendall = self._fast.send, self._fast.sendall
             self.recv_into = self._fast.recv_into
         self._refresh()

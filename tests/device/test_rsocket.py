@@ -21,7 +21,7 @@ from rdmamsg.protocol import rsocket as rs
 from support.peers import run_in_thread
 from support.rsocket_peers import (PRELOAD, Rogue, finish, kernel_refused, ours, results,
                                    rogue_connect, run, wait_ready, warm_up_librdmacm)
-from support.streams import recv_randomly, send_randomly
+from support.streams import check_recv_flags, recv_randomly, send_randomly
 
 IP = os.environ.get("RDMAMSG_SELF", "")
 
@@ -78,6 +78,12 @@ def test_both_directions_at_once_on_each_socket():
         assert from_client.result() == a
         for tx in senders:
             tx.result()
+
+
+def test_recv_flags_waitall_peek_dontwait():
+    client, server = _pair()
+    with client, server:
+        check_recv_flags(client, server)
 
 
 def test_half_close_addresses_and_makefile():

@@ -14,7 +14,8 @@ import pytest
 
 import rdmamsg
 from support.peers import run_in_thread, spawn
-from support.streams import recv_randomly, reply_digest, send_for_digest, send_randomly
+from support.streams import (check_recv_flags, recv_randomly, reply_digest, send_for_digest,
+                             send_randomly)
 
 IP = os.environ.get("RDMAMSG_SELF", "")
 
@@ -114,6 +115,12 @@ def test_the_blocking_fast_paths_keep_stream_semantics():
         with pytest.raises(OSError) as e:
             conn.recv_into(got)
         assert e.value.errno == errno.EBADF
+
+
+def test_recv_flags_waitall_peek_dontwait():
+    cli, conn = socket_pair()
+    with cli, conn:
+        check_recv_flags(cli, conn)
 
 
 def test_so_linger_zero_aborts_so_the_peer_knows_the_stream_was_cut():

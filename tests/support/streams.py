@@ -1,9 +1,14 @@
 """Byte streams in random pieces, for the socket facade's tests."""
+import errno
 import hashlib
 import random
 import socket
+import time
+
+import pytest
 
 import rdmamsg
+from support.peers import run_in_thread
 
 
 def send_randomly(sock, data: bytes, rng: random.Random) -> None:
@@ -51,3 +56,52 @@ def send_for_digest(address, blob: bytes, timeout: float) -> bytes:
         while chunk := c.recv(64):
             got += chunk
         return got
+
+
+def _send_slowly(sock, pieces) -> None:
+    for piece in pieces:
+        time.sleep(0.05)
+        sock.sendall(piece)
+
+
+def check_recv_flags(tx, rx) -> None:
+    """recv and recv_into's flags, as the socket module has them, on a
+    connected blocking pair (``tx`` writes to ``rx``); ends ``tx``'s stream."""
+    buf = bytearray(10)
+    # MSG_WAITALL gathers writes that come one by one (the fast path's case).
+    sender = run_in_thread(_send_slowly, tx, [b"ab", b"cde", b"fghij"])
+    assert rx.recv_into(buf, 0, socket.MSG_WAITALL) == 10 and buf == b"abcdefghij"
+    sender.result()
+    # ... and a write longer than the room left: the rest stays unread.
+    tx.sendall(b"abcd")
+    tx.sendall(b"efghijKLMN")
+    assert rx.recv_into(buf, 0, socket.MSG_WAITALL) == 10 and buf == b"abcdefghij"
+    assert rx.recv(4) == b"KLMN"
+    sender = run_in_thread(_send_slowly, tx, [b"12", b"345"])
+    assert rx.recv(5, socket.MSG_WAITALL) == b"12345"
+    sender.result()
+    # MSG_PEEK leaves the bytes for the next receive.
+    tx.sendall(b"peek")
+    assert rx.recv(4, socket.MSG_PEEK) == b"peek"
+    assert rx.recv_into(buf, 2, socket.MSG_PEEK) == 2 and buf[:2] == b"pe"
+    assert rx.recv(4) == b"peek"
+    # MSG_DONTWAIT on a blocking socket: this call only.
+    with pytest.raises(BlockingIOError):
+        rx.recv(4, socket.MSG_DONTWAIT)
+    tx.sendall(b"now")
+    assert rx.recv(3, socket.MSG_PEEK) == b"now"
+    assert rx.recv(3, socket.MSG_DONTWAIT) == b"now"
+    with pytest.raises(OSError) as e:
+        rx.recv(1, socket.MSG_OOB)
+    assert e.value.errno == errno.EOPNOTSUPP
+    # With a timeout, MSG_WAITALL gives what came in time.
+    rx.settimeout(0.3)
+    tx.sendall(b"xy")
+    assert rx.recv_into(buf, 0, socket.MSG_WAITALL) == 2 and buf[:2] == b"xy"
+    rx.settimeout(None)
+    # The end of the stream cuts it short, and stays.
+    tx.sendall(b"last")
+    tx.shutdown(socket.SHUT_WR)
+    assert rx.recv_into(buf, 0, socket.MSG_WAITALL) == 4 and buf[:4] == b"last"
+    assert rx.recv_into(buf, 0, socket.MSG_WAITALL) == 0
+    assert rx.recv(1, socket.MSG_WAITALL) == b""
