@@ -8,6 +8,7 @@ and posts sends and receive refills in C.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, uintptr_t
 from cdefs cimport *
 
+include "lock.pxi"
 include "rawptr.pxi"
 include "credits.pxi"
 include "ring.pxi"

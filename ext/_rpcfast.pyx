@@ -5,8 +5,10 @@
 serve everything these do not; with the pure-pyverbs poller they serve all.
 """
 
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
 include "rpc_codec.pxi"
-include "rpc_lock.pxi"
+include "lock.pxi"
 include "engine_api.pxi"
 include "rpc_calls.pxi"
 

@@ -78,12 +78,6 @@ cdef enum:
                                # read can cost more than a poll (HPET, VMs)
 
 
-cdef inline double mono() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
-
-
 cdef inline void put_u64le(char *p, uint64_t v) noexcept nogil:
     cdef int i
     for i in range(8):

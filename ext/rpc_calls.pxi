@@ -25,7 +25,6 @@
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from cpython.pythread cimport PyThread_get_thread_ident
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 cdef extern from "Python.h":
     # (kwargs NULL: no keyword arguments, and no dict made for none)
@@ -50,13 +49,6 @@ cdef enum:
     # wakes a thread, which on a busy host delays the spinning ones: every
     # 1 ms made pool round trips slower than every 10 ms.)
     WATCH_EVERY_US = 10000
-
-
-cdef double monotonic() noexcept nogil:
-    """time.monotonic(), without a Python call (the same clock)."""
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
 cdef class LinkState:
@@ -183,7 +175,7 @@ cdef class LinkFast:
 
     cdef double heard(self) except? -1:
         """Link._heard: a frame came.  The time."""
-        cdef double now = monotonic()
+        cdef double now = mono()
         self.st.last_rx = now
         if self.ping_due(now) <= 0:
             self.link._ping_if_due(now)
@@ -204,7 +196,7 @@ cdef class LinkFast:
             self.api.send(<PyObject *>self.eng, <const char *>w.buf, w.n)
         else:
             self.send(w if w.n <= self.lend_max else frame_bytes(w))
-        self.st.last_tx = monotonic()
+        self.st.last_tx = mono()
         return 0
 
     def send_request(self, uint64_t call_id, str name, tuple args, dict kwargs, timeout):
@@ -324,7 +316,7 @@ cdef class LinkFast:
             return GENERAL                     # (a lost or inherited client's link is over)
         ms = None
         if timeout is not None:
-            deadline = monotonic() + <double>timeout
+            deadline = mono() + <double>timeout
             ms = max(0, int(timeout * 1000))
         if not self.take_turn():
             return GENERAL
@@ -355,14 +347,14 @@ cdef class LinkFast:
             try:
                 f = self.receive(max(0.001, min(wait, self.ping_due(now))))
             except InterruptedError:
-                now = monotonic()
+                now = mono()
                 continue
             except TimeoutError:
                 try:
                     link._check_alive()
                 except BaseException as exc:
                     raise self.lose(client, exc)
-                now = monotonic()
+                now = mono()
                 continue
             except BaseException as exc:
                 raise self.lose(client, exc)
@@ -399,7 +391,7 @@ cdef class LinkFast:
         there, so that a batch of replies costs one wake-up.  Returns a
         frame the general path must take (Link._dispatch), or None."""
         cdef Frame f
-        cdef double now = monotonic()
+        cdef double now = mono()
         link, pending, ready = self.link, self.pending, self.link.ep.pending
         while True:
             try:
@@ -443,7 +435,7 @@ cdef class LinkFast:
         cdef double now
         link = self.link
         while True:
-            now = monotonic()
+            now = mono()
             try:
                 f = self.receive(max(0.001, min(timeout, self.ping_due(now))))
             except InterruptedError:
@@ -524,12 +516,12 @@ cdef class LinkFast:
             if st.over:
                 return False
             if why == 2:
-                if self.since != 0 and not self.handed and monotonic() - self.since >= RELAY_AFTER:
+                if self.since != 0 and not self.handed and mono() - self.since >= RELAY_AFTER:
                     self.handed = True
                     st.idle -= 1
                     return True
             elif why == 3:
-                if self.since == 0 and monotonic() - self.last_start > QUIET:
+                if self.since == 0 and mono() - self.last_start > QUIET:
                     self.watching = False
 
     cdef int watch(self) noexcept nogil:
@@ -551,14 +543,14 @@ cdef class LinkFast:
                         return 2               # the same handler, RELAY_AFTER on
                     chasing = 0                # it ended: look again later
                 elif since != 0:
-                    left = since + RELAY_AFTER - monotonic()
+                    left = since + RELAY_AFTER - mono()
                     if left <= 0:
                         return 2
                     chasing = since
                     us = <long long>(left * 1e6) + 1
             if PyThread_acquire_lock_timed(self.baton, us, 0) == PY_LOCK_ACQUIRED:
                 return 1
-            if self.since == 0 and monotonic() - self.last_start > QUIET:
+            if self.since == 0 and mono() - self.last_start > QUIET:
                 return 3
 
     def park(self):

@@ -5,88 +5,19 @@
 # one whole message and a receive into a buffer it fits is one whole message:
 # the engine does all of it.  On an rsocket (RsCore) a send of up to
 # ``chunk`` bytes goes whole and a receive takes what is there, as the
-# stream's own calls do.  The socket binds these methods onto itself,
-# so such a call costs no Python frame.  Each checks the flags the socket
-# keeps current (``send_ok``, ``recv_ok``) and hands every other case to the
-# socket's general path, which says what is wrong with a bad argument.
+# stream's own calls do.  A receive with MSG_WAITALL loops here too.  The
+# socket binds these methods onto itself and adopts our lock as its read
+# lock, so such a call costs no Python frame and no Python lock call.  Each
+# checks the flags the socket keeps current (``send_ok``, ``recv_ok``) and
+# hands every other case to the socket's general path, which says what is
+# wrong with a bad argument.
 
 from cpython.bytes cimport PyBytes_GET_SIZE
-from cpython.exc cimport PyErr_CheckSignals
-from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
-                               PyThread_acquire_lock, PyThread_release_lock, PyLockStatus,
-                               PY_LOCK_ACQUIRED, PY_LOCK_FAILURE, NOWAIT_LOCK)
 from libc.errno cimport EBADF
 import socket as _socket
 import weakref
 
-cdef extern from "pythread.h":
-    PyLockStatus PyThread_acquire_lock_timed(PyThread_type_lock, long long, int) nogil
-
 cdef int MSG_WAITALL = _socket.MSG_WAITALL
-
-
-cdef class ReadLock:
-    """threading.Lock's interface, for a socket's readers; the fast path
-    takes it with a C call rather than a Python one (under TCG a Python
-    acquire and release cost more than the rest of a receive)."""
-    cdef PyThread_type_lock lk
-    cdef bint held
-
-    def __cinit__(self):
-        self.lk = PyThread_allocate_lock()
-        if self.lk is NULL:
-            raise MemoryError("cannot allocate a lock")
-
-    def __dealloc__(self):
-        if self.lk is not NULL:
-            PyThread_free_lock(self.lk)
-
-    cdef inline bint take(self) noexcept:
-        if PyThread_acquire_lock(self.lk, NOWAIT_LOCK):
-            self.held = True
-            return True
-        return False
-
-    cdef inline void give(self) noexcept:
-        self.held = False
-        PyThread_release_lock(self.lk)
-
-    def acquire(self, bint blocking=True, double timeout=-1) -> bool:
-        cdef PyLockStatus r
-        cdef long long us
-        if not blocking and timeout != -1:
-            raise ValueError("can't specify a timeout for a non-blocking call")
-        if timeout < 0 and timeout != -1:
-            raise ValueError("timeout value must be a non-negative number")
-        if self.take():
-            return True
-        if not blocking:
-            return False
-        cdef double deadline = mono() + timeout
-        while True:
-            us = -1 if timeout == -1 else <long long>(max(deadline - mono(), 0.0) * 1e6)
-            with nogil:
-                r = PyThread_acquire_lock_timed(self.lk, us, 1)
-            if r == PY_LOCK_ACQUIRED:
-                self.held = True
-                return True
-            if r == PY_LOCK_FAILURE:
-                return False
-            PyErr_CheckSignals()                 # interrupted: run the handlers
-
-    def release(self) -> None:
-        if not self.held:
-            raise RuntimeError("release unlocked lock")
-        self.give()
-
-    def locked(self) -> bool:
-        return self.held
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
 
 
 cdef class StreamFast:
@@ -94,7 +25,7 @@ cdef class StreamFast:
     cdef Engine eng                              # one of these two
     cdef RsCore rs
     cdef object sockref                          # weak: the socket holds us
-    cdef readonly ReadLock lock                  # the socket's read lock: ours
+    cdef readonly Lock lock                      # the socket's read lock (lock.pxi): ours
     cdef object slow_send, slow_sendall, slow_recv_into   # its class's general paths
     cdef Py_ssize_t chunk
     cdef public bint send_ok, recv_ok
@@ -106,7 +37,7 @@ cdef class StreamFast:
         else:
             self.eng = <Engine?>engine
         self.sockref, self.chunk = weakref.ref(sock), chunk
-        self.lock = ReadLock()
+        self.lock = Lock()
         self.slow_send, self.slow_sendall = cls.send, cls.sendall
         self.slow_recv_into = cls.recv_into
         self.send_ok = self.recv_ok = False
@@ -163,8 +94,9 @@ cdef class StreamFast:
 
     cdef Py_ssize_t _recv(self, char *p, Py_ssize_t cap, bint waitall) except -2:
         """Receive into ``cap`` bytes at ``p`` (the lock held): the count, 0
-        at the end of the stream, -1 when the general path must go on (on
-        the Engine: the next message is longer than the room left)."""
+        at the end of the stream; on the Engine, when the next message is
+        longer than the room left, -1 (the general path's turn), or -2 - k
+        if MSG_WAITALL took k bytes first."""
         cdef Py_ssize_t got = 0, n
         if self.rs is not None:
             return self.rs._recv_ptr(p, cap, -1.0, waitall)
@@ -190,7 +122,7 @@ cdef class StreamFast:
         cdef Py_buffer view
         cdef Py_ssize_t n = -1
         if (self.recv_ok and nbytes == 0 and (flags == 0 or flags == MSG_WAITALL)
-                and self.lock.take()):
+                and self.lock.take_within(0)):
             try:
                 if self.recv_ok:                 # again, under the lock
                     try:

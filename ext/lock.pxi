@@ -1,6 +1,8 @@
-# A lock the fast paths take and give in C, with no Python call: a Link's
-# send lock and its turn lock (under its Condition).  To link.py it is a
-# threading.Lock: acquire(blocking, timeout), release(), locked(), with.
+# A lock the fast paths take and give in C, with no Python call: an RPC
+# Link's send lock and its turn lock (under its Condition), a socket's read
+# lock.  To Python it is a threading.Lock: acquire(blocking, timeout),
+# release(), locked(), with.  Also the monotonic clock the modules time with.
+# The including module cimports clock_gettime, timespec and CLOCK_MONOTONIC.
 
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
@@ -10,6 +12,13 @@ cdef extern from "pythread.h":
     ctypedef long long PY_TIMEOUT_T
     PyLockStatus PyThread_acquire_lock_timed(PyThread_type_lock lock, PY_TIMEOUT_T us,
                                              int intr_flag) nogil
+
+
+cdef inline double mono() noexcept nogil:
+    """time.mono(), without a Python call (the same clock)."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
 cdef class Lock:
@@ -44,9 +53,9 @@ cdef class Lock:
         released meanwhile; signal handlers run (and may raise) on EINTR."""
         cdef PyLockStatus r
         cdef PY_TIMEOUT_T us
-        cdef double deadline = monotonic() + timeout
+        cdef double deadline = mono() + timeout
         while True:
-            us = -1 if timeout < 0 else <PY_TIMEOUT_T>(max(0.0, deadline - monotonic()) * 1e6)
+            us = -1 if timeout < 0 else <PY_TIMEOUT_T>(max(0.0, deadline - mono()) * 1e6)
             with nogil:
                 r = PyThread_acquire_lock_timed(self.lk, us, 1)
             if r != PY_LOCK_INTR:
