@@ -15,7 +15,7 @@ cdef extern from "pythread.h":
 
 
 cdef inline double mono() noexcept nogil:
-    """time.mono(), without a Python call (the same clock)."""
+    """time.monotonic(), without a Python call (the same clock)."""
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9

@@ -12,7 +12,6 @@
 # hands every other case to the socket's general path, which says what is
 # wrong with a bad argument.
 
-from cpython.bytes cimport PyBytes_GET_SIZE
 from libc.errno cimport EBADF
 import socket as _socket
 import weakref
@@ -54,19 +53,8 @@ cdef class StreamFast:
         its length, or 0 (nothing sent: the general path's turn)."""
         cdef Py_buffer view
         cdef Py_ssize_t n
-        if not self.send_ok:
-            return 0
         t = type(data)
-        if t is bytes:
-            n = PyBytes_GET_SIZE(data)
-            if n == 0 or n > self.chunk:
-                return 0
-            if self.rs is not None:
-                self.rs._send_ptr(PyBytes_AS_STRING(data), n, -1.0)
-            else:
-                self.eng._send_obj(data, None)
-            return n
-        if t is not bytearray and t is not memoryview:
+        if not self.send_ok or (t is not bytes and t is not bytearray and t is not memoryview):
             return 0
         try:
             PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
