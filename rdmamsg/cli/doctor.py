@@ -8,7 +8,6 @@ it also makes a loopback connection and sends a message through it.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from . import probe
 from .diagnose import ERROR, WARN, blocked, diagnose
