@@ -9,6 +9,7 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 include "rpc_codec.pxi"
 include "lock.pxi"
+include "rpc_future.pxi"
 include "engine_api.pxi"
 include "rpc_calls.pxi"
 

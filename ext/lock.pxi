@@ -21,6 +21,21 @@ cdef inline double mono() noexcept nogil:
     return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
+cdef bint acquire_within(PyThread_type_lock lk, double timeout) except -1:
+    """Acquire ``lk`` within ``timeout`` seconds (-1: no limit), the GIL
+    released meanwhile; signal handlers run (and may raise) on EINTR."""
+    cdef PyLockStatus r
+    cdef PY_TIMEOUT_T us
+    cdef double deadline = mono() + timeout
+    while True:
+        us = -1 if timeout < 0 else <PY_TIMEOUT_T>(max(0.0, deadline - mono()) * 1e6)
+        with nogil:
+            r = PyThread_acquire_lock_timed(lk, us, 1)
+        if r != PY_LOCK_INTR:
+            return r == PY_LOCK_ACQUIRED
+        PyErr_CheckSignals()                   # raises what a handler raised
+
+
 cdef class Lock:
     """A plain (non-reentrant) lock, as threading.Lock."""
     cdef PyThread_type_lock lk
@@ -49,19 +64,7 @@ cdef class Lock:
         return False if timeout == 0 else self.wait(timeout)
 
     cdef bint wait(self, double timeout) except -1:
-        """Acquire within ``timeout`` seconds (-1: no limit), the GIL
-        released meanwhile; signal handlers run (and may raise) on EINTR."""
-        cdef PyLockStatus r
-        cdef PY_TIMEOUT_T us
-        cdef double deadline = mono() + timeout
-        while True:
-            us = -1 if timeout < 0 else <PY_TIMEOUT_T>(max(0.0, deadline - mono()) * 1e6)
-            with nogil:
-                r = PyThread_acquire_lock_timed(self.lk, us, 1)
-            if r != PY_LOCK_INTR:
-                break
-            PyErr_CheckSignals()               # raises what a handler raised
-        if r == PY_LOCK_ACQUIRED:
+        if acquire_within(self.lk, timeout):
             self.held = True
             return True
         return False

@@ -33,7 +33,6 @@ cdef extern from "Python.h":
 
 import weakref
 import threading
-from concurrent.futures import InvalidStateError
 
 GENERAL = object()        #: call(): not taken; nothing was sent (use the general path)
 TIMED_OUT = object()      #: call(): the timeout passed (the caller sends the CANCEL)
@@ -57,6 +56,7 @@ cdef class LinkState:
     cdef public double last_rx, last_tx, ping_tried
     cdef public object receiver
     cdef public bint asked, parked, over
+    cdef public bint watched                  # a client's calls are awaited by callbacks or wait()
     cdef public int idle                      # relaying: reader threads parked (0 or 1)
     cdef public unsigned long handling        # relaying: the reader running a handler (ident)
 
@@ -98,9 +98,10 @@ cdef class Slots:
                 self.cond.notify()
 
 
-cdef class LinkFast:
+cdef class LinkFast(Driver):
     """The fast paths of one rdmamsg.rpc Link (made by link.fast_path)."""
-    cdef object link, send, recv, recv_into
+    cdef object link, send, recv, recv_into, ready
+    cdef object reader                          # the link's reader thread
     cdef const EngineApi *api                   # the endpoint's engine in C, or NULL
     cdef object eng                             # (that engine)
     cdef Py_ssize_t direct_max                  # frames below this go through api.send
@@ -111,6 +112,8 @@ cdef class LinkFast:
     cdef Py_ssize_t lend_max                    # and sent from self.w up to this size
     cdef LinkState st
     cdef dict pending                           # a client's calls awaiting replies, or None
+    cdef Completions comp                       # and their futures' (CallFuture), or None
+    cdef Deadlines deadlines                    # and call_async's deadlines
     cdef Lock turn_lock, send_lock
     cdef object turn_notify
     cdef Writer w                               # the receiving thread's frames
@@ -130,6 +133,10 @@ cdef class LinkFast:
         self.link, self.st, self.pending, self.slots = link, link._st, pending, slots
         self.inline_max, self.keepalive = inline_max, link._keepalive
         self.send, self.recv, self.recv_into = link.ep.send, link.ep.recv, link.ep.recv_into
+        self.ready, self.reader = link.ep.pending, link._reader
+        if pending is not None:
+            self.comp = Completions(None, self.watch_calls, self)
+            self.deadlines = Deadlines()
         self.find_engine(link.ep)
         self.rbuf = bytearray(RECV_BUF)
         self.fr = Frame.__new__(Frame)
@@ -203,11 +210,17 @@ cdef class LinkFast:
         """Link.send of wire.encode_request's frame, encoded here in C, from
         any thread (Client.call_async, and callers while another receives).
         False, with nothing sent, for a request outside the codec's subset."""
+        return self.send_request_c(call_id, name, args, 0, kwargs, timeout)
+
+    cdef bint send_request_c(self, uint64_t call_id, str name, tuple args, Py_ssize_t skip,
+                             dict kwargs, timeout) except -1:
+        """send_request, with the request's arguments from ``args[skip:]``."""
         ms = None if timeout is None else max(0, int(timeout * 1000))
         self.send_lock.take()
         try:
             # (self.sw is used only under the send lock.)
-            if not encode_request(self.sw, call_id, name, args, 0, kwargs, ms, self.inline_max):
+            if not encode_request(self.sw, call_id, name, args, skip, kwargs, ms,
+                                  self.inline_max):
                 return False
             self.send_locked(self.sw)
         finally:
@@ -255,25 +268,30 @@ cdef class LinkFast:
         return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self.rbuf), self.rlen)
 
     cdef int give_turn(self) except -1:
-        """Link.give_turn(park=lambda: not client._pending)."""
+        """End this thread's turn.  The reader stays parked unless callbacks
+        or wait() watch pending calls (Link.give_turn's ``park``); a thread
+        asleep on a call that nobody receives for now is woken to receive."""
         st = self.st
         self.turn_lock.take()
         try:
             st.receiver = None
-            st.parked = not self.pending
+            st.parked = not (st.watched and self.pending)
             if st.asked or not st.parked:
                 self.turn_notify()
         finally:
             self.turn_lock.give()
+        if self.pending and self.comp is not None:
+            self.comp.wake_one()
         return 0
 
     # -- the client's synchronous call ---------------------------------------------
 
     def bind(self, client):
-        """Client.call in C, for ``client`` (held weakly: a dropped client
-        still warns and closes).  Its ids come from next_id()."""
+        """Client.call and Client.call_async in C, for ``client`` (held
+        weakly: a dropped client still warns and closes).  Their ids come
+        from next_id()."""
         self.client = weakref.ref(client)
-        return self.client_call
+        return self.client_call, self.client_call_async
 
     def next_id(self):
         """A new call id (for the general path too: one sequence per link)."""
@@ -312,14 +330,15 @@ cdef class LinkFast:
                        dict kwargs, timeout):
         """call(), with the request's arguments from ``args[skip:]``."""
         cdef double deadline = 0
-        if self.pending is None or self.pending or self.st.over:
+        if self.pending is None or self.st.over:
             return GENERAL                     # (a lost or inherited client's link is over)
         ms = None
         if timeout is not None:
             deadline = mono() + <double>timeout
             ms = max(0, int(timeout * 1000))
-        if not self.take_turn():
-            return GENERAL
+        if self.pending or not self.take_turn():
+            return self.call_beside(client, call_id, name, args, skip, kwargs, timeout,
+                                    -1 if timeout is None else deadline)
         try:
             # Only the thread whose turn it is uses self.w and self.rbuf.
             if not encode_request(self.w, call_id, name, args, skip, kwargs, ms, self.inline_max):
@@ -333,6 +352,216 @@ cdef class LinkFast:
             return self.await_reply(client, call_id, timeout is not None, deadline)
         finally:
             self.give_turn()
+
+    cdef object call_beside(self, client, uint64_t call_id, str name, tuple args,
+                            Py_ssize_t skip, dict kwargs, timeout, double deadline):
+        """call_c while other calls are in flight: sent as call_async sends,
+        then waited for as CallFuture.result waits (until ``deadline``, -1:
+        none): this thread receives if nobody else does."""
+        fut = self.submit(client, call_id, name, args, skip, kwargs, timeout)
+        if fut is GENERAL:
+            return GENERAL
+        cdef CallFutureBase f = <CallFutureBase>fut
+        self.comp.wait_for(f, deadline)
+        if not f.is_done():
+            self.pending.pop(call_id, None)    # (a late reply is dropped)
+            return TIMED_OUT
+        if f._exception is not None:
+            raise f._exception
+        return f._result
+
+    # -- a client's futures -----------------------------------------------------------
+
+    @property
+    def completions(self):
+        """What this client's futures share (rpc_future.pxi's Completions)."""
+        return self.comp
+
+    def new_future(self):
+        """A pending CallFuture (the general path's call_async sets its call_id)."""
+        return new_future(self.comp, 0)
+
+    def client_call_async(self, *args, **kwargs):
+        """Client.call_async(name, *args, **kwargs): sent here in C unless
+        the codec does not cover it (the general path)."""
+        client = self.client()
+        if client is None:
+            raise ConnectionAbortedError("the RPC client was dropped without close()")
+        if not args:
+            raise TypeError("call_async() needs the method's name")
+        name, timeout = args[0], client.timeout
+        if type(name) is str:
+            fut = self.submit(client, 0, name, args, 1, kwargs, timeout)
+            if fut is not GENERAL:
+                if timeout is not None:
+                    self.expire_after(client, <CallFutureBase>fut, name, timeout)
+                return fut
+        return client._submit(name, args[1:], kwargs, timeout, timer=True)
+
+    cdef int expire_after(self, client, CallFutureBase fut, str name, timeout) except -1:
+        """Fail ``fut`` with TimeoutError after ``timeout`` (kept in C while
+        timeouts stay the same: the client looks when the first falls due)."""
+        fut.method, fut.timeout = name, timeout
+        if not self.deadlines.add(fut.call_id, mono() + fut.timeout, self.pending):
+            client._expire_after(fut.call_id, name, timeout)
+        elif not self.deadlines.armed:
+            self.deadlines.armed = True
+            client._expire_calls_at(mono() + fut.timeout)
+        return 0
+
+    def due_calls(self):
+        """Deadlines.due, for the client's deadline thread."""
+        return self.deadlines.due(self.pending)
+
+    cdef object submit(self, client, uint64_t call_id, str name, tuple args, Py_ssize_t skip,
+                       dict kwargs, timeout):
+        """Send a request whose reply a new CallFuture receives (0: a new call
+        id); GENERAL, with nothing sent, outside the codec's subset.  Nobody
+        is woken: whoever waits for the future receives the reply (drive),
+        or asks the reader to (watch)."""
+        if call_id == 0:
+            self.last_id += 1
+            call_id = self.last_id
+        fut = new_future(self.comp, call_id)
+        # (Checked and added with the GIL held: Client._on_lost sets _lost
+        # before it takes the pending calls, so a call is failed or refused.)
+        if client._lost is not None:
+            raise client._down()
+        self.pending[call_id] = fut
+        try:
+            sent = self.send_request_c(call_id, name, args, skip, kwargs, timeout)
+        except BaseException as exc:
+            self.pending.pop(call_id, None)
+            if client._lost is not None:
+                raise client._down() from exc
+            raise
+        if not sent:
+            self.pending.pop(call_id, None)
+            return GENERAL
+        return fut
+
+    def watch_calls(self):
+        """Somebody awaits a call other than through result() (a callback,
+        wait(), as_completed(), done()): the reader receives while calls
+        are pending."""
+        st = self.st
+        self.turn_lock.take()
+        try:
+            st.watched = True
+            if st.parked:
+                st.parked = False
+                self.turn_notify()
+        finally:
+            self.turn_lock.give()
+
+    cdef bint drive(self, CallFutureBase fut, double deadline) except -1:
+        """Receive replies on this thread until ``fut`` is done or
+        ``deadline`` passes, if nobody else receives, or only the reader
+        (which steps aside).  False when another caller receives."""
+        st = self.st
+        if st.over:
+            return False
+        if not self.take_turn():
+            # Only the reader is asked to step aside, and only when it
+            # receives for orphaned replies: watched calls keep it receiving
+            # anyway.  (And the reader itself, in a callback, must not ask.)
+            if st.receiver is not self.reader or st.watched or \
+                    self.reader.ident == PyThread_get_thread_ident():
+                return False
+            if not self.link.take_turn():
+                return False
+        try:
+            self.receive_for(fut, deadline)
+        finally:
+            self.give_turn()
+        return True
+
+    cdef int receive_for(self, CallFutureBase fut, double deadline) except -1:
+        """drive()'s loop: a lost connection is reported as the reader
+        reports it (Link._lost fails every pending call, ``fut`` too)."""
+        cdef Frame f
+        cdef double now = mono(), wait
+        link = self.link
+        while not fut.is_done():
+            wait = self.keepalive
+            if deadline >= 0:
+                wait = min(wait, deadline - now)
+                if wait <= 0:
+                    return 0
+            try:
+                f = self.receive(max(0.001, min(wait, self.ping_due(now))))
+            except InterruptedError:
+                return 0                       # asked to step aside (Link.take_turn)
+            except TimeoutError:
+                try:
+                    link._check_alive()
+                except BaseException as exc:
+                    link._lost(exc)
+                    return 0
+                now = mono()
+                continue
+            except BaseException as exc:
+                link._lost(exc)
+                return 0
+            self.heard()
+            try:
+                frame = self.take_replies(f, wait)
+                if frame is not None:
+                    link._dispatch(frame)
+            except BaseException as exc:
+                link._lost(exc)
+                return 0
+            now = mono()
+        return 0
+
+    cdef object take_replies(self, Frame f, double timeout):
+        """Complete the calls whose replies are ``f`` and the frames already
+        there behind it, then wake the threads asleep on them: one wake-up
+        each per batch.  Returns the first frame the codec does not cover
+        (for Link._dispatch), or None."""
+        later = []
+        try:
+            while True:
+                if f.kind != REPLY or not f.whole or f.status != OK:
+                    return self.raw()
+                self.complete(f, later)
+                if not self.ready():
+                    return None
+                try:
+                    f = self.receive(max(0.001, min(timeout, self.ping_due(mono()))))
+                except (InterruptedError, TimeoutError):
+                    return None
+                self.heard()
+        finally:
+            self.comp.notify()
+            for fut in later:
+                (<CallFutureBase>fut).run_callbacks()
+
+    cdef int complete(self, Frame f, list later) except -1:
+        """Complete the call whose OK reply is ``f`` (if it is still pending),
+        without waking its sleeper (wake_done does) or running its callbacks
+        (it joins ``later``)."""
+        cdef CallFutureBase fut
+        cdef bint done
+        # (Popped with the GIL held, so atomic against the client's own pops:
+        # each call is completed once.)
+        holder = self.pending.pop(f.call_id, None)
+        value, f.value = f.value, None
+        if isinstance(holder, CallFutureBase):
+            fut = <CallFutureBase>holder
+            self.comp.take()
+            try:
+                done = self.comp.settle(fut, value, None)
+            finally:
+                self.comp.give()
+            if done and fut._done_callbacks:
+                later.append(fut)
+        elif holder is not None:
+            try:
+                holder.set_result(value)
+            except InvalidStateError:
+                pass                           # cancelled meanwhile: dropped
+        return 0
 
     cdef object await_reply(self, client, uint64_t call_id, bint timed, double deadline):
         cdef Frame f
@@ -359,9 +588,16 @@ cdef class LinkFast:
             except BaseException as exc:
                 raise self.lose(client, exc)
             now = self.heard()
-            if f.kind == REPLY and f.call_id == call_id and f.whole and f.status == OK:
-                value, f.value = f.value, None     # (the frame is reused: not kept alive)
-                return value
+            if f.kind == REPLY and f.whole and f.status == OK:
+                if f.call_id == call_id:
+                    value, f.value = f.value, None     # (the frame is reused: not kept alive)
+                    return value
+                later = []                     # another call's reply (call_beside)
+                self.complete(f, later)
+                self.comp.notify()
+                for fut in later:
+                    (<CallFutureBase>fut).run_callbacks()
+                continue
             slot = client._expect(call_id) if f.kind == REPLY and f.call_id == call_id else None
             try:
                 link._dispatch(self.raw())  # an error reply, buffers, a PING, another's reply
@@ -388,33 +624,30 @@ cdef class LinkFast:
         """Link's serve() for a client's reader: receive frames and complete
         the pending calls whose replies the codec covers, waiting up to
         ``timeout`` for the first frame and then taking only those already
-        there, so that a batch of replies costs one wake-up.  Returns a
-        frame the general path must take (Link._dispatch), or None."""
+        there, so that a batch of replies costs one wake-up.  Parks the
+        reader once no call is pending.  Returns a frame the general path
+        must take (Link._dispatch), or None."""
         cdef Frame f
-        cdef double now = mono()
-        link, pending, ready = self.link, self.pending, self.link.ep.pending
-        while True:
+        try:
+            f = self.receive(max(0.001, min(timeout, self.ping_due(mono()))))
+        except InterruptedError:
+            return None
+        except TimeoutError:
+            self.link._check_alive()
+            return None
+        self.heard()
+        frame = self.take_replies(f, timeout)
+        if not self.pending:
+            st = self.st
+            self.turn_lock.take()
             try:
-                f = self.receive(max(0.001, min(timeout, self.ping_due(now))))
-            except InterruptedError:
-                return None
-            except TimeoutError:
-                link._check_alive()
-                return None
-            now = self.heard()
-            if f.kind != REPLY or not f.whole or f.status != OK:
-                return self.raw()
-            # (Popped with the GIL held, so atomic against the client's own
-            # pops: each call is completed once.)
-            holder = pending.pop(f.call_id, None)
-            value, f.value = f.value, None
-            if holder is not None:
-                try:
-                    holder.set_result(value)
-                except InvalidStateError:
-                    pass                         # cancelled meanwhile: dropped
-            if not ready():
-                return None
+                # (Under the turn lock, as watch_calls() sets them: a call awaited
+                # meanwhile is in ``pending`` already.)
+                if not self.pending:
+                    st.parked, st.watched = True, False
+            finally:
+                self.turn_lock.give()
+        return frame
 
     cdef object lose(self, client, exc):
         """The connection is lost (as Link.receive_until reports it): the

@@ -71,13 +71,22 @@ class Client:
                           functools.partial(_to_client, me, "_on_lost"), keepalive=keepalive,
                           dead_after=dead_after, max_payload=max_payload,
                           name=f"rdmamsg-rpc-client-{address[0]}:{address[1]}")
-        self._fast = fast_path(self._link, inline_max, self._pending)
-        self._wake = self._link.wake if self._fast is None else self._fast.wake
-        self._next_id = itertools.count(1).__next__ if self._fast is None else self._fast.next_id
-        if self._fast is not None and type(self).call is Client.call:
-            self.call = self._fast.bind(self)   # the same call, in C: no Python frame per call
-        # With the fast path, the reader completes replies in C, a batch per wake-up.
-        self._link.start(serve=None if self._fast is None else self._fast.collect)
+        self._fast = fast = fast_path(self._link, inline_max, self._pending)
+        self._wake = self._link.wake
+        self._next_id = itertools.count(1).__next__ if fast is None else fast.next_id
+        if fast is None:
+            self._link.start()
+        else:
+            fast.completions.on_cancel = functools.partial(_to_client, me, "_cancelled")
+            # The same calls, in C: no Python frame per call.
+            call, call_async = fast.bind(self)
+            if type(self).call is Client.call:
+                self.call = call
+            if type(self).call_async is Client.call_async:
+                self.call_async = call_async
+            # Whoever waits for a reply receives it (CallFuture.result); the
+            # reader, for those nobody waits on so (callbacks, wait()).
+            self._link.start(serve=fast.collect, awaited=self._pending.__len__)
         owner(self)
 
     # -- calling ---------------------------------------------------------------------
@@ -184,15 +193,31 @@ class Client:
 
     def _submit(self, name: str, args: tuple, kwargs: dict, timeout: float | None,
                 timer: bool) -> concurrent.futures.Future:
-        fut = _Call(self._me)
+        fut = _Call(self._me) if self._fast is None else self._fast.new_future()
         fut.call_id = call_id = self._send_call(fut, name, args, kwargs, timeout)
-        if timer:
+        if timer and self._fast is None:
             self._wake()                 # no caller receives this reply: the reader must
         if timer and timeout is not None:
-            self._deadlines.add(time.monotonic() + timeout,
-                                functools.partial(_to_client, self._me, "_expire", call_id, name,
-                                                  timeout))
+            self._expire_after(call_id, name, timeout)
         return fut
+
+    def _expire_after(self, call_id: int, name: str, timeout: float) -> None:
+        """Fail call ``call_id`` with TimeoutError after ``timeout`` (call_async)."""
+        self._deadlines.add(time.monotonic() + timeout,
+                            functools.partial(_to_client, self._me, "_expire", call_id, name,
+                                              timeout))
+
+    def _expire_calls_at(self, when: float) -> None:
+        """At ``when``, expire the fast path's calls that are due (it keeps
+        their deadlines in order, and asks again while any remain)."""
+        self._deadlines.add(when, functools.partial(_to_client, self._me, "_expire_calls"))
+
+    def _expire_calls(self) -> None:
+        due, next_at = self._fast.due_calls()
+        for call_id, name, timeout in due:
+            self._expire(call_id, name, timeout)
+        if next_at is not None:
+            self._expire_calls_at(next_at)
 
     def _expire(self, call_id: int, name: str, timeout: float) -> None:
         with self._lock:
@@ -327,7 +352,7 @@ class AsyncClient:
         return self
 
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.wrap_future(self._connected().call_async(name, *args, **kwargs))
+        return await _settled(self._connected().call_async(name, *args, **kwargs))
 
     def with_timeout(self, timeout: float | None) -> "_AsyncScoped":
         return _AsyncScoped(self._connected().with_timeout(timeout))
@@ -353,7 +378,21 @@ class _AsyncScoped:
         self._scoped = scoped
 
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.wrap_future(self._scoped.call_async(name, *args, **kwargs))
+        return await _settled(self._scoped.call_async(name, *args, **kwargs))
+
+
+async def _settled(fut: concurrent.futures.Future) -> Any:
+    """A call's result, on the running loop; cancelling the awaiting task
+    cancels the call.  (A CallFuture's twin on the loop completes with its
+    batch of replies: one loop wake-up for them all.)"""
+    on_loop = getattr(fut, "on_loop", None)
+    if on_loop is None:
+        return await asyncio.wrap_future(fut)      # the pure-pyverbs poller's futures
+    try:
+        return await on_loop(asyncio.get_running_loop())
+    except asyncio.CancelledError:
+        fut.cancel()
+        raise
 
 
 class _Call(concurrent.futures.Future):

@@ -8,22 +8,40 @@ sends a PING after ``keepalive`` seconds without sending anything, and
 drops the connection (ConnectionResetError) after ``dead_after`` seconds
 without hearing anything.
 
-A thread that waits for a reply may receive frames itself instead
-(take_turn, receive_until, give_turn): the reader steps aside and, when
-nothing else is pending, stays parked.  A synchronous call then costs one
-thread on each side, as a plain send/recv round trip does, rather than a
-spinning reader and a hand-off to the caller.
+Who receives, who sleeps, who wakes whom (the progress model):
 
-With the Cython poller, ext/_rpcfast (``fast_path``) runs the hot loops
-in C: a synchronous call, a server connection's requests, and a client's
-reader, which completes the replies it receives a batch per wake-up
-(``LinkFast.collect``); requests from other threads are encoded in C under
-the send lock (``LinkFast.send_request``).  They keep
-this state by its rules (the turn under ``_turn``, frames under
-``_send_lock``, the keepalive times) and give every frame they do not
-cover to ``_dispatch``.  A server with a thread pool gives the link a
-second reader thread (``start(relay=...)``): the reader that receives a
-request runs it, and the other, parked, takes over receiving if it lasts.
+- A thread that waits for a reply receives frames itself (take_turn,
+  receive_until, give_turn), if no other thread does: it completes every
+  reply it meets, not only its own.  A synchronous call thus costs one
+  thread on each side, as a plain send/recv round trip does, and a thread
+  that keeps many calls in flight and waits for them in turn never hands
+  off to another thread.
+- Other threads waiting meanwhile sleep, each on its own lock, and are
+  woken once their reply is completed (a batch of completions wakes each
+  of them once); when the receiving thread's own reply has come, it gives
+  up its turn and wakes one of them to receive in its place.
+- The reader thread receives when nobody waits in that way: when calls
+  are awaited through callbacks, wait(), as_completed() or asyncio (they
+  "watch": LinkFast.watch_calls unparks it), or when replies have waited ORPHANED seconds
+  with nobody receiving.  Otherwise it stays parked, and wakes only to
+  send a PING when one is due.  A waiter that finds the reader receiving
+  asks it to step aside (``ep.interrupt()``).
+- Nothing spins on behalf of a thread that is not waiting: idle
+  connections cost no CPU.
+
+With the Cython poller, ext/_rpcfast (``fast_path``) runs this in C: a
+synchronous call, call_async and its future (ext/rpc_future.pxi: a
+concurrent.futures.Future made and completed without Python code, whose
+result() receives as above), the receiving loop, which completes the
+replies already there a batch per wake-up (``LinkFast.take_replies``), and
+a server connection's requests; requests are encoded in C under the send
+lock (``LinkFast.send_request``).  They keep this state by its rules (the
+turn under ``_turn``, frames under ``_send_lock``, the keepalive times) and
+give every frame they do not cover to ``_dispatch``.  The pure-pyverbs
+poller's futures are plain ones, which the reader completes.  A server with
+a thread pool gives the link a second reader thread
+(``start(relay=...)``): the reader that receives a request runs it, and
+the other, parked, takes over receiving if it lasts.
 """
 from __future__ import annotations
 
@@ -34,6 +52,11 @@ from typing import Any, Callable
 from ..channel.endpoint import Endpoint
 from ..errors import PeerClosedError, ProtocolError
 from . import wire
+
+#: Seconds a parked reader leaves awaited replies to their waiters, who
+#: receive them themselves (CallFuture.result), before it receives them:
+#: for calls nobody waits on at all.
+ORPHANED = 0.02
 
 FrameHandler = Callable[[wire.Header, list], None]
 LostHandler = Callable[[BaseException], None]
@@ -50,11 +73,12 @@ class _State:
     """A Link's receive turn and keepalive times: the state its fast paths
     share (ext/_rpcfast's LinkState is this, with C fields)."""
     __slots__ = ("last_rx", "last_tx", "ping_tried", "receiver", "asked", "parked", "over",
-                 "idle", "handling")
+                 "watched", "idle", "handling")
 
     def __init__(self) -> None:
         self.last_rx = self.last_tx = self.ping_tried = 0.0
         self.receiver, self.asked, self.parked, self.over = None, False, False, False
+        self.watched = False                   # (a client's futures in C: LinkFast.watch_calls)
         self.idle = self.handling = 0          # (relaying, which needs LinkFast)
 
 
@@ -99,17 +123,21 @@ class Link:
         self._disowned = False     # inherited through fork(): see _disown
         self._serve: Server | None = None
         self._relay = None
+        self._awaited: Callable[[], int] | None = None
         self._name = name
         self._reader = threading.Thread(target=self._run, name=name, daemon=True)
         self._second: threading.Thread | None = None
 
-    def start(self, serve: Server | None = None, relay=None) -> None:
+    def start(self, serve: Server | None = None, relay=None,
+              awaited: Callable[[], int] | None = None) -> None:
         """Start the reader.  ``serve(timeout)``, if given, receives and
         handles frames itself (LinkFast.serve) and returns those it leaves to
         the general path, or None when none came within ``timeout``.
         ``relay``: the LinkFast whose serve() hands the reading to a second
-        reader thread, parked in ``relay.park()`` until then."""
-        self._serve, self._relay = serve, relay
+        reader thread, parked in ``relay.park()`` until then.  ``awaited()``:
+        whether replies are awaited, which a parked reader receives once
+        nobody has for ORPHANED seconds."""
+        self._serve, self._relay, self._awaited = serve, relay, awaited
         if relay is not None:
             parking = threading.Event()
             self._second = threading.Thread(target=self._run_relayed, args=(parking,),
@@ -216,10 +244,11 @@ class Link:
                     self._turn.wait(self._keepalive)     # a caller receives, and pings
                     continue
                 wait = self._quiet_since() + self._keepalive - time.monotonic()
-                if wait > 0:
-                    self._turn.wait(wait)
-                else:
-                    st.parked = False      # a PING is due, or one may have come: look
+                orphans = self._awaited is not None and self._awaited()
+                if orphans:
+                    wait = min(wait, ORPHANED)
+                if wait <= 0 or (not self._turn.wait(wait) and orphans and self._awaited()):
+                    st.parked = False      # a PING is due, or replies wait for nobody: look
             if st.over:
                 return False
             st.receiver = self._reader

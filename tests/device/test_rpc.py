@@ -87,6 +87,15 @@ def test_128_outstanding_calls_complete_out_of_order(client):
     assert [f.result() for f in futures] == list(range(128))
 
 
+def test_calls_nobody_waits_for_complete_all_the_same(client):
+    # No result(), no callback, no wait(): the parked reader receives these
+    # replies once they have waited a moment with nobody receiving them.
+    futures = [client.call_async("add", i, i) for i in range(64)]
+    time.sleep(3)
+    assert all(f.done() for f in futures)
+    assert [f.result() for f in futures] == [2 * i for i in range(64)]
+
+
 def test_sync_callers_async_calls_and_a_long_call_share_one_connection(client):
     # A synchronous caller receives replies itself while it waits: its turn
     # must pass to other callers and to the reader, and no reply may be lost.
