@@ -20,6 +20,17 @@ include "stream.pxi"
 BACKEND = "cython"
 
 
+cdef extern from "instrument.h":
+    int rdmamsg_callgrind(int on) nogil
+
+
+def callgrind(bint on):
+    """Start (after zeroing its counts) or stop callgrind's instrumentation,
+    under valgrind --tool=callgrind --instr-atstart=no (ci/bench
+    --instructions).  False if built without valgrind's header."""
+    return bool(rdmamsg_callgrind(on))
+
+
 # -- for ext/_rpcfast: an engine's send and recv_into as C calls -------------------------
 
 from cpython.pycapsule cimport PyCapsule_New

@@ -37,6 +37,7 @@ from ..channel.bootstrap import connect, listen
 from ..stream.socket import RdmaSocket
 from .bench_serve import count_messages, echo_messages, recv_exactly, spin_until
 from .budget import Budget
+from .instrument import counted
 
 WRITE_RING = 8 << 20
 STREAM_BATCH = 64        #: stream_bw by duration: writes each way per round
@@ -106,11 +107,12 @@ def _echoed(ep, size: int, budget: Budget) -> list[int]:
     samples = []
     clock = time.perf_counter_ns
     budget.start()
-    while budget.more(len(samples)):
-        t0 = clock()
-        ep.send(payload)
-        ep.recv_into(buf, timeout=60)
-        samples.append(clock() - t0)
+    with counted():
+        while budget.more(len(samples)):
+            t0 = clock()
+            ep.send(payload)
+            ep.recv_into(buf, timeout=60)
+            samples.append(clock() - t0)
     ep.send(b"")
     return samples
 

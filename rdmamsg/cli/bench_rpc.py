@@ -29,6 +29,7 @@ import msgpack
 from ..rpc import AsyncClient, Client, Server
 from ..transport.backend import poller_in_use
 from .budget import Budget
+from .instrument import counted
 
 OUTSTANDING = 32
 THREADS = 8
@@ -71,10 +72,11 @@ def _round_trips(client: Client, test: str, size: int, budget: Budget, poller: s
     clock = time.perf_counter_ns
     samples = []
     budget.start()
-    while budget.more(len(samples)):
-        t0 = clock()
-        client.call("echo", payload)
-        samples.append(clock() - t0)
+    with counted():
+        while budget.more(len(samples)):
+            t0 = clock()
+            client.call("echo", payload)
+            samples.append(clock() - t0)
     rtt = sorted(s / 1000 for s in samples[len(samples) // 10:])   # skip the warm-up tenth
     return {"test": test, "size": size, "iters": len(samples),
             "rtt_median_us": statistics.median(rtt), "rtt_min_us": rtt[0],
