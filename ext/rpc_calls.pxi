@@ -1,10 +1,12 @@
-# An RPC Link's two hot loops in C (rdmamsg/rpc/link.py, client.py, server.py):
-# a synchronous call that receives its own reply, and a server connection's
-# requests (handlers inline, or relaying).  They act on the frames the codec
+# An RPC Link's hot loops in C (rdmamsg/rpc/link.py, client.py, server.py):
+# a client's calls (a synchronous call that receives its own reply, and
+# call_async, whose CallFuture's result() receives the replies itself:
+# the Driver of rpc_future.pxi), and a server connection's requests
+# (handlers inline, or relaying).  They act on the frames the codec
 # covers, received into and sent from per-link buffers, and hand every
 # other frame to the Link's general path (Link._dispatch), so what they do
-# not do here (out-of-band buffers, errors, PINGs, other
-# callers' replies, malformed frames) happens as before.
+# not do here (out-of-band buffers, errors, PINGs, malformed frames)
+# happens as before.
 #
 # They share the Link's state and follow its rules: the turn to receive is
 # taken and given under the Link's turn lock, frames go out under its send
