@@ -430,7 +430,7 @@ cdef class Deadlines:
     cdef bint add(self, uint64_t call_id, double when, dict pending) except -1:
         """Queue call ``call_id``'s deadline; False if it falls before the last
         one queued (a timeout made shorter meanwhile: keep it elsewhere)."""
-        cdef Py_ssize_t i, k
+        cdef Py_ssize_t i
         while self.n and self.ids[self.head] not in pending:
             self.head = (self.head + 1) % self.cap
             self.n -= 1
