@@ -53,6 +53,12 @@ cdef enum:            # errors recorded without the GIL, raised with it
     E_RING_FREED      # a report of more ring cells than are in use
     E_PROTO           # raised with the GIL; the message is in err_msg
 
+cdef enum:            # how posting a message's fragments without the GIL ended
+    P_POSTED
+    P_STALLED         # no room, and told not to wait
+    P_BROKEN          # an error, the peer gone or closed, or this endpoint closed
+    P_TIMED_OUT
+
 cdef enum:            # counters, in STAT_KEYS order
     ST_MSGS_OUT
     ST_MSGS_IN
@@ -72,6 +78,7 @@ cdef uint64_t RECV_TAG = (<uint64_t>1) << 63
 cdef double EOF_GRACE = 0.2
 cdef double GIL_SPIN = 50e-6     # of the spin, how long with the GIL held
 cdef double IDLE_SPIN = 50e-6    # the spin after an idle stretch
+cdef int gil_waiters = 0         # this module's threads waiting without the GIL
 cdef double ACTIVE_WINDOW = 5e-3 # a completion this recent: the connection is busy
 cdef enum:
     CLOCK_EVERY = 64           # polls between clock reads while spinning: a clock
@@ -115,6 +122,15 @@ cdef inline void lock_mutex(pthread_mutex_t *mu) noexcept:
     if pthread_mutex_trylock(mu) != 0:
         with nogil:
             pthread_mutex_lock(mu)
+
+
+cdef inline double gil_spin(double spin) noexcept nogil:
+    """Of a wait's ``spin``, how long with the GIL held: none while another
+    of our threads waits without it, since that one wants the GIL the moment
+    its completion arrives (a client and a server in one process)."""
+    if rdmamsg_load(&gil_waiters):
+        return 0
+    return GIL_SPIN if spin > GIL_SPIN else spin
 
 
 cdef inline double spin_budget(double spin_s, double last_active, double now) noexcept nogil:
@@ -569,31 +585,41 @@ cdef class Engine:
     cdef inline double _spin_budget(self, double now) noexcept nogil:
         return spin_budget(self.spin_s, self.last_active, now)
 
-    cdef int _block(self, double deadline, bint receiving=False) except -1:
+    cdef int _block(self, double deadline, bint receiving=False,
+                    bint assembling=False) except -1:
         """Wait for progress (GIL and mutex held on entry and exit).  0 once
         ``deadline`` has passed with nothing happening.
 
         The first GIL_SPIN seconds spin with the GIL held: giving it up and
         taking it back costs more than a short wait does, and Python lets a
-        thread hold the GIL for milliseconds between switches anyway.  The
-        rest of the spin, and the sleep, run without it.  A receiver
-        (``receiving``) also returns once interrupt() was called."""
+        thread hold the GIL for milliseconds between switches anyway.  But
+        not while another of our threads waits (gil_spin).  The rest of the
+        spin, and the sleep, run without it.  A receiver
+        (``receiving``) also returns once interrupt() was called.  A receiver
+        part-way through a message (``assembling``) takes its middle
+        fragments without the GIL (_assemble): a large message then costs one
+        GIL hand-off, not one per fragment, and other threads run meanwhile."""
         cdef int r, i
+        cdef uint64_t seen
         cdef double now = mono()
-        cdef double spin = self._spin_budget(now)
-        cdef double end = now + (GIL_SPIN if spin > GIL_SPIN else spin)
+        cdef double end = now + gil_spin(self._spin_budget(now))
         if deadline >= 0 and end > deadline:
             end = deadline                     # a short timeout is not a spin licence
-        while True:
+        while not assembling:
             for i in range(CLOCK_EVERY):
                 if self._progress():
                     return 1
             if mono() >= end or (receiving and rdmamsg_load(&self.intr)):
                 break
-        cdef uint64_t seen = self.changes
+        seen = self.changes
         self.inside += 1
+        rdmamsg_add(&gil_waiters, 1)
         with nogil:
-            r = self._wait(deadline, seen, receiving)
+            if assembling:
+                r = self._assemble(deadline)
+            else:
+                r = self._wait(deadline, seen, receiving)
+        rdmamsg_add(&gil_waiters, -1)
         self.inside -= 1
         if self.closed:
             raise self._closed_error()
@@ -896,13 +922,47 @@ cdef class Engine:
                        uint32_t zc_lkey, bint signal_last=False) except -1:
         """Post one message (or, ``continuing``, the rest of one).  With
         ``zc_lkey`` the fragments are sent from ``ptr`` itself, else copied;
-        ``signal_last`` asks for a completion of the last fragment."""
-        cdef size_t off = 0, dlen, wire, frag = self.zc_fragment if zc_lkey else self.fragment
+        ``signal_last`` asks for a completion of the last fragment.  Once it
+        must wait for room, it lets go of the GIL until the message is posted:
+        a large message then costs one GIL hand-off, not one per stall."""
+        cdef size_t off = 0
+        cdef int st
+        self.tail_obj = None
+        st = self._post_fragments(ptr, n, &off, continuing, zc_lkey, signal_last, False,
+                                  deadline)
+        if st == P_STALLED:
+            self.inside += 1
+            rdmamsg_add(&gil_waiters, 1)
+            with nogil:
+                st = self._post_fragments(ptr, n, &off, continuing, zc_lkey, signal_last,
+                                          True, deadline)
+            rdmamsg_add(&gil_waiters, -1)
+            self.inside -= 1
+        if st == P_BROKEN:
+            self._check_open()
+            self._raise_broken()
+            raise BrokenPipeError("the peer closed the connection")
+        if st == P_TIMED_OUT:
+            if off == 0 and not continuing:
+                raise TimeoutError("send timed out waiting for the peer to take messages")
+            self.tail_obj = PyBytes_FromStringAndSize(ptr + off, n - off)
+            raise TimeoutError("send timed out part-way through a message; the rest "
+                               "is sent ahead of the next message")
+        if self._flush() < 0:
+            raise self._error()
+        return 0
+
+    cdef int _post_fragments(self, char *ptr, size_t n, size_t *offp, bint continuing,
+                             uint32_t zc_lkey, bint signal_last, bint wait,
+                             double deadline) noexcept nogil:
+        """_send_buf's loop, from byte ``offp[0]`` (advanced as fragments are
+        queued): P_POSTED once the last is queued; else why it stopped, where
+        P_STALLED (no room, and not ``wait``) leaves nothing half-done."""
+        cdef size_t off = offp[0], dlen, wire, frag = self.zc_fragment if zc_lkey else self.fragment
         cdef uint32_t roff = 0, rcells = 0
         cdef int kind, slot
         cdef bint need_slot, returning
         cdef char *dst
-        self.tail_obj = None
         while True:
             if not continuing and off == 0:
                 if n <= frag:
@@ -924,15 +984,14 @@ cdef class Engine:
             while not self._room(returning, wire, need_slot, &roff, &rcells):
                 if self._progress():
                     continue
-                self._raise_broken()
-                if self.peer_closed:
-                    raise BrokenPipeError("the peer closed the connection")
-                if not self._block(deadline):
-                    if kind == K_WHOLE or kind == K_FIRST or kind == K_FIRST_LONG:
-                        raise TimeoutError("send timed out waiting for the peer to take messages")
-                    self.tail_obj = PyBytes_FromStringAndSize(ptr + off, n - off)
-                    raise TimeoutError("send timed out part-way through a message; the rest "
-                                       "is sent ahead of the next message")
+                if self.err != E_NONE or self.peer_gone or self.peer_closed or self.closed:
+                    return P_BROKEN
+                if not wait:
+                    return P_STALLED
+                if not self._wait(deadline, self.changes, False):
+                    return P_TIMED_OUT
+                if self.closed:
+                    return P_BROKEN
             if not need_slot:
                 if zc_lkey:
                     self._queue(kind, ptr + off, <uint32_t>dlen, zc_lkey, -1, False, n,
@@ -954,11 +1013,9 @@ cdef class Engine:
                     self._queue(kind, dst, <uint32_t>dlen, self.slkey[slot], slot, False, n, False,
                                 roff, rcells)
             off += dlen
+            offp[0] = off
             if kind == K_WHOLE or kind == K_LAST:
-                break
-        if self._flush() < 0:
-            raise self._error()
-        return 0
+                return P_POSTED
 
     cdef bint _room(self, bint returning, size_t wire, bint need_slot, uint32_t *roff,
                     uint32_t *rcells) noexcept nogil:
@@ -1077,6 +1134,42 @@ cdef class Engine:
         self._flush()
         return None
 
+    cdef int _assemble(self, double deadline) noexcept nogil:
+        """Copy the middle fragments of the message being assembled, waiting
+        for them as needed: 1 once _take has work (the last fragment,
+        anything unexpected, an error, a close or an interrupt to report),
+        0 once ``deadline`` has passed.  Mutex held, GIL not needed."""
+        cdef uint32_t ln
+        while True:
+            while self.rq_count > 0:
+                ln = self.rq_len[self.rq_head]
+                if (self.rq_kind[self.rq_head] != K_MIDDLE
+                        or self.asm_off + ln > self.asm_total):
+                    return 1
+                memcpy(self.asm_ptr + self.asm_off, self._src(self.rq_head), ln)
+                self.asm_off += ln
+                self._pop()
+            self._maybe_update()
+            self._flush()
+            if self._progress():
+                continue
+            if (self.err != E_NONE or self.peer_gone or self.peer_closed or self.closed
+                    or rdmamsg_load(&self.intr)):
+                return 1
+            if not self._wait(deadline, self.changes, True):
+                return 0
+            if self.closed:
+                return 1
+
+    cdef int _await_more(self, double deadline) except -1:
+        """A receive found no whole message: raise what ends it, else wait."""
+        self._check_recv()
+        if self._progress():
+            return 0
+        if not self._block(deadline, True, self.asm_active):
+            raise TimeoutError("no message arrived in time")
+        return 0
+
     cdef void _delivered(self, size_t n) noexcept nogil:
         self.whole_ready -= 1
         self.st[ST_MSGS_IN] += 1
@@ -1103,11 +1196,7 @@ cdef class Engine:
                 msg = self._take(NULL, 0)
                 if msg is not None:
                     return msg
-                self._check_recv()
-                if self._progress():
-                    continue
-                if not self._block(deadline, True):
-                    raise TimeoutError("no message arrived in time")
+                self._await_more(deadline)
         finally:
             self._unlock()
 
@@ -1133,11 +1222,7 @@ cdef class Engine:
                 got = self._take(buf, cap)
                 if got is not None:
                     return got
-                self._check_recv()
-                if self._progress():
-                    continue
-                if not self._block(deadline, True):
-                    raise TimeoutError("no message arrived in time")
+                self._await_more(deadline)
         finally:
             self._detach_user()
             self._unlock()
@@ -1170,11 +1255,7 @@ cdef class Engine:
                 msg = self._take(NULL, 0)
                 if msg is not None:
                     return MessageView._lend(self, -1, memoryview(msg))
-                self._check_recv()
-                if self._progress():
-                    continue
-                if not self._block(deadline, True):
-                    raise TimeoutError("no message arrived in time")
+                self._await_more(deadline)
         finally:
             self._unlock()
 

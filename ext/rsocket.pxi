@@ -370,8 +370,7 @@ cdef class RsCore:
         ``deadline`` has passed with nothing happening."""
         cdef int r, i
         cdef double now = mono()
-        cdef double spin = self._spin_budget(now)
-        cdef double end = now + (GIL_SPIN if spin > GIL_SPIN else spin)
+        cdef double end = now + gil_spin(self._spin_budget(now))
         if deadline >= 0 and end > deadline:
             end = deadline
         while True:
@@ -382,8 +381,10 @@ cdef class RsCore:
                 break
         cdef uint64_t seen = self.changes
         self.inside += 1
+        rdmamsg_add(&gil_waiters, 1)
         with nogil:
             r = self._wait(deadline, seen)
+        rdmamsg_add(&gil_waiters, -1)
         self.inside -= 1
         if self.closed:
             raise closed_error("rsocket")
