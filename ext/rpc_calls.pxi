@@ -4,7 +4,7 @@
 # the Driver of rpc_future.pxi), and a server connection's requests
 # (handlers inline, or relaying).  They act on the frames the codec
 # covers, received into and sent from per-link buffers, and hand every
-# other frame to the Link's general path (Link._dispatch), so what they do
+# other frame to the Link's general path (Link.dispatch), so what they do
 # not do here (out-of-band buffers, errors, PINGs, malformed frames)
 # happens as before.
 #
@@ -61,6 +61,20 @@ cdef class LinkState:
     cdef public bint watched                  # a client's calls are awaited by callbacks or wait()
     cdef public int idle                      # relaying: reader threads parked (0 or 1)
     cdef public unsigned long handling        # relaying: the reader running a handler (ident)
+
+
+cdef class ClientPort:
+    """What a Client gives its LinkFast (bind): whether its connection is
+    lost, and its general path for what C does not cover.  The callables
+    hold the client weakly."""
+    cdef public bint lost            # set (before its calls fail) once the connection is lost
+    cdef public object down          # (): the error a call raises once lost
+    cdef public object timed_out     # (call_id, name, timeout): cancel the call; raises TimeoutError
+    cdef public object general_call  # (name, args, kwargs, timeout): Client.call's general path
+    cdef public object submit        # (name, args, kwargs, timeout): call_async's general path
+    cdef public object expire_after  # (call_id, name, timeout): fail a call after timeout
+    cdef public object expire_calls_at  # (when): call due_calls() then
+    cdef public object expect        # (call_id): a slot for a reply the general path takes
 
 
 cdef class Slots:
@@ -129,13 +143,14 @@ cdef class LinkFast(Driver):
     cdef bint watching                          # relaying: the parked reader watches it
     cdef bint handed                            # relaying: and has taken over the reading
     cdef object client                          # a client's Client (a weak reference), or None
+    cdef ClientPort port                        # and what it gives us
     cdef uint64_t last_id                       # a client's last call id
 
     def __init__(self, link, Py_ssize_t inline_max, dict pending=None, Slots slots=None):
-        self.link, self.st, self.pending, self.slots = link, link._st, pending, slots
-        self.inline_max, self.keepalive = inline_max, link._keepalive
+        self.link, self.st, self.pending, self.slots = link, link.state, pending, slots
+        self.inline_max, self.keepalive = inline_max, link.keepalive
         self.send, self.recv, self.recv_into = link.ep.send, link.ep.recv, link.ep.recv_into
-        self.ready, self.reader = link.ep.pending, link._reader
+        self.ready, self.reader = link.ep.pending, link.reader
         if pending is not None:
             self.comp = Completions(None, self.watch_calls, self)
             self.deadlines = Deadlines()
@@ -148,8 +163,8 @@ cdef class LinkFast(Driver):
         # Link makes them rdmamsg Locks, taken here in C.  Bound once: only
         # link._disown (in a child after fork) replaces the locks, and it ends
         # the link (st.over), which these paths check first.
-        self.turn_lock, self.send_lock = link._turn._lock, link._send_lock
-        self.turn_notify = link._turn.notify_all
+        self.turn_lock, self.send_lock = link.turn_lock, link.send_lock
+        self.turn_notify = link.notify_turn
         self.w = Writer()
         self.sw = Writer()
         self.baton = PyThread_allocate_lock()
@@ -187,7 +202,7 @@ cdef class LinkFast(Driver):
         cdef double now = mono()
         self.st.last_rx = now
         if self.ping_due(now) <= 0:
-            self.link._ping_if_due(now)
+            self.link.ping_if_due(now)
         return now
 
     cdef int send_frame(self) except -1:
@@ -288,11 +303,11 @@ cdef class LinkFast(Driver):
 
     # -- the client's synchronous call ---------------------------------------------
 
-    def bind(self, client):
+    def bind(self, client, ClientPort port):
         """Client.call and Client.call_async in C, for ``client`` (held
-        weakly: a dropped client still warns and closes).  Their ids come
-        from next_id()."""
-        self.client = weakref.ref(client)
+        weakly: a dropped client still warns and closes; its ``timeout`` is
+        read per call), with ``port``.  Their ids come from next_id()."""
+        self.client, self.port = weakref.ref(client), port
         return self.client_call, self.client_call_async
 
     def next_id(self):
@@ -312,23 +327,23 @@ cdef class LinkFast(Driver):
         if type(name) is str:
             self.last_id += 1
             call_id = self.last_id
-            out = self.call_c(client, call_id, name, args, 1, kwargs, timeout)
+            out = self.call_c(call_id, name, args, 1, kwargs, timeout)
             if out is TIMED_OUT:
-                client._timed_out(call_id, name, timeout)           # raises
+                self.port.timed_out(call_id, name, timeout)         # raises
             if out is not GENERAL:
                 return out
-        return client._general_call(name, args[1:], kwargs, timeout)
+        return self.port.general_call(name, args[1:], kwargs, timeout)
 
-    def call(self, client, uint64_t call_id, name, tuple args, dict kwargs, timeout):
+    def call(self, uint64_t call_id, name, tuple args, dict kwargs, timeout):
         """Client._call's fast path: send the request and receive frames on
         this thread until its reply comes.  The result; or raises what the
         general path raises (RemoteError, a lost connection's error); or
         GENERAL (nothing sent) or TIMED_OUT (the request went: cancel it)."""
         if type(name) is not str:
             return GENERAL
-        return self.call_c(client, call_id, name, args, 0, kwargs, timeout)
+        return self.call_c(call_id, name, args, 0, kwargs, timeout)
 
-    cdef object call_c(self, client, uint64_t call_id, str name, tuple args, Py_ssize_t skip,
+    cdef object call_c(self, uint64_t call_id, str name, tuple args, Py_ssize_t skip,
                        dict kwargs, timeout):
         """call(), with the request's arguments from ``args[skip:]``."""
         cdef double deadline = 0
@@ -339,7 +354,7 @@ cdef class LinkFast(Driver):
             deadline = mono() + <double>timeout
             ms = max(0, int(timeout * 1000))
         if self.pending or not self.take_turn():
-            return self.call_beside(client, call_id, name, args, skip, kwargs, timeout,
+            return self.call_beside(call_id, name, args, skip, kwargs, timeout,
                                     -1 if timeout is None else deadline)
         try:
             # Only the thread whose turn it is uses self.w and self.rbuf.
@@ -348,19 +363,19 @@ cdef class LinkFast(Driver):
             try:
                 self.send_frame()
             except BaseException as exc:
-                if client._lost is not None:
-                    raise client._down() from exc
+                if self.port.lost:
+                    raise self.port.down() from exc
                 raise
-            return self.await_reply(client, call_id, timeout is not None, deadline)
+            return self.await_reply(call_id, timeout is not None, deadline)
         finally:
             self.give_turn()
 
-    cdef object call_beside(self, client, uint64_t call_id, str name, tuple args,
+    cdef object call_beside(self, uint64_t call_id, str name, tuple args,
                             Py_ssize_t skip, dict kwargs, timeout, double deadline):
         """call_c while other calls are in flight: sent as call_async sends,
         then waited for as CallFuture.result waits (until ``deadline``, -1:
         none): this thread receives if nobody else does."""
-        fut = self.submit(client, call_id, name, args, skip, kwargs, timeout)
+        fut = self.submit(call_id, name, args, skip, kwargs, timeout)
         if fut is GENERAL:
             return GENERAL
         cdef CallFutureBase f = <CallFutureBase>fut
@@ -393,29 +408,29 @@ cdef class LinkFast(Driver):
             raise TypeError("call_async() needs the method's name")
         name, timeout = args[0], client.timeout
         if type(name) is str:
-            fut = self.submit(client, 0, name, args, 1, kwargs, timeout)
+            fut = self.submit(0, name, args, 1, kwargs, timeout)
             if fut is not GENERAL:
                 if timeout is not None:
-                    self.expire_after(client, <CallFutureBase>fut, name, timeout)
+                    self.expire_after(<CallFutureBase>fut, name, timeout)
                 return fut
-        return client._submit(name, args[1:], kwargs, timeout, timer=True)
+        return self.port.submit(name, args[1:], kwargs, timeout)
 
-    cdef int expire_after(self, client, CallFutureBase fut, str name, timeout) except -1:
+    cdef int expire_after(self, CallFutureBase fut, str name, timeout) except -1:
         """Fail ``fut`` with TimeoutError after ``timeout`` (kept in C while
         timeouts stay the same: the client looks when the first falls due)."""
         fut.method, fut.timeout = name, timeout
         if not self.deadlines.add(fut.call_id, mono() + fut.timeout, self.pending):
-            client._expire_after(fut.call_id, name, timeout)
+            self.port.expire_after(fut.call_id, name, timeout)
         elif not self.deadlines.armed:
             self.deadlines.armed = True
-            client._expire_calls_at(mono() + fut.timeout)
+            self.port.expire_calls_at(mono() + fut.timeout)
         return 0
 
     def due_calls(self):
         """Deadlines.due, for the client's deadline thread."""
         return self.deadlines.due(self.pending)
 
-    cdef object submit(self, client, uint64_t call_id, str name, tuple args, Py_ssize_t skip,
+    cdef object submit(self, uint64_t call_id, str name, tuple args, Py_ssize_t skip,
                        dict kwargs, timeout):
         """Send a request whose reply a new CallFuture receives (0: a new call
         id); GENERAL, with nothing sent, outside the codec's subset.  Nobody
@@ -425,17 +440,17 @@ cdef class LinkFast(Driver):
             self.last_id += 1
             call_id = self.last_id
         fut = new_future(self.comp, call_id)
-        # (Checked and added with the GIL held: Client._on_lost sets _lost
+        # (Checked and added with the GIL held: the client sets port.lost
         # before it takes the pending calls, so a call is failed or refused.)
-        if client._lost is not None:
-            raise client._down()
+        if self.port.lost:
+            raise self.port.down()
         self.pending[call_id] = fut
         try:
             sent = self.send_request_c(call_id, name, args, skip, kwargs, timeout)
         except BaseException as exc:
             self.pending.pop(call_id, None)
-            if client._lost is not None:
-                raise client._down() from exc
+            if self.port.lost:
+                raise self.port.down() from exc
             raise
         if not sent:
             self.pending.pop(call_id, None)
@@ -480,7 +495,7 @@ cdef class LinkFast(Driver):
 
     cdef int receive_for(self, CallFutureBase fut, double deadline) except -1:
         """drive()'s loop: a lost connection is reported as the reader
-        reports it (Link._lost fails every pending call, ``fut`` too)."""
+        reports it (Link.lose fails every pending call, ``fut`` too)."""
         cdef Frame f
         cdef double now = mono(), wait
         link = self.link
@@ -496,22 +511,22 @@ cdef class LinkFast(Driver):
                 return 0                       # asked to step aside (Link.take_turn)
             except TimeoutError:
                 try:
-                    link._check_alive()
+                    link.check_alive()
                 except BaseException as exc:
-                    link._lost(exc)
+                    link.lose(exc)
                     return 0
                 now = mono()
                 continue
             except BaseException as exc:
-                link._lost(exc)
+                link.lose(exc)
                 return 0
             self.heard()
             try:
                 frame = self.take_replies(f, wait)
                 if frame is not None:
-                    link._dispatch(frame)
+                    link.dispatch(frame)
             except BaseException as exc:
-                link._lost(exc)
+                link.lose(exc)
                 return 0
             now = mono()
         return 0
@@ -520,7 +535,7 @@ cdef class LinkFast(Driver):
         """Complete the calls whose replies are ``f`` and the frames already
         there behind it, then wake the threads asleep on them: one wake-up
         each per batch.  Returns the first frame the codec does not cover
-        (for Link._dispatch), or None."""
+        (for Link.dispatch), or None."""
         later = []
         try:
             while True:
@@ -535,9 +550,15 @@ cdef class LinkFast(Driver):
                     return None
                 self.heard()
         finally:
-            self.comp.notify()
-            for fut in later:
-                (<CallFutureBase>fut).run_callbacks()
+            self.finish_batch(later)
+
+    cdef int finish_batch(self, list later) except -1:
+        """After complete(): wake the threads asleep on the calls completed,
+        then run the callbacks of those in ``later``."""
+        self.comp.notify()
+        for fut in later:
+            (<CallFutureBase>fut).run_callbacks()
+        return 0
 
     cdef int complete(self, Frame f, list later) except -1:
         """Complete the call whose OK reply is ``f`` (if it is still pending),
@@ -565,7 +586,7 @@ cdef class LinkFast(Driver):
                 pass                           # cancelled meanwhile: dropped
         return 0
 
-    cdef object await_reply(self, client, uint64_t call_id, bint timed, double deadline):
+    cdef object await_reply(self, uint64_t call_id, bint timed, double deadline):
         cdef Frame f
         cdef double now = self.st.last_tx, wait     # (send_frame just read the clock)
         link = self.link
@@ -582,13 +603,13 @@ cdef class LinkFast(Driver):
                 continue
             except TimeoutError:
                 try:
-                    link._check_alive()
+                    link.check_alive()
                 except BaseException as exc:
-                    raise self.lose(client, exc)
+                    raise self.lose(exc)
                 now = mono()
                 continue
             except BaseException as exc:
-                raise self.lose(client, exc)
+                raise self.lose(exc)
             now = self.heard()
             if f.kind == REPLY and f.whole and f.status == OK:
                 if f.call_id == call_id:
@@ -596,15 +617,13 @@ cdef class LinkFast(Driver):
                     return value
                 later = []                     # another call's reply (call_beside)
                 self.complete(f, later)
-                self.comp.notify()
-                for fut in later:
-                    (<CallFutureBase>fut).run_callbacks()
+                self.finish_batch(later)
                 continue
-            slot = client._expect(call_id) if f.kind == REPLY and f.call_id == call_id else None
+            slot = self.port.expect(call_id) if f.kind == REPLY and f.call_id == call_id else None
             try:
-                link._dispatch(self.raw())  # an error reply, buffers, a PING, another's reply
+                link.dispatch(self.raw())  # an error reply, buffers, a PING, another's reply
             except BaseException as exc:
-                raise self.lose(client, exc)
+                raise self.lose(exc)
             if slot is not None:
                 if slot.exc is not None:
                     raise slot.exc
@@ -628,14 +647,14 @@ cdef class LinkFast(Driver):
         ``timeout`` for the first frame and then taking only those already
         there, so that a batch of replies costs one wake-up.  Parks the
         reader once no call is pending.  Returns a frame the general path
-        must take (Link._dispatch), or None."""
+        must take (Link.dispatch), or None."""
         cdef Frame f
         try:
             f = self.receive(max(0.001, min(timeout, self.ping_due(mono()))))
         except InterruptedError:
             return None
         except TimeoutError:
-            self.link._check_alive()
+            self.link.check_alive()
             return None
         self.heard()
         frame = self.take_replies(f, timeout)
@@ -651,17 +670,17 @@ cdef class LinkFast(Driver):
                 self.turn_lock.give()
         return frame
 
-    cdef object lose(self, client, exc):
+    cdef object lose(self, exc):
         """The connection is lost (as Link.receive_until reports it): the
         error the caller raises."""
-        self.link._lost(exc)
-        return client._down()
+        self.link.lose(exc)
+        return self.port.down()
 
     # -- the server's inline handlers -------------------------------------------------
 
-    def serve(self, conn, dict functions, double timeout):
+    def serve(self, finish, dict functions, double timeout):
         """Receive requests and answer them until a frame needs the general
-        path (returned: Link._dispatch it) or none comes within ``timeout``
+        path (returned: Link.dispatch it) or none comes within ``timeout``
         (None).  Inline handlers run here; with ``slots`` (relaying), a
         handler runs here too, and if the parked reader took over the
         reading meanwhile, this thread parks in its place.  Raises what ends
@@ -676,7 +695,7 @@ cdef class LinkFast(Driver):
             except InterruptedError:
                 return None
             except TimeoutError:
-                link._check_alive()
+                link.check_alive()
                 return None
             now = self.heard()
             if not f.whole or f.kind != REQUEST:
@@ -685,7 +704,7 @@ cdef class LinkFast(Driver):
             if entry is None or entry[1]:
                 return self.raw()              # unknown, or runs on the event loop
             if self.slots is None:
-                self.answer(conn, f, entry[0])
+                self.answer(finish, f, entry[0])
                 continue
             # Expired on arrival, no reader to relay to, or every slot taken:
             # the pool's way (which checks deadlines and cancels).
@@ -699,7 +718,7 @@ cdef class LinkFast(Driver):
                 PyThread_release_lock(self.baton)      # the parked reader: watch
             self.st.handling = PyThread_get_thread_ident()
             try:
-                self.answer(conn, f, entry[0])
+                self.answer(finish, f, entry[0])
             finally:
                 self.since = 0
                 self.st.handling = 0
@@ -709,8 +728,9 @@ cdef class LinkFast(Driver):
                 if not self.park_c():
                     return None
 
-    cdef int answer(self, conn, Frame f, fn) except -1:
-        """Run a handler and send its reply (as _Connection._call does)."""
+    cdef int answer(self, finish, Frame f, fn) except -1:
+        """Run a handler and send its reply (as _Connection._call does);
+        ``finish(call_id, result=, exc=)`` sends what the codec does not cover."""
         # Taken from the frame first: relaying, the other reader may parse
         # the next frame into it while the handler runs.
         cdef uint64_t call_id = f.call_id
@@ -720,12 +740,12 @@ cdef class LinkFast(Driver):
             # (The args tuple and kwargs dict are new: the handler may have them.)
             result = call_with(fn, args, NULL if kwargs is None else <PyObject*>kwargs)
         except BaseException as exc:           # sent to the caller
-            conn._finish(call_id, exc=exc)
+            finish(call_id, exc=exc)
             return 0
         args = kwargs = None
         if not encode_reply(self.w, call_id, result, self.inline_max):
-            conn._finish(call_id, result=result)
-        elif not self.link._closing:
+            finish(call_id, result=result)
+        elif not self.link.closing:
             try:
                 self.send_frame()
             except OSError:
@@ -741,7 +761,7 @@ cdef class LinkFast(Driver):
         cdef int why
         st = self.st
         # Checking ``over`` and counting this thread idle is one atomic step:
-        # Link._lost sets over, then unpark()s whoever is counted.
+        # Link.lose sets over, then unpark()s whoever is counted.
         if st.over:
             return False
         st.idle += 1
