@@ -24,6 +24,7 @@
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.pythread cimport PyThread_get_thread_ident
 from libc.errno cimport errno, EAGAIN, EINTR
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
@@ -186,6 +187,7 @@ cdef class Engine:
     cdef char *asm_ptr
     cdef size_t asm_total, asm_off
     cdef bint asm_active, asm_user
+    cdef unsigned long asm_owner   # asm_user: the thread whose buffer it is
     # send side
     cdef int nsend
     cdef char **saddr
@@ -1066,6 +1068,8 @@ cdef class Engine:
         cdef uint32_t ln, skip
         cdef size_t total
         cdef char *src
+        if self.asm_active and not self._assembler():
+            return None        # arriving into another receiver's buffer: theirs
         if self.held is not None and not self.asm_active:
             msg = self.held
             if user != NULL:
@@ -1099,6 +1103,7 @@ cdef class Engine:
                     raise ValueError(f"the next message has {total} bytes; the buffer holds {cap}")
                 if user != NULL:
                     self.asm_ptr, self.asm_user = user, True
+                    self.asm_owner = PyThread_get_thread_ident()
                 else:
                     self.asm_obj = PyBytes_FromStringAndSize(NULL, total)
                     self.asm_ptr, self.asm_user = PyBytes_AS_STRING(self.asm_obj), False
@@ -1121,6 +1126,7 @@ cdef class Engine:
             total = self.asm_total
             self._delivered(total)
             if self.asm_user:
+                self._free_for_others()
                 return total
             msg, self.asm_obj = self.asm_obj, None
             if user == NULL:
@@ -1166,7 +1172,7 @@ cdef class Engine:
         self._check_recv()
         if self._progress():
             return 0
-        if not self._block(deadline, True, self.asm_active):
+        if not self._block(deadline, True, self.asm_active and self._assembler()):
             raise TimeoutError("no message arrived in time")
         return 0
 
@@ -1177,14 +1183,26 @@ cdef class Engine:
         self._maybe_update()
         self._flush()
 
+    cdef inline bint _assembler(self) noexcept:
+        """Whether this thread may go on with the message being assembled:
+        into our own bytes anyone may; into a caller's buffer only that caller."""
+        return not self.asm_user or self.asm_owner == PyThread_get_thread_ident()
+
     cdef int _detach_user(self) except -1:
         # A message half-built in a caller's buffer moves into our own bytes
         # before the call returns, since the caller's buffer is theirs again.
-        if self.asm_active and self.asm_user:
+        if self.asm_active and self.asm_user and self._assembler():
             obj = PyBytes_FromStringAndSize(NULL, self.asm_total)
             memcpy(PyBytes_AS_STRING(obj), self.asm_ptr, self.asm_off)
             self.asm_obj, self.asm_ptr, self.asm_user = obj, PyBytes_AS_STRING(obj), False
+            self._free_for_others()
         return 0
+
+    cdef inline void _free_for_others(self) noexcept nogil:
+        # Fragments other receivers left to a caller's buffer are anyone's
+        # now, and no completion will say so: wake them.
+        if self.inside > 0:
+            self._kick()
 
     def recv(self, timeout=None):
         """The next whole message, as bytes."""

@@ -183,7 +183,7 @@ cdef class LinkFast(Driver):
             from rdmamsg.transport import _cpoller
         except ImportError:
             return 0
-        eng = getattr(ep, "_engine", None)
+        eng = getattr(ep, "engine", None)
         if type(eng) is _cpoller.Engine and self.send == eng.send \
                 and self.recv_into == eng.recv_into:
             self.api = <const EngineApi *>PyCapsule_GetPointer(_cpoller.API, ENGINE_API)
