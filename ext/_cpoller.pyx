@@ -51,5 +51,6 @@ cdef Py_ssize_t _api_recv_into(PyObject *engine, char *buf, size_t cap,
 cdef EngineApi _api
 _api.send = _api_send
 _api.recv_into = _api_recv_into
+_api.gil_waiters = &gil_waiters
 #: Engine.send (without a time limit, copied) and Engine.recv_into, for C callers.
 API = PyCapsule_New(&_api, ENGINE_API, NULL)

@@ -188,6 +188,7 @@ cdef class LinkFast(Driver):
                 and self.recv_into == eng.recv_into:
             self.api = <const EngineApi *>PyCapsule_GetPointer(_cpoller.API, ENGINE_API)
             self.eng = eng
+            self.sleepers = self.api.gil_waiters
             # (From zerocopy_min on, a send is made from the caller's memory.)
             self.direct_max = ep.zerocopy_min if ep.zerocopy_min > 0 else PY_SSIZE_T_MAX
         return 0

@@ -42,13 +42,23 @@ cdef object InvalidStateError = concurrent.futures.InvalidStateError
 
 cdef class CallFutureBase
 
+cdef extern from *:
+    """
+    static inline void rdmamsg_count(int *p, int v) {
+        if (p) __atomic_add_fetch(p, v, __ATOMIC_ACQ_REL);
+    }
+    """
+    void count_waiter "rdmamsg_count"(int *p, int v) nogil
+
 
 cdef class Driver:
     """What receives replies for a client's futures on the waiting thread
     (its LinkFast): drive() receives until ``fut`` is done or ``deadline``
     (-1: none) passes, and is False, having done nothing, when another
     thread receives (the waiter sleeps: that one completes its future, or
-    wakes it to receive in its place)."""
+    wakes it to receive in its place).  ``sleepers``: a count to join while
+    asleep (the engine's GIL waiters, EngineApi.gil_waiters), or NULL."""
+    cdef int *sleepers
 
     cdef bint drive(self, CallFutureBase fut, double deadline) except -1:
         return False
@@ -242,6 +252,7 @@ cdef class Completions:
         cdef Sleeper s
         cdef PyLockStatus r
         cdef PY_TIMEOUT_T us = -1
+        cdef int *count = NULL if self.driver is None else self.driver.sleepers
         if deadline >= 0:
             us = <PY_TIMEOUT_T>((deadline - mono()) * 1e6)
             if us <= 0:
@@ -257,8 +268,10 @@ cdef class Completions:
             if fut.is_done():
                 return 0
             self.link(&s)
+            count_waiter(count, 1)
             with nogil:
                 r = PyThread_acquire_lock_timed(s.lk, us, 1)
+            count_waiter(count, -1)
             self.unlink(&s)
             if r == PY_LOCK_INTR:
                 PyErr_CheckSignals()
