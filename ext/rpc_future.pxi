@@ -187,12 +187,16 @@ cdef class Completions:
         """Tell those who wait that their futures are done: the sleepers
         (wake_done), and the asyncio loop, once for all its futures."""
         self.wake_done()
+        cdef int *count = NULL if self.driver is None else self.driver.sleepers
         if self.aio_done:
             batch, self.aio_done = self.aio_done, []
+            # The loop's thread will want the GIL: until it has it, it counts
+            # as a waiter (no engine spins with the GIL held meanwhile).
+            count_waiter(count, 1)
             try:
-                self.aio_loop.call_soon_threadsafe(settle_on_loop, batch)
+                self.aio_loop.call_soon_threadsafe(settle_on_loop, batch, self)
             except RuntimeError:
-                pass                           # the loop is closed: nobody awaits them
+                count_waiter(count, -1)        # the loop is closed: nobody awaits them
         return 0
 
     cdef void wake_done(self) noexcept:
@@ -491,9 +495,11 @@ cdef class Deadlines:
         return expired, self.at[self.head]
 
 
-def settle_on_loop(list batch):
-    """On the asyncio loop: complete the twins of a batch of done futures."""
+def settle_on_loop(list batch, Completions comp):
+    """On the asyncio loop: complete the twins of a batch of done futures
+    (Completions.notify)."""
     cdef CallFutureBase fut
+    count_waiter(NULL if comp.driver is None else comp.driver.sleepers, -1)
     for f in batch:
         fut = <CallFutureBase>f
         twin, fut.aio = fut.aio, None
