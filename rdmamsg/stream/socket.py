@@ -229,6 +229,8 @@ class RdmaSocket:
         ``flags``: MSG_PEEK, MSG_WAITALL, MSG_DONTWAIT, as recv_into."""
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
+        if bufsize == 0:
+            return b""                     # at once, as the socket module does
         if flags & _socket.MSG_WAITALL and not flags & _socket.MSG_PEEK:
             buf = bytearray(bufsize)
             return bytes(memoryview(buf)[:self.recv_into(buf, 0, flags)])
@@ -254,6 +256,9 @@ class RdmaSocket:
             raise ValueError("negative buffersize in recv_into")
         want = min(nbytes or dst.nbytes, dst.nbytes)
         timeout = self._call_timeout(flags)
+        if want == 0:
+            self._connected()
+            return 0                       # at once, as the kernel does
         peek = flags & _socket.MSG_PEEK
         with self._rlock:
             got = self._recv_some(dst[:want], timeout, peek)

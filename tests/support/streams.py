@@ -85,6 +85,8 @@ def check_recv_flags(tx, rx) -> None:
     assert rx.recv(4, socket.MSG_PEEK) == b"peek"
     assert rx.recv_into(buf, 2, socket.MSG_PEEK) == 2 and buf[:2] == b"pe"
     assert rx.recv(4) == b"peek"
+    # A zero-length receive returns at once, with nothing there to read.
+    assert rx.recv(0) == b"" and rx.recv_into(memoryview(buf)[:0]) == 0
     # MSG_DONTWAIT on a blocking socket: this call only.
     with pytest.raises(BlockingIOError):
         rx.recv(4, socket.MSG_DONTWAIT)
