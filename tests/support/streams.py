@@ -64,6 +64,29 @@ def _send_slowly(sock, pieces) -> None:
         sock.sendall(piece)
 
 
+def check_send_flags(tx, rx) -> None:
+    """send's flags, as the socket module has them, on a connected blocking
+    pair (``tx`` writes to ``rx``)."""
+    assert tx.send(b"hint", socket.MSG_NOSIGNAL | socket.MSG_MORE) == 4
+    assert rx.recv(4, socket.MSG_WAITALL) == b"hint"
+    with pytest.raises(OSError) as e:
+        tx.send(b"x", socket.MSG_OOB)
+    assert e.value.errno == errno.EOPNOTSUPP
+    # MSG_DONTWAIT on a blocking socket: once the peer takes no more, this
+    # call raises rather than waits; the socket stays blocking.
+    chunk, sent = b"z" * 65536, 0
+    with pytest.raises(BlockingIOError):
+        while sent < 256 << 20:
+            sent += tx.send(chunk, socket.MSG_DONTWAIT)
+    assert tx.gettimeout() is None
+    rx.settimeout(30)
+    got = 0
+    while got < sent:
+        got += len(rx.recv(1 << 20))
+    rx.settimeout(None)
+    assert got == sent
+
+
 def check_recv_flags(tx, rx) -> None:
     """recv and recv_into's flags, as the socket module has them, on a
     connected blocking pair (``tx`` writes to ``rx``); ends ``tx``'s stream."""
