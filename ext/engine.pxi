@@ -206,6 +206,7 @@ cdef class Engine:
     cdef object regcache           # caller memory registered for zero-copy sends
     cdef object zc_pending         # (last seq, Registration) of zero-copy sends in flight
     cdef object tail_obj           # what a timed-out send() still has to send
+    cdef bint sending              # a thread is posting a message (_take_send_turn)
     cdef credit_t cw
     # write channel
     cdef bint ringmode
@@ -635,7 +636,6 @@ cdef class Engine:
         cdef double now
         cdef int timeout_ms, nev, i
         cdef epoll_event evs[4]
-        cdef timespec ts
         cdef uint64_t one
         while True:
             for i in range(CLOCK_EVERY):
@@ -652,13 +652,7 @@ cdef class Engine:
                 return 1
         if self.leader:
             # Another thread sleeps in epoll; it broadcasts when it wakes.
-            if deadline < 0:
-                pthread_cond_wait(&self.cond, &self.mu)
-            else:
-                ts.tv_sec = <long>deadline
-                ts.tv_nsec = <long>((deadline - ts.tv_sec) * 1e9)
-                pthread_cond_timedwait(&self.cond, &self.mu, &ts)
-            return 1 if deadline < 0 else mono() < deadline
+            return self._sleep(deadline)
         ibv_req_notify_cq(self.cq, 0)
         if self._progress() or (receiving and rdmamsg_load(&self.intr)):
             return 1
@@ -794,6 +788,7 @@ cdef class Engine:
         pthread_cond_init(&self.cond, &ca)
         pthread_condattr_destroy(&ca)
         self.inside = 0
+        self.sending = False
         self.closed = True
         self.inherited_from = getppid()
 
@@ -868,38 +863,80 @@ cdef class Engine:
         ``reg`` (their registration) from there.  True if ``reg`` is kept
         (in zc_pending) until those sends complete."""
         cdef uint32_t lkey = 0 if reg is None else reg.lkey
-        cdef uint64_t first_seq
+        cdef uint64_t first_seq, last_seq = 0
         cdef bint kept = False
         if n > self.send_max:
             raise ValueError(f"message of {n} bytes exceeds the peer's limit of {self.send_max}")
         self._lock()
         try:
             self._check_send()
-            self._prune()
-            if self.tail_obj is not None:
-                tail = self.tail_obj
-                self._send_buf(PyBytes_AS_STRING(tail), len(tail), True, deadline, 0)
-            first_seq = self.seq_next
+            self._take_send_turn(deadline)
             try:
-                # A buffer that may change must be waited for: ask for the
-                # completion of its last fragment.  Others complete with the
-                # next signaled send (an RC queue completes in order).
-                self._send_buf(ptr, n, False, deadline, lkey, mutable)
+                self._check_send()
+                self._prune()
+                if self.tail_obj is not None:
+                    tail = self.tail_obj
+                    self._send_buf(PyBytes_AS_STRING(tail), len(tail), True, deadline, 0)
+                first_seq = self.seq_next
+                try:
+                    # A buffer that may change must be waited for: ask for the
+                    # completion of its last fragment.  Others complete with the
+                    # next signaled send (an RC queue completes in order).
+                    self._send_buf(ptr, n, False, deadline, lkey, mutable)
+                finally:
+                    if reg is not None and self.seq_next > first_seq:
+                        # Posted from the caller's memory: keep it registered
+                        # (and exported) until the last of those sends completes.
+                        self.zc_pending.append((self.seq_next - 1, reg))
+                        self.st[ST_ZEROCOPY] += 1
+                        kept = True
+                        last_seq = self.seq_next - 1
             finally:
-                if reg is not None and self.seq_next > first_seq:
-                    # Posted from the caller's memory: keep it registered
-                    # (and exported) until the last of those sends completes.
-                    self.zc_pending.append((self.seq_next - 1, reg))
-                    self.st[ST_ZEROCOPY] += 1
-                    kept = True
-                    if mutable:
-                        self._wait_sent(self.seq_next - 1)
+                self._give_send_turn()
+                if kept and mutable:
+                    self._wait_sent(last_seq)
             self.st[ST_MSGS_OUT] += 1
             self.st[ST_BYTES_OUT] += n
         finally:
             self._flush()
             self._unlock()
         return kept
+
+    cdef int _take_send_turn(self, double deadline) except -1:
+        """Become the thread that posts.  A message's fragments go out
+        together: while one thread waits for room part-way through a
+        message (the mutex let go), another's message waits too."""
+        cdef int r
+        while self.sending:
+            self.inside += 1
+            rdmamsg_add(&gil_waiters, 1)
+            with nogil:
+                r = self._sleep(deadline)
+            rdmamsg_add(&gil_waiters, -1)
+            self.inside -= 1
+            if self.closed:
+                raise self._closed_error()
+            if not r:
+                raise TimeoutError("send timed out waiting for another thread's message to go")
+        self.sending = True
+        return 0
+
+    cdef void _give_send_turn(self) noexcept nogil:
+        self.sending = False
+        if self.inside > 0:
+            pthread_cond_broadcast(&self.cond)
+
+    cdef int _sleep(self, double deadline) noexcept nogil:
+        """Sleep on the condition (the mutex let go meanwhile) until it is
+        broadcast or ``deadline`` (-1: none); 0 once that has passed."""
+        cdef timespec ts
+        if deadline < 0:
+            pthread_cond_wait(&self.cond, &self.mu)
+            return 1
+        ts.tv_sec = <long>deadline
+        ts.tv_nsec = <long>((deadline - ts.tv_sec) * 1e9)
+        pthread_cond_timedwait(&self.cond, &self.mu, &ts)
+        return mono() < deadline
 
     cdef int _prune(self) except -1:
         """Let go of registrations whose zero-copy sends have completed."""
@@ -1376,6 +1413,12 @@ cdef class Engine:
             if (self.closed or self.close_sent or self.err != E_NONE or self.peer_gone):
                 return
             try:
+                self._take_send_turn(deadline)
+            except (TimeoutError, OSError):
+                return
+            try:
+                if self.close_sent:
+                    return
                 if self.tail_obj is not None:
                     tail = self.tail_obj
                     self._send_buf(PyBytes_AS_STRING(tail), len(tail), True, deadline, 0)
@@ -1394,6 +1437,8 @@ cdef class Engine:
                         return
             except (TimeoutError, OSError):
                 return
+            finally:
+                self._give_send_turn()
         finally:
             self._unlock()
 

@@ -255,6 +255,30 @@ def test_two_receivers_of_large_messages_each_get_whole_ones(pair):
     assert sorted(got) == list(range(n))
 
 
+@pytest.mark.parametrize("channel, small", [("send", {"recv_depth": 4}),
+                                            ("write", {"ring_size": 1 << 18, "ring_cells": 64})],
+                         ids=["send", "write"])
+def test_two_senders_never_interleave_their_messages(channel, small):
+    # Room runs short part-way through the messages (few credits, a small
+    # ring), so each sender waits with the engine's lock let go: each
+    # message still arrives whole, and in its sender's order.
+    n, size = 40, 150_000
+    with endpoint_pair(IP, channel=channel, **small) as (c, s):
+        def pump(tag):
+            for i in range(n):
+                c.send(tag + counter(i, size - 1), timeout=60)
+
+        jobs = [run_in_thread(pump, b"a"), run_in_thread(pump, b"b")]
+        seen = {b"a": 0, b"b": 0}
+        for _ in range(2 * n):
+            m = s.recv(timeout=60)
+            tag = m[:1]
+            assert m[1:] == counter(seen[tag], size - 1), (tag, seen[tag])
+            seen[tag] += 1
+        for j in jobs:
+            j.result(timeout=120)
+
+
 @pytest.mark.parametrize("depth", [3, 4, 32])
 def test_four_threads_on_two_endpoints_never_miss_a_wakeup(depth):
     # A sender and a receiver on each side, often out of credits: each wait
