@@ -33,6 +33,7 @@ cdef extern from "Python.h":
     object call_with "PyObject_Call"(object fn, object args, PyObject* kwargs)
     Py_ssize_t PY_SSIZE_T_MAX
 
+import os
 import weakref
 import threading
 
@@ -59,6 +60,7 @@ cdef class LinkState:
     cdef public object receiver
     cdef public bint asked, parked, over
     cdef public bint watched                  # a client's calls are awaited by callbacks or wait()
+    cdef public bint looped                   # an asyncio loop receives (LinkFast.loop_watch)
     cdef public int idle                      # relaying: reader threads parked (0 or 1)
     cdef public unsigned long handling        # relaying: the reader running a handler (ident)
 
@@ -145,14 +147,20 @@ cdef class LinkFast(Driver):
     cdef object client                          # a client's Client (a weak reference), or None
     cdef ClientPort port                        # and what it gives us
     cdef uint64_t last_id                       # a client's last call id
+    cdef object loop                            # the asyncio loop that receives, or None
+    cdef unsigned long loop_thread              # and its thread
+    cdef int loop_fd                            # the fd it watches (a dup of the endpoint's)
+    cdef object ep_poll                         # the endpoint's poll()
 
     def __init__(self, link, Py_ssize_t inline_max, dict pending=None, Slots slots=None):
         self.link, self.st, self.pending, self.slots = link, link.state, pending, slots
         self.inline_max, self.keepalive = inline_max, link.keepalive
         self.send, self.recv, self.recv_into = link.ep.send, link.ep.recv, link.ep.recv_into
+        self.ep_poll, self.loop_fd = link.ep.poll, -1
         self.ready, self.reader = link.ep.pending, link.reader
         if pending is not None:
             self.comp = Completions(None, self.watch_calls, self)
+            self.comp.on_loop_watch = self.loop_watch
             self.deadlines = Deadlines()
         self.find_engine(link.ep)
         self.rbuf = bytearray(RECV_BUF)
@@ -300,6 +308,8 @@ cdef class LinkFast(Driver):
             self.turn_lock.give()
         if self.pending and self.comp is not None:
             self.comp.wake_one()
+            if st.looped and PyThread_get_thread_ident() != self.loop_thread:
+                self.kick_loop()
         return 0
 
     # -- the client's synchronous call ---------------------------------------------
@@ -659,17 +669,117 @@ cdef class LinkFast(Driver):
             return None
         self.heard()
         frame = self.take_replies(f, timeout)
-        if not self.pending:
-            st = self.st
+        st = self.st
+        if not self.pending or st.looped:
             self.turn_lock.take()
             try:
                 # (Under the turn lock, as watch_calls() sets them: a call awaited
                 # meanwhile is in ``pending`` already.)
-                if not self.pending:
+                if not self.pending or st.looped:
                     st.parked, st.watched = True, False
             finally:
                 self.turn_lock.give()
         return frame
+
+    def awaited(self):
+        """Calls whose replies nobody receives unless the parked reader does
+        (Link.start's ``awaited``): none while a loop receives them."""
+        return 0 if self.st.looped else len(self.pending)
+
+    # -- an asyncio loop receives (AsyncClient) ------------------------------------------
+
+    def loop_watch(self, loop):
+        """Futures awaited on ``loop`` (the running one) get their replies
+        from it: it watches the endpoint and receives whatever is there when
+        that is readable (on_readable), so that a batch of replies costs it
+        one wake-up and no thread hands it the GIL.  The reader stays parked
+        but for PINGs.  False while another loop does (the caller watches as
+        before)."""
+        if self.loop is loop:
+            return True
+        if self.loop is not None or self.st.over:
+            return False
+        # A dup: closing the endpoint (on any thread) cannot leave the loop
+        # watching a number that another file may take.
+        fd = os.dup(self.link.ep.fileno())
+        try:
+            loop.add_reader(fd, self.on_readable)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.loop, self.loop_fd, self.loop_thread = loop, fd, PyThread_get_thread_ident()
+        self.st.looped = True
+        self.link.on_turn_end(self.kick_loop)
+        loop.call_soon(self.on_readable)       # replies there already
+        return True
+
+    def on_readable(self):
+        """The loop's turn: receive and complete what is there, without
+        waiting; a frame the codec does not cover is dispatched here (its
+        buffers, if any, are received before the loop goes on)."""
+        cdef Frame f
+        if self.st.over:
+            self.loop_unwatch()
+            return
+        if not self.take_turn():
+            return                             # another receives; kick_loop follows
+        link = self.link
+        try:
+            while self.ready() or self.ep_poll():
+                f = self.receive(0.0)
+                self.heard()
+                frame = self.take_replies(f, 0.0)
+                if frame is not None:
+                    link.dispatch(frame)
+        except (TimeoutError, InterruptedError):
+            pass                               # (asked to step aside: the asker receives)
+        except BaseException as exc:           # (the lost connection's error reaches the calls)
+            link.lose(exc)
+        finally:
+            self.give_turn()
+        if self.st.over:
+            self.loop_unwatch()
+
+    def kick_loop(self):
+        """Have the loop look (from another thread, whose turn to receive
+        ended: it may have taken the fd's readiness with it)."""
+        loop = self.loop
+        if loop is None or not (self.pending or self.st.over):
+            return
+        try:
+            loop.call_soon_threadsafe(self.on_readable)
+        except RuntimeError:                   # the loop is closed
+            self.loop_unwatch()
+
+    def loop_unwatch(self):
+        """The loop stops receiving (on its thread, or once it is closed);
+        the reader receives for awaited calls again."""
+        loop, self.loop = self.loop, None
+        if loop is None:
+            return
+        self.st.looped = False
+        self.link.on_turn_end(None)
+        fd, self.loop_fd = self.loop_fd, -1
+        try:
+            if not loop.is_closed():
+                loop.remove_reader(fd)
+        finally:
+            os.close(fd)
+        self.wake()
+
+    def loop_unwatch_soon(self):
+        """loop_unwatch from any thread (the client closes, or its connection
+        is lost)."""
+        loop = self.loop
+        if loop is None:
+            return
+        if PyThread_get_thread_ident() == self.loop_thread:
+            self.loop_unwatch()
+            return
+        try:
+            loop.call_soon_threadsafe(self.loop_unwatch)
+        except RuntimeError:                   # the loop is closed
+            self.loop_unwatch()
 
     cdef object lose(self, exc):
         """The connection is lost (as Link.receive_until reports it): the

@@ -76,14 +76,17 @@ cdef class Completions:
     """What the futures of one client share (see above).  ``on_cancel(call_id)``:
     a future was cancelled.  ``on_watch()``: somebody waits for a future
     other than through result() or exception() (a callback, wait(),
-    as_completed(), done()): replies must be received for them."""
+    as_completed(), done()): replies must be received for them.
+    ``on_loop_watch(loop)``: a future is awaited on ``loop``, which may
+    receive the replies itself (True) rather than have them received for it."""
     cdef PyThread_type_lock lk
     cdef unsigned long owner
     cdef Py_ssize_t depth
     cdef Sleeper *sleepers
-    cdef public object on_cancel, on_watch
+    cdef public object on_cancel, on_watch, on_loop_watch
     cdef Driver driver
     cdef object aio_loop                    # the asyncio loop futures are completed on
+    cdef unsigned long aio_thread           # and its thread
     cdef list aio_done                      # futures done whose loop is yet to hear
 
     def __cinit__(self):
@@ -190,6 +193,9 @@ cdef class Completions:
         cdef int *count = NULL if self.driver is None else self.driver.sleepers
         if self.aio_done:
             batch, self.aio_done = self.aio_done, []
+            if PyThread_get_thread_ident() == self.aio_thread:
+                settle_batch(batch)            # on the loop (it receives: on_loop_watch)
+                return 0
             # The loop's thread will want the GIL: until it has it, it counts
             # as a waiter (no engine spins with the GIL held meanwhile).
             count_waiter(count, 1)
@@ -391,7 +397,7 @@ cdef class CallFutureBase:
         the awaiting code does that."""
         comp = self.comp
         if comp.aio_loop is None:
-            comp.aio_loop = loop
+            comp.aio_loop, comp.aio_thread = loop, PyThread_get_thread_ident()
         elif comp.aio_loop is not loop:       # (a client used from two loops)
             return asyncio.wrap_future(self, loop=loop)
         twin = loop.create_future()
@@ -400,6 +406,8 @@ cdef class CallFutureBase:
             copy_state(self, twin)
             return twin
         self.aio = twin
+        if comp.on_loop_watch is not None and comp.on_loop_watch(loop):
+            return twin
         if comp.on_watch is not None:
             comp.on_watch()
         return twin
@@ -498,8 +506,13 @@ cdef class Deadlines:
 def settle_on_loop(list batch, Completions comp):
     """On the asyncio loop: complete the twins of a batch of done futures
     (Completions.notify)."""
-    cdef CallFutureBase fut
     count_waiter(NULL if comp.driver is None else comp.driver.sleepers, -1)
+    settle_batch(batch)
+
+
+cdef int settle_batch(list batch) except -1:
+    """Complete the twins of ``batch`` (on their loop's thread)."""
+    cdef CallFutureBase fut
     for f in batch:
         fut = <CallFutureBase>f
         twin, fut.aio = fut.aio, None

@@ -96,7 +96,7 @@ class Client:
                 self.call_async = call_async
             # Whoever waits for a reply receives it (CallFuture.result); the
             # reader, for those nobody waits on so (callbacks, wait()).
-            self._link.start(serve=fast.collect, awaited=self._pending.__len__)
+            self._link.start(serve=fast.collect, awaited=fast.awaited)
         owner(self)
 
     # -- calling ---------------------------------------------------------------------
@@ -264,6 +264,8 @@ class Client:
             pending = list(self._pending.values())
             self._pending.clear()          # in place: the fast path holds this dict
         self._deadlines.close()
+        if self._fast is not None:
+            self._fast.loop_unwatch_soon()     # an AsyncClient's loop receives no more
         for fut in pending:
             _settle(fut, exc=self._down())
 
@@ -287,6 +289,12 @@ class Client:
         """Close the connection; calls still pending fail with OSError(EBADF)."""
         self._link.close()
         self._deadlines.close()
+
+    def _leave_loop(self) -> None:
+        """The asyncio loop that receives for this client's calls (an
+        AsyncClient's) stops: call on the loop, which may end next."""
+        if self._fast is not None:
+            self._fast.loop_unwatch()
 
     def _disown(self) -> None:
         """In a child after fork(): the connection and its threads are the
@@ -379,6 +387,7 @@ class AsyncClient:
 
     async def close(self) -> None:
         if self._client is not None:
+            self._client._leave_loop()
             await asyncio.get_running_loop().run_in_executor(None, self._client.close)
 
     async def __aenter__(self) -> "AsyncClient":

@@ -20,10 +20,15 @@ Who receives, who sleeps, who wakes whom (the progress model):
   woken once their reply is completed (a batch of completions wakes each
   of them once); when the receiving thread's own reply has come, it gives
   up its turn and wakes one of them to receive in its place.
-- The reader thread receives when nobody waits in that way: when calls
-  are awaited through callbacks, wait(), as_completed() or asyncio (they
-  "watch": LinkFast.watch_calls unparks it), or when replies have waited ORPHANED seconds
-  with nobody receiving.  Otherwise it stays parked, and wakes only to
+- An asyncio loop that awaits calls (AsyncClient, with the C fast path)
+  receives for them itself: it watches the endpoint's fd and takes what
+  is there whenever it is readable (LinkFast.loop_watch), so no thread
+  hands it replies, or the GIL.  A thread whose turn to receive ends has
+  the loop look (the fd's readiness may have gone with that thread).
+- The reader thread receives when nobody waits in those ways: when calls
+  are awaited through callbacks, wait(), as_completed() or another loop
+  (they "watch": LinkFast.watch_calls unparks it), or when replies have
+  waited ORPHANED seconds with nobody receiving.  Otherwise it stays parked, and wakes only to
   send a PING when one is due.  A waiter that finds the reader receiving
   asks it to step aside (``ep.interrupt()``).
 - Nothing spins on behalf of a thread that is not waiting: idle
@@ -106,9 +111,9 @@ class Link:
     Its fast path (ext/rpc_calls.pxi's LinkFast) uses what is public here:
     ``ep``, ``state`` (who receives, the keepalive times), ``keepalive``,
     ``reader`` (the thread), ``send_lock``, ``turn_lock`` (with
-    ``notify_turn()`` while it is held), ``take_turn()``, ``closing``, and
-    for what it does not cover ``dispatch()``, ``check_alive()``,
-    ``ping_if_due()`` and ``lose()``.
+    ``notify_turn()`` while it is held), ``take_turn()``, ``on_turn_end()``,
+    ``closing``, and for what it does not cover ``dispatch()``,
+    ``check_alive()``, ``ping_if_due()`` and ``lose()``.
     """
 
     def __init__(self, ep: Endpoint, on_frame: FrameHandler, on_lost: LostHandler, *,
@@ -137,6 +142,7 @@ class Link:
         self._serve: Server | None = None
         self._relay = None
         self._awaited: Callable[[], int] | None = None
+        self._turn_end: Callable[[], None] | None = None
         self._name = name
         self.reader = threading.Thread(target=self._run, name=name, daemon=True)
         self._second: threading.Thread | None = None
@@ -238,6 +244,13 @@ class Link:
             self.state.parked = park()
             if self.state.asked or not self.state.parked:
                 self._turn.notify_all()    # else nobody is to wake: waking costs a switch
+        if self._turn_end is not None:
+            self._turn_end()
+
+    def on_turn_end(self, fn: Callable[[], None] | None) -> None:
+        """Call ``fn()`` whenever a thread's turn to receive ends (an asyncio
+        loop that receives looks then: LinkFast.loop_watch)."""
+        self._turn_end = fn
 
     def notify_turn(self) -> None:
         """Wake the threads waiting for the turn (``turn_lock`` held)."""
@@ -276,6 +289,8 @@ class Link:
             if self.state.receiver is self.reader:
                 self.state.receiver = None
             self._turn.notify_all()
+        if self._turn_end is not None:
+            self._turn_end()
 
     # -- in ------------------------------------------------------------------------
 
