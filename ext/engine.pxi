@@ -125,6 +125,17 @@ cdef inline void lock_mutex(pthread_mutex_t *mu) noexcept:
             pthread_mutex_lock(mu)
 
 
+cdef void fresh_lock(pthread_mutex_t *mu, pthread_cond_t *cond) noexcept nogil:
+    """A new mutex and condition (on CLOCK_MONOTONIC) in place of the old:
+    in a child after fork(), where a thread that held them does not exist."""
+    cdef pthread_condattr_t ca
+    pthread_condattr_init(&ca)
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)
+    pthread_mutex_init(mu, NULL)
+    pthread_cond_init(cond, &ca)
+    pthread_condattr_destroy(&ca)
+
+
 cdef inline double gil_spin(double spin) noexcept nogil:
     """Of a wait's ``spin``, how long with the GIL held: none while another
     of our threads waits without it, since that one wants the GIL the moment
@@ -779,14 +790,9 @@ cdef class Engine:
         nothing is posted, polled or freed (the QP is the parent's).  The
         mutex and condition are new: a thread that held them does not exist
         here."""
-        cdef pthread_condattr_t ca
         if not self.mu_ok:
             return
-        pthread_condattr_init(&ca)
-        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)
-        pthread_mutex_init(&self.mu, NULL)
-        pthread_cond_init(&self.cond, &ca)
-        pthread_condattr_destroy(&ca)
+        fresh_lock(&self.mu, &self.cond)
         self.inside = 0
         self.sending = False
         self.closed = True
