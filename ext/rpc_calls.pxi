@@ -251,6 +251,8 @@ cdef class LinkFast(Driver):
             self.send_locked(self.sw)
         finally:
             self.send_lock.give()
+        if self.st.looped and PyThread_get_thread_ident() != self.loop_thread:
+            self.kick_loop()               # (sending, it may have polled: see kick_loop)
         return True
 
     cdef bint take_turn(self) except -1:
@@ -709,7 +711,7 @@ cdef class LinkFast(Driver):
             raise
         self.loop, self.loop_fd, self.loop_thread = loop, fd, PyThread_get_thread_ident()
         self.st.looped = True
-        self.link.on_turn_end(self.kick_loop)
+        self.link.after_progress(self.kick_loop)
         loop.call_soon(self.on_readable)       # replies there already
         return True
 
@@ -741,10 +743,12 @@ cdef class LinkFast(Driver):
             self.loop_unwatch()
 
     def kick_loop(self):
-        """Have the loop look (from another thread, whose turn to receive
-        ended: it may have taken the fd's readiness with it)."""
+        """Have the loop look, from another thread, which may have taken
+        the fd's readiness with it (its turn to receive ended, or it sent,
+        which can poll).  Nothing on the loop's own thread."""
         loop = self.loop
-        if loop is None or not (self.pending or self.st.over):
+        if loop is None or not (self.pending or self.st.over) \
+                or PyThread_get_thread_ident() == self.loop_thread:
             return
         try:
             loop.call_soon_threadsafe(self.on_readable)
@@ -758,7 +762,7 @@ cdef class LinkFast(Driver):
         if loop is None:
             return
         self.st.looped = False
-        self.link.on_turn_end(None)
+        self.link.after_progress(None)
         fd, self.loop_fd = self.loop_fd, -1
         try:
             if not loop.is_closed():

@@ -111,7 +111,7 @@ class Link:
     Its fast path (ext/rpc_calls.pxi's LinkFast) uses what is public here:
     ``ep``, ``state`` (who receives, the keepalive times), ``keepalive``,
     ``reader`` (the thread), ``send_lock``, ``turn_lock`` (with
-    ``notify_turn()`` while it is held), ``take_turn()``, ``on_turn_end()``,
+    ``notify_turn()`` while it is held), ``take_turn()``, ``after_progress()``,
     ``closing``, and for what it does not cover ``dispatch()``,
     ``check_alive()``, ``ping_if_due()`` and ``lose()``.
     """
@@ -142,7 +142,7 @@ class Link:
         self._serve: Server | None = None
         self._relay = None
         self._awaited: Callable[[], int] | None = None
-        self._turn_end: Callable[[], None] | None = None
+        self._progressed: Callable[[], None] | None = None
         self._name = name
         self.reader = threading.Thread(target=self._run, name=name, daemon=True)
         self._second: threading.Thread | None = None
@@ -176,6 +176,8 @@ class Link:
                 for off in range(0, mv.nbytes, chunk):
                     self.ep.send(mv[off:off + chunk])
             self.state.last_tx = time.monotonic()
+        if self._progressed is not None:
+            self._progressed()
 
     def try_send(self, frame: bytes) -> bool:
         """Send a small frame if that can be done now, without waiting (a
@@ -190,6 +192,8 @@ class Link:
             return False                   # a peer not taking data is what dead_after is for
         finally:
             self.send_lock.release()
+            if self._progressed is not None:
+                self._progressed()
 
     def _ping_due(self, now: float) -> float:
         """Seconds until our next PING is due (we sent nothing, or last tried)."""
@@ -244,13 +248,15 @@ class Link:
             self.state.parked = park()
             if self.state.asked or not self.state.parked:
                 self._turn.notify_all()    # else nobody is to wake: waking costs a switch
-        if self._turn_end is not None:
-            self._turn_end()
+        if self._progressed is not None:
+            self._progressed()
 
-    def on_turn_end(self, fn: Callable[[], None] | None) -> None:
-        """Call ``fn()`` whenever a thread's turn to receive ends (an asyncio
-        loop that receives looks then: LinkFast.loop_watch)."""
-        self._turn_end = fn
+    def after_progress(self, fn: Callable[[], None] | None) -> None:
+        """Call ``fn()`` whenever a thread may have taken arrivals that the
+        endpoint's fd announced (its turn to receive ended, or it sent, which
+        can poll): an asyncio loop that receives looks then
+        (LinkFast.loop_watch)."""
+        self._progressed = fn
 
     def notify_turn(self) -> None:
         """Wake the threads waiting for the turn (``turn_lock`` held)."""
@@ -289,8 +295,8 @@ class Link:
             if self.state.receiver is self.reader:
                 self.state.receiver = None
             self._turn.notify_all()
-        if self._turn_end is not None:
-            self._turn_end()
+        if self._progressed is not None:
+            self._progressed()
 
     # -- in ------------------------------------------------------------------------
 
