@@ -4,7 +4,8 @@
 from cpython.ref cimport PyObject
 
 ctypedef struct EngineApi:
-    # Engine.send(data) of ``n`` bytes at ``ptr``, copied (below zerocopy_min)
+    # Engine.send(data) of ``n`` bytes at ``ptr``, copied (below zerocopy_min):
+    # 1 if it handled completions meanwhile (it waited for room), else 0
     int (*send)(PyObject *engine, const char *ptr, size_t n) except -1
     # Engine.recv_into(buf, timeout): the length
     Py_ssize_t (*recv_into)(PyObject *engine, char *buf, size_t cap, double timeout) except -1

@@ -224,13 +224,15 @@ cdef class LinkFast(Driver):
         return 0
 
     cdef int send_locked(self, Writer w) except -1:
-        """Send the frame in ``w``; the send lock is held."""
+        """Send the frame in ``w``; the send lock is held.  1 if the send may
+        have handled completions (it waited for room), else 0."""
+        cdef int polled = 1
         if self.api != NULL and w.n < self.direct_max:
-            self.api.send(<PyObject *>self.eng, <const char *>w.buf, w.n)
+            polled = self.api.send(<PyObject *>self.eng, <const char *>w.buf, w.n)
         else:
             self.send(w if w.n <= self.lend_max else frame_bytes(w))
         self.st.last_tx = mono()
-        return 0
+        return polled
 
     def send_request(self, uint64_t call_id, str name, tuple args, dict kwargs, timeout):
         """Link.send of wire.encode_request's frame, encoded here in C, from
@@ -241,6 +243,7 @@ cdef class LinkFast(Driver):
     cdef bint send_request_c(self, uint64_t call_id, str name, tuple args, Py_ssize_t skip,
                              dict kwargs, timeout) except -1:
         """send_request, with the request's arguments from ``args[skip:]``."""
+        cdef int polled
         ms = None if timeout is None else max(0, int(timeout * 1000))
         self.send_lock.take()
         try:
@@ -248,11 +251,11 @@ cdef class LinkFast(Driver):
             if not encode_request(self.sw, call_id, name, args, skip, kwargs, ms,
                                   self.inline_max):
                 return False
-            self.send_locked(self.sw)
+            polled = self.send_locked(self.sw)
         finally:
             self.send_lock.give()
-        if self.st.looped and PyThread_get_thread_ident() != self.loop_thread:
-            self.kick_loop()               # (sending, it may have polled: see kick_loop)
+        if polled and self.st.looped:
+            self.kick_loop()               # it may have taken arrivals the fd announced
         return True
 
     cdef bint take_turn(self) except -1:
@@ -743,12 +746,13 @@ cdef class LinkFast(Driver):
             self.loop_unwatch()
 
     def kick_loop(self):
-        """Have the loop look, from another thread, which may have taken
-        the fd's readiness with it (its turn to receive ended, or it sent,
-        which can poll).  Nothing on the loop's own thread."""
+        """Have the loop look soon: a thread may have taken the fd's
+        readiness (its turn to receive ended, or it sent, which can poll)."""
         loop = self.loop
-        if loop is None or not (self.pending or self.st.over) \
-                or PyThread_get_thread_ident() == self.loop_thread:
+        if loop is None or not (self.pending or self.st.over):
+            return
+        if PyThread_get_thread_ident() == self.loop_thread:
+            loop.call_soon(self.on_readable)
             return
         try:
             loop.call_soon_threadsafe(self.on_readable)
