@@ -149,6 +149,7 @@ cdef class LinkFast(Driver):
     cdef uint64_t last_id                       # a client's last call id
     cdef object loop                            # the asyncio loop that receives, or None
     cdef unsigned long loop_thread              # and its thread
+    cdef bint looking                           # on_readable runs
     cdef int loop_fd                            # the fd it watches (a dup of the endpoint's)
     cdef object ep_poll                         # the endpoint's poll()
 
@@ -313,7 +314,7 @@ cdef class LinkFast(Driver):
             self.turn_lock.give()
         if self.pending and self.comp is not None:
             self.comp.wake_one()
-            if st.looped and PyThread_get_thread_ident() != self.loop_thread:
+            if st.looped and not self.looking:
                 self.kick_loop()
         return 0
 
@@ -729,6 +730,7 @@ cdef class LinkFast(Driver):
         if not self.take_turn():
             return                             # another receives; kick_loop follows
         link = self.link
+        self.looking = True
         try:
             while self.ready() or self.ep_poll():
                 f = self.receive(0.0)
@@ -742,6 +744,7 @@ cdef class LinkFast(Driver):
             link.lose(exc)
         finally:
             self.give_turn()
+            self.looking = False
         if self.st.over:
             self.loop_unwatch()
 
