@@ -28,8 +28,8 @@ Who receives, who sleeps, who wakes whom (the progress model):
 - The reader thread receives when nobody waits in those ways: when calls
   are awaited through callbacks, wait(), as_completed() or another loop
   (they "watch": LinkFast.watch_calls unparks it), or when replies have
-  waited ORPHANED seconds with nobody receiving.  Otherwise it stays parked, and wakes only to
-  send a PING when one is due.  A waiter that finds the reader receiving
+  waited ORPHANED seconds with nobody receiving.  Otherwise it stays
+  parked, and wakes only to send a PING when one is due.  A waiter that finds the reader receiving
   asks it to step aside (``ep.interrupt()``).
 - Nothing spins on behalf of a thread that is not waiting: idle
   connections cost no CPU.
@@ -41,11 +41,10 @@ result() receives as above), the receiving loop, which completes the
 replies already there a batch per wake-up (``LinkFast.take_replies``), and
 a server connection's requests; requests are encoded in C under the send
 lock (``LinkFast.send_request``).  They keep this state by its rules,
-through what Link declares for them (the "fast path" section of the class:
-the turn under ``turn_lock``, frames under ``send_lock``, the keepalive
-times in ``state``), and give every frame they do not cover to
-``dispatch``.  The pure-pyverbs
-poller's futures are plain ones, which the reader completes.  A server with
+through what Link declares for them (its docstring: the turn under
+``turn_lock``, frames under ``send_lock``, the keepalive times in
+``state``), and give every frame they do not cover to ``dispatch``.  The
+pure-pyverbs poller's futures are plain ones, which the reader completes.  A server with
 a thread pool gives the link a second reader thread
 (``start(relay=...)``): the reader that receives a request runs it, and
 the other, parked, takes over receiving if it lasts.
