@@ -93,7 +93,7 @@ def fast_path(link: "Link", inline_max: int, pending: dict | None = None, slots=
     with the pure-pyverbs poller (or without the extension).  ``pending``:
     a client's calls awaiting replies (kept in place, never replaced);
     ``slots``: a server pool's handler_slots (the link relays)."""
-    if _rpcfast is None or type(link._st) is not _rpcfast.LinkState:
+    if _rpcfast is None or type(link.state) is not _rpcfast.LinkState:
         return None                # Link.__init__ chose the state: C fields, or not
     return _rpcfast.LinkFast(link, inline_max, pending, slots)
 
