@@ -73,17 +73,17 @@ def check_send_flags(tx, rx) -> None:
         tx.send(b"x", socket.MSG_OOB)
     assert e.value.errno == errno.EOPNOTSUPP
     # MSG_DONTWAIT on a blocking socket: once the peer takes no more, this
-    # call raises rather than waits; the socket stays blocking.
-    chunk, sent = b"z" * 65536, 0
+    # call raises rather than waits; the socket's own timeout stays.
+    chunk, sent, timeouts = b"z" * 65536, 0, (tx.gettimeout(), rx.gettimeout())
     with pytest.raises(BlockingIOError):
         while sent < 256 << 20:
             sent += tx.send(chunk, socket.MSG_DONTWAIT)
-    assert tx.gettimeout() is None
+    assert tx.gettimeout() == timeouts[0]
     rx.settimeout(30)
     got = 0
     while got < sent:
         got += len(rx.recv(1 << 20))
-    rx.settimeout(None)
+    rx.settimeout(timeouts[1])
     assert got == sent
 
 
