@@ -39,8 +39,9 @@ include "engine_api.pxi"
 
 
 cdef int _api_send(PyObject *engine, const char *ptr, size_t n) except -1:
+    cdef uint64_t before = (<Engine>engine).changes
     (<Engine>engine)._send_mem(<char *>ptr, n, -1.0, None, False)
-    return 0
+    return (<Engine>engine).changes != before
 
 
 cdef Py_ssize_t _api_recv_into(PyObject *engine, char *buf, size_t cap,
@@ -51,5 +52,6 @@ cdef Py_ssize_t _api_recv_into(PyObject *engine, char *buf, size_t cap,
 cdef EngineApi _api
 _api.send = _api_send
 _api.recv_into = _api_recv_into
+_api.gil_waiters = &gil_waiters
 #: Engine.send (without a time limit, copied) and Engine.recv_into, for C callers.
 API = PyCapsule_New(&_api, ENGINE_API, NULL)

@@ -214,11 +214,13 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_unlock(pthread_mutex_t *m)
 
 
-# A flag one thread sets while another spins on it without the engine's mutex.
+# A flag (or count) one thread changes while another reads it without a lock.
 cdef extern from *:
     """
     static inline int rdmamsg_load(int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
     static inline void rdmamsg_store(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+    static inline void rdmamsg_add(int *p, int v) { __atomic_add_fetch(p, v, __ATOMIC_ACQ_REL); }
     """
     int rdmamsg_load(int *p) nogil
     void rdmamsg_store(int *p, int v) nogil
+    void rdmamsg_add(int *p, int v) nogil

@@ -24,6 +24,7 @@
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.pythread cimport PyThread_get_thread_ident
 from libc.errno cimport errno, EAGAIN, EINTR
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
@@ -53,6 +54,12 @@ cdef enum:            # errors recorded without the GIL, raised with it
     E_RING_FREED      # a report of more ring cells than are in use
     E_PROTO           # raised with the GIL; the message is in err_msg
 
+cdef enum:            # how posting a message's fragments without the GIL ended
+    P_POSTED
+    P_STALLED         # no room, and told not to wait
+    P_BROKEN          # an error, the peer gone or closed, or this endpoint closed
+    P_TIMED_OUT
+
 cdef enum:            # counters, in STAT_KEYS order
     ST_MSGS_OUT
     ST_MSGS_IN
@@ -72,6 +79,7 @@ cdef uint64_t RECV_TAG = (<uint64_t>1) << 63
 cdef double EOF_GRACE = 0.2
 cdef double GIL_SPIN = 50e-6     # of the spin, how long with the GIL held
 cdef double IDLE_SPIN = 50e-6    # the spin after an idle stretch
+cdef int gil_waiters = 0         # this module's threads waiting without the GIL
 cdef double ACTIVE_WINDOW = 5e-3 # a completion this recent: the connection is busy
 cdef enum:
     CLOCK_EVERY = 64           # polls between clock reads while spinning: a clock
@@ -115,6 +123,26 @@ cdef inline void lock_mutex(pthread_mutex_t *mu) noexcept:
     if pthread_mutex_trylock(mu) != 0:
         with nogil:
             pthread_mutex_lock(mu)
+
+
+cdef void fresh_lock(pthread_mutex_t *mu, pthread_cond_t *cond) noexcept nogil:
+    """A new mutex and condition (on CLOCK_MONOTONIC) in place of the old:
+    in a child after fork(), where a thread that held them does not exist."""
+    cdef pthread_condattr_t ca
+    pthread_condattr_init(&ca)
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)
+    pthread_mutex_init(mu, NULL)
+    pthread_cond_init(cond, &ca)
+    pthread_condattr_destroy(&ca)
+
+
+cdef inline double gil_spin(double spin) noexcept nogil:
+    """Of a wait's ``spin``, how long with the GIL held: none while another
+    of our threads waits without it, since that one wants the GIL the moment
+    its completion arrives (a client and a server in one process)."""
+    if rdmamsg_load(&gil_waiters):
+        return 0
+    return GIL_SPIN if spin > GIL_SPIN else spin
 
 
 cdef inline double spin_budget(double spin_s, double last_active, double now) noexcept nogil:
@@ -170,6 +198,7 @@ cdef class Engine:
     cdef char *asm_ptr
     cdef size_t asm_total, asm_off
     cdef bint asm_active, asm_user
+    cdef unsigned long asm_owner   # asm_user: the thread whose buffer it is
     # send side
     cdef int nsend
     cdef char **saddr
@@ -188,6 +217,7 @@ cdef class Engine:
     cdef object regcache           # caller memory registered for zero-copy sends
     cdef object zc_pending         # (last seq, Registration) of zero-copy sends in flight
     cdef object tail_obj           # what a timed-out send() still has to send
+    cdef bint sending              # a thread is posting a message (_take_send_turn)
     cdef credit_t cw
     # write channel
     cdef bint ringmode
@@ -569,31 +599,41 @@ cdef class Engine:
     cdef inline double _spin_budget(self, double now) noexcept nogil:
         return spin_budget(self.spin_s, self.last_active, now)
 
-    cdef int _block(self, double deadline, bint receiving=False) except -1:
+    cdef int _block(self, double deadline, bint receiving=False,
+                    bint assembling=False) except -1:
         """Wait for progress (GIL and mutex held on entry and exit).  0 once
         ``deadline`` has passed with nothing happening.
 
         The first GIL_SPIN seconds spin with the GIL held: giving it up and
         taking it back costs more than a short wait does, and Python lets a
-        thread hold the GIL for milliseconds between switches anyway.  The
-        rest of the spin, and the sleep, run without it.  A receiver
-        (``receiving``) also returns once interrupt() was called."""
+        thread hold the GIL for milliseconds between switches anyway.  But
+        not while another of our threads waits (gil_spin).  The rest of the
+        spin, and the sleep, run without it.  A receiver
+        (``receiving``) also returns once interrupt() was called.  A receiver
+        part-way through a message (``assembling``) takes its middle
+        fragments without the GIL (_assemble): a large message then costs one
+        GIL hand-off, not one per fragment, and other threads run meanwhile."""
         cdef int r, i
+        cdef uint64_t seen
         cdef double now = mono()
-        cdef double spin = self._spin_budget(now)
-        cdef double end = now + (GIL_SPIN if spin > GIL_SPIN else spin)
+        cdef double end = now + gil_spin(self._spin_budget(now))
         if deadline >= 0 and end > deadline:
             end = deadline                     # a short timeout is not a spin licence
-        while True:
+        while not assembling:
             for i in range(CLOCK_EVERY):
                 if self._progress():
                     return 1
             if mono() >= end or (receiving and rdmamsg_load(&self.intr)):
                 break
-        cdef uint64_t seen = self.changes
+        seen = self.changes
         self.inside += 1
+        rdmamsg_add(&gil_waiters, 1)
         with nogil:
-            r = self._wait(deadline, seen, receiving)
+            if assembling:
+                r = self._assemble(deadline)
+            else:
+                r = self._wait(deadline, seen, receiving)
+        rdmamsg_add(&gil_waiters, -1)
         self.inside -= 1
         if self.closed:
             raise self._closed_error()
@@ -607,7 +647,6 @@ cdef class Engine:
         cdef double now
         cdef int timeout_ms, nev, i
         cdef epoll_event evs[4]
-        cdef timespec ts
         cdef uint64_t one
         while True:
             for i in range(CLOCK_EVERY):
@@ -624,13 +663,7 @@ cdef class Engine:
                 return 1
         if self.leader:
             # Another thread sleeps in epoll; it broadcasts when it wakes.
-            if deadline < 0:
-                pthread_cond_wait(&self.cond, &self.mu)
-            else:
-                ts.tv_sec = <long>deadline
-                ts.tv_nsec = <long>((deadline - ts.tv_sec) * 1e9)
-                pthread_cond_timedwait(&self.cond, &self.mu, &ts)
-            return 1 if deadline < 0 else mono() < deadline
+            return self._sleep(deadline)
         ibv_req_notify_cq(self.cq, 0)
         if self._progress() or (receiving and rdmamsg_load(&self.intr)):
             return 1
@@ -757,15 +790,11 @@ cdef class Engine:
         nothing is posted, polled or freed (the QP is the parent's).  The
         mutex and condition are new: a thread that held them does not exist
         here."""
-        cdef pthread_condattr_t ca
         if not self.mu_ok:
             return
-        pthread_condattr_init(&ca)
-        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)
-        pthread_mutex_init(&self.mu, NULL)
-        pthread_cond_init(&self.cond, &ca)
-        pthread_condattr_destroy(&ca)
+        fresh_lock(&self.mu, &self.cond)
         self.inside = 0
+        self.sending = False
         self.closed = True
         self.inherited_from = getppid()
 
@@ -840,38 +869,80 @@ cdef class Engine:
         ``reg`` (their registration) from there.  True if ``reg`` is kept
         (in zc_pending) until those sends complete."""
         cdef uint32_t lkey = 0 if reg is None else reg.lkey
-        cdef uint64_t first_seq
+        cdef uint64_t first_seq, last_seq = 0
         cdef bint kept = False
         if n > self.send_max:
             raise ValueError(f"message of {n} bytes exceeds the peer's limit of {self.send_max}")
         self._lock()
         try:
             self._check_send()
-            self._prune()
-            if self.tail_obj is not None:
-                tail = self.tail_obj
-                self._send_buf(PyBytes_AS_STRING(tail), len(tail), True, deadline, 0)
-            first_seq = self.seq_next
+            self._take_send_turn(deadline)
             try:
-                # A buffer that may change must be waited for: ask for the
-                # completion of its last fragment.  Others complete with the
-                # next signaled send (an RC queue completes in order).
-                self._send_buf(ptr, n, False, deadline, lkey, mutable)
+                self._check_send()
+                self._prune()
+                if self.tail_obj is not None:
+                    tail = self.tail_obj
+                    self._send_buf(PyBytes_AS_STRING(tail), len(tail), True, deadline, 0)
+                first_seq = self.seq_next
+                try:
+                    # A buffer that may change must be waited for: ask for the
+                    # completion of its last fragment.  Others complete with the
+                    # next signaled send (an RC queue completes in order).
+                    self._send_buf(ptr, n, False, deadline, lkey, mutable)
+                finally:
+                    if reg is not None and self.seq_next > first_seq:
+                        # Posted from the caller's memory: keep it registered
+                        # (and exported) until the last of those sends completes.
+                        self.zc_pending.append((self.seq_next - 1, reg))
+                        self.st[ST_ZEROCOPY] += 1
+                        kept = True
+                        last_seq = self.seq_next - 1
             finally:
-                if reg is not None and self.seq_next > first_seq:
-                    # Posted from the caller's memory: keep it registered
-                    # (and exported) until the last of those sends completes.
-                    self.zc_pending.append((self.seq_next - 1, reg))
-                    self.st[ST_ZEROCOPY] += 1
-                    kept = True
-                    if mutable:
-                        self._wait_sent(self.seq_next - 1)
+                self._give_send_turn()
+                if kept and mutable:
+                    self._wait_sent(last_seq)
             self.st[ST_MSGS_OUT] += 1
             self.st[ST_BYTES_OUT] += n
         finally:
             self._flush()
             self._unlock()
         return kept
+
+    cdef int _take_send_turn(self, double deadline) except -1:
+        """Become the thread that posts.  A message's fragments go out
+        together: while one thread waits for room part-way through a
+        message (the mutex let go), another's message waits too."""
+        cdef int r
+        while self.sending:
+            self.inside += 1
+            rdmamsg_add(&gil_waiters, 1)
+            with nogil:
+                r = self._sleep(deadline)
+            rdmamsg_add(&gil_waiters, -1)
+            self.inside -= 1
+            if self.closed:
+                raise self._closed_error()
+            if not r:
+                raise TimeoutError("send timed out waiting for another thread's message to go")
+        self.sending = True
+        return 0
+
+    cdef void _give_send_turn(self) noexcept nogil:
+        self.sending = False
+        if self.inside > 0:
+            pthread_cond_broadcast(&self.cond)
+
+    cdef int _sleep(self, double deadline) noexcept nogil:
+        """Sleep on the condition (the mutex let go meanwhile) until it is
+        broadcast or ``deadline`` (-1: none); 0 once that has passed."""
+        cdef timespec ts
+        if deadline < 0:
+            pthread_cond_wait(&self.cond, &self.mu)
+            return 1
+        ts.tv_sec = <long>deadline
+        ts.tv_nsec = <long>((deadline - ts.tv_sec) * 1e9)
+        pthread_cond_timedwait(&self.cond, &self.mu, &ts)
+        return mono() < deadline
 
     cdef int _prune(self) except -1:
         """Let go of registrations whose zero-copy sends have completed."""
@@ -896,13 +967,47 @@ cdef class Engine:
                        uint32_t zc_lkey, bint signal_last=False) except -1:
         """Post one message (or, ``continuing``, the rest of one).  With
         ``zc_lkey`` the fragments are sent from ``ptr`` itself, else copied;
-        ``signal_last`` asks for a completion of the last fragment."""
-        cdef size_t off = 0, dlen, wire, frag = self.zc_fragment if zc_lkey else self.fragment
+        ``signal_last`` asks for a completion of the last fragment.  Once it
+        must wait for room, it lets go of the GIL until the message is posted:
+        a large message then costs one GIL hand-off, not one per stall."""
+        cdef size_t off = 0
+        cdef int st
+        self.tail_obj = None
+        st = self._post_fragments(ptr, n, &off, continuing, zc_lkey, signal_last, False,
+                                  deadline)
+        if st == P_STALLED:
+            self.inside += 1
+            rdmamsg_add(&gil_waiters, 1)
+            with nogil:
+                st = self._post_fragments(ptr, n, &off, continuing, zc_lkey, signal_last,
+                                          True, deadline)
+            rdmamsg_add(&gil_waiters, -1)
+            self.inside -= 1
+        if st == P_BROKEN:
+            self._check_open()
+            self._raise_broken()
+            raise BrokenPipeError("the peer closed the connection")
+        if st == P_TIMED_OUT:
+            if off == 0 and not continuing:
+                raise TimeoutError("send timed out waiting for the peer to take messages")
+            self.tail_obj = PyBytes_FromStringAndSize(ptr + off, n - off)
+            raise TimeoutError("send timed out part-way through a message; the rest "
+                               "is sent ahead of the next message")
+        if self._flush() < 0:
+            raise self._error()
+        return 0
+
+    cdef int _post_fragments(self, char *ptr, size_t n, size_t *offp, bint continuing,
+                             uint32_t zc_lkey, bint signal_last, bint wait,
+                             double deadline) noexcept nogil:
+        """_send_buf's loop, from byte ``offp[0]`` (advanced as fragments are
+        queued): P_POSTED once the last is queued; else why it stopped, where
+        P_STALLED (no room, and not ``wait``) leaves nothing half-done."""
+        cdef size_t off = offp[0], dlen, wire, frag = self.zc_fragment if zc_lkey else self.fragment
         cdef uint32_t roff = 0, rcells = 0
         cdef int kind, slot
         cdef bint need_slot, returning
         cdef char *dst
-        self.tail_obj = None
         while True:
             if not continuing and off == 0:
                 if n <= frag:
@@ -924,15 +1029,14 @@ cdef class Engine:
             while not self._room(returning, wire, need_slot, &roff, &rcells):
                 if self._progress():
                     continue
-                self._raise_broken()
-                if self.peer_closed:
-                    raise BrokenPipeError("the peer closed the connection")
-                if not self._block(deadline):
-                    if kind == K_WHOLE or kind == K_FIRST or kind == K_FIRST_LONG:
-                        raise TimeoutError("send timed out waiting for the peer to take messages")
-                    self.tail_obj = PyBytes_FromStringAndSize(ptr + off, n - off)
-                    raise TimeoutError("send timed out part-way through a message; the rest "
-                                       "is sent ahead of the next message")
+                if self.err != E_NONE or self.peer_gone or self.peer_closed or self.closed:
+                    return P_BROKEN
+                if not wait:
+                    return P_STALLED
+                if not self._wait(deadline, self.changes, False):
+                    return P_TIMED_OUT
+                if self.closed:
+                    return P_BROKEN
             if not need_slot:
                 if zc_lkey:
                     self._queue(kind, ptr + off, <uint32_t>dlen, zc_lkey, -1, False, n,
@@ -954,11 +1058,9 @@ cdef class Engine:
                     self._queue(kind, dst, <uint32_t>dlen, self.slkey[slot], slot, False, n, False,
                                 roff, rcells)
             off += dlen
+            offp[0] = off
             if kind == K_WHOLE or kind == K_LAST:
-                break
-        if self._flush() < 0:
-            raise self._error()
-        return 0
+                return P_POSTED
 
     cdef bint _room(self, bint returning, size_t wire, bint need_slot, uint32_t *roff,
                     uint32_t *rcells) noexcept nogil:
@@ -1009,6 +1111,8 @@ cdef class Engine:
         cdef uint32_t ln, skip
         cdef size_t total
         cdef char *src
+        if self.asm_active and not self._assembler():
+            return None        # arriving into another receiver's buffer: theirs
         if self.held is not None and not self.asm_active:
             msg = self.held
             if user != NULL:
@@ -1042,6 +1146,7 @@ cdef class Engine:
                     raise ValueError(f"the next message has {total} bytes; the buffer holds {cap}")
                 if user != NULL:
                     self.asm_ptr, self.asm_user = user, True
+                    self.asm_owner = PyThread_get_thread_ident()
                 else:
                     self.asm_obj = PyBytes_FromStringAndSize(NULL, total)
                     self.asm_ptr, self.asm_user = PyBytes_AS_STRING(self.asm_obj), False
@@ -1064,6 +1169,7 @@ cdef class Engine:
             total = self.asm_total
             self._delivered(total)
             if self.asm_user:
+                self._free_for_others()
                 return total
             msg, self.asm_obj = self.asm_obj, None
             if user == NULL:
@@ -1077,6 +1183,42 @@ cdef class Engine:
         self._flush()
         return None
 
+    cdef int _assemble(self, double deadline) noexcept nogil:
+        """Copy the middle fragments of the message being assembled, waiting
+        for them as needed: 1 once _take has work (the last fragment,
+        anything unexpected, an error, a close or an interrupt to report),
+        0 once ``deadline`` has passed.  Mutex held, GIL not needed."""
+        cdef uint32_t ln
+        while True:
+            while self.rq_count > 0:
+                ln = self.rq_len[self.rq_head]
+                if (self.rq_kind[self.rq_head] != K_MIDDLE
+                        or self.asm_off + ln > self.asm_total):
+                    return 1
+                memcpy(self.asm_ptr + self.asm_off, self._src(self.rq_head), ln)
+                self.asm_off += ln
+                self._pop()
+            self._maybe_update()
+            self._flush()
+            if self._progress():
+                continue
+            if (self.err != E_NONE or self.peer_gone or self.peer_closed or self.closed
+                    or rdmamsg_load(&self.intr)):
+                return 1
+            if not self._wait(deadline, self.changes, True):
+                return 0
+            if self.closed:
+                return 1
+
+    cdef int _await_more(self, double deadline) except -1:
+        """A receive found no whole message: raise what ends it, else wait."""
+        self._check_recv()
+        if self._progress():
+            return 0
+        if not self._block(deadline, True, self.asm_active and self._assembler()):
+            raise TimeoutError("no message arrived in time")
+        return 0
+
     cdef void _delivered(self, size_t n) noexcept nogil:
         self.whole_ready -= 1
         self.st[ST_MSGS_IN] += 1
@@ -1084,14 +1226,26 @@ cdef class Engine:
         self._maybe_update()
         self._flush()
 
+    cdef inline bint _assembler(self) noexcept:
+        """Whether this thread may go on with the message being assembled:
+        into our own bytes anyone may; into a caller's buffer only that caller."""
+        return not self.asm_user or self.asm_owner == PyThread_get_thread_ident()
+
     cdef int _detach_user(self) except -1:
         # A message half-built in a caller's buffer moves into our own bytes
         # before the call returns, since the caller's buffer is theirs again.
-        if self.asm_active and self.asm_user:
+        if self.asm_active and self.asm_user and self._assembler():
             obj = PyBytes_FromStringAndSize(NULL, self.asm_total)
             memcpy(PyBytes_AS_STRING(obj), self.asm_ptr, self.asm_off)
             self.asm_obj, self.asm_ptr, self.asm_user = obj, PyBytes_AS_STRING(obj), False
+            self._free_for_others()
         return 0
+
+    cdef inline void _free_for_others(self) noexcept nogil:
+        # Fragments other receivers left to a caller's buffer are anyone's
+        # now, and no completion will say so: wake them.
+        if self.inside > 0:
+            self._kick()
 
     def recv(self, timeout=None):
         """The next whole message, as bytes."""
@@ -1103,11 +1257,7 @@ cdef class Engine:
                 msg = self._take(NULL, 0)
                 if msg is not None:
                     return msg
-                self._check_recv()
-                if self._progress():
-                    continue
-                if not self._block(deadline, True):
-                    raise TimeoutError("no message arrived in time")
+                self._await_more(deadline)
         finally:
             self._unlock()
 
@@ -1133,11 +1283,7 @@ cdef class Engine:
                 got = self._take(buf, cap)
                 if got is not None:
                     return got
-                self._check_recv()
-                if self._progress():
-                    continue
-                if not self._block(deadline, True):
-                    raise TimeoutError("no message arrived in time")
+                self._await_more(deadline)
         finally:
             self._detach_user()
             self._unlock()
@@ -1170,11 +1316,7 @@ cdef class Engine:
                 msg = self._take(NULL, 0)
                 if msg is not None:
                     return MessageView._lend(self, -1, memoryview(msg))
-                self._check_recv()
-                if self._progress():
-                    continue
-                if not self._block(deadline, True):
-                    raise TimeoutError("no message arrived in time")
+                self._await_more(deadline)
         finally:
             self._unlock()
 
@@ -1277,6 +1419,12 @@ cdef class Engine:
             if (self.closed or self.close_sent or self.err != E_NONE or self.peer_gone):
                 return
             try:
+                self._take_send_turn(deadline)
+            except (TimeoutError, OSError):
+                return
+            try:
+                if self.close_sent:
+                    return
                 if self.tail_obj is not None:
                     tail = self.tail_obj
                     self._send_buf(PyBytes_AS_STRING(tail), len(tail), True, deadline, 0)
@@ -1295,6 +1443,8 @@ cdef class Engine:
                         return
             except (TimeoutError, OSError):
                 return
+            finally:
+                self._give_send_turn()
         finally:
             self._unlock()
 

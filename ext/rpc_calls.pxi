@@ -4,7 +4,7 @@
 # the Driver of rpc_future.pxi), and a server connection's requests
 # (handlers inline, or relaying).  They act on the frames the codec
 # covers, received into and sent from per-link buffers, and hand every
-# other frame to the Link's general path (Link._dispatch), so what they do
+# other frame to the Link's general path (Link.dispatch), so what they do
 # not do here (out-of-band buffers, errors, PINGs, malformed frames)
 # happens as before.
 #
@@ -33,6 +33,7 @@ cdef extern from "Python.h":
     object call_with "PyObject_Call"(object fn, object args, PyObject* kwargs)
     Py_ssize_t PY_SSIZE_T_MAX
 
+import os
 import weakref
 import threading
 
@@ -59,8 +60,23 @@ cdef class LinkState:
     cdef public object receiver
     cdef public bint asked, parked, over
     cdef public bint watched                  # a client's calls are awaited by callbacks or wait()
+    cdef public bint looped                   # an asyncio loop receives (LinkFast.loop_watch)
     cdef public int idle                      # relaying: reader threads parked (0 or 1)
     cdef public unsigned long handling        # relaying: the reader running a handler (ident)
+
+
+cdef class ClientPort:
+    """What a Client gives its LinkFast (bind): whether its connection is
+    lost, and its general path for what C does not cover.  The callables
+    hold the client weakly."""
+    cdef public bint lost            # set (before its calls fail) once the connection is lost
+    cdef public object down          # (): the error a call raises once lost
+    cdef public object timed_out     # (call_id, name, timeout): cancel the call; raises TimeoutError
+    cdef public object general_call  # (name, args, kwargs, timeout): Client.call's general path
+    cdef public object submit        # (name, args, kwargs, timeout): call_async's general path
+    cdef public object expire_after  # (call_id, name, timeout): fail a call after timeout
+    cdef public object expire_calls_at  # (when): call due_calls() then
+    cdef public object expect        # (call_id): a slot for a reply the general path takes
 
 
 cdef class Slots:
@@ -129,15 +145,23 @@ cdef class LinkFast(Driver):
     cdef bint watching                          # relaying: the parked reader watches it
     cdef bint handed                            # relaying: and has taken over the reading
     cdef object client                          # a client's Client (a weak reference), or None
+    cdef ClientPort port                        # and what it gives us
     cdef uint64_t last_id                       # a client's last call id
+    cdef object loop                            # the asyncio loop that receives, or None
+    cdef unsigned long loop_thread              # and its thread
+    cdef bint looking                           # on_readable runs
+    cdef int loop_fd                            # the fd it watches (a dup of the endpoint's)
+    cdef object ep_poll                         # the endpoint's poll()
 
     def __init__(self, link, Py_ssize_t inline_max, dict pending=None, Slots slots=None):
-        self.link, self.st, self.pending, self.slots = link, link._st, pending, slots
-        self.inline_max, self.keepalive = inline_max, link._keepalive
+        self.link, self.st, self.pending, self.slots = link, link.state, pending, slots
+        self.inline_max, self.keepalive = inline_max, link.keepalive
         self.send, self.recv, self.recv_into = link.ep.send, link.ep.recv, link.ep.recv_into
-        self.ready, self.reader = link.ep.pending, link._reader
+        self.ep_poll, self.loop_fd = link.ep.poll, -1
+        self.ready, self.reader = link.ep.pending, link.reader
         if pending is not None:
             self.comp = Completions(None, self.watch_calls, self)
+            self.comp.on_loop_watch = self.loop_watch
             self.deadlines = Deadlines()
         self.find_engine(link.ep)
         self.rbuf = bytearray(RECV_BUF)
@@ -148,8 +172,8 @@ cdef class LinkFast(Driver):
         # Link makes them rdmamsg Locks, taken here in C.  Bound once: only
         # link._disown (in a child after fork) replaces the locks, and it ends
         # the link (st.over), which these paths check first.
-        self.turn_lock, self.send_lock = link._turn._lock, link._send_lock
-        self.turn_notify = link._turn.notify_all
+        self.turn_lock, self.send_lock = link.turn_lock, link.send_lock
+        self.turn_notify = link.notify_turn
         self.w = Writer()
         self.sw = Writer()
         self.baton = PyThread_allocate_lock()
@@ -168,11 +192,12 @@ cdef class LinkFast(Driver):
             from rdmamsg.transport import _cpoller
         except ImportError:
             return 0
-        eng = getattr(ep, "_engine", None)
+        eng = getattr(ep, "engine", None)
         if type(eng) is _cpoller.Engine and self.send == eng.send \
                 and self.recv_into == eng.recv_into:
             self.api = <const EngineApi *>PyCapsule_GetPointer(_cpoller.API, ENGINE_API)
             self.eng = eng
+            self.sleepers = self.api.gil_waiters
             # (From zerocopy_min on, a send is made from the caller's memory.)
             self.direct_max = ep.zerocopy_min if ep.zerocopy_min > 0 else PY_SSIZE_T_MAX
         return 0
@@ -187,7 +212,7 @@ cdef class LinkFast(Driver):
         cdef double now = mono()
         self.st.last_rx = now
         if self.ping_due(now) <= 0:
-            self.link._ping_if_due(now)
+            self.link.ping_if_due(now)
         return now
 
     cdef int send_frame(self) except -1:
@@ -200,13 +225,15 @@ cdef class LinkFast(Driver):
         return 0
 
     cdef int send_locked(self, Writer w) except -1:
-        """Send the frame in ``w``; the send lock is held."""
+        """Send the frame in ``w``; the send lock is held.  1 if the send may
+        have handled completions (it waited for room), else 0."""
+        cdef int polled = 1
         if self.api != NULL and w.n < self.direct_max:
-            self.api.send(<PyObject *>self.eng, <const char *>w.buf, w.n)
+            polled = self.api.send(<PyObject *>self.eng, <const char *>w.buf, w.n)
         else:
             self.send(w if w.n <= self.lend_max else frame_bytes(w))
         self.st.last_tx = mono()
-        return 0
+        return polled
 
     def send_request(self, uint64_t call_id, str name, tuple args, dict kwargs, timeout):
         """Link.send of wire.encode_request's frame, encoded here in C, from
@@ -217,6 +244,7 @@ cdef class LinkFast(Driver):
     cdef bint send_request_c(self, uint64_t call_id, str name, tuple args, Py_ssize_t skip,
                              dict kwargs, timeout) except -1:
         """send_request, with the request's arguments from ``args[skip:]``."""
+        cdef int polled
         ms = None if timeout is None else max(0, int(timeout * 1000))
         self.send_lock.take()
         try:
@@ -224,9 +252,11 @@ cdef class LinkFast(Driver):
             if not encode_request(self.sw, call_id, name, args, skip, kwargs, ms,
                                   self.inline_max):
                 return False
-            self.send_locked(self.sw)
+            polled = self.send_locked(self.sw)
         finally:
             self.send_lock.give()
+        if polled and self.st.looped:
+            self.kick_loop()               # it may have taken arrivals the fd announced
         return True
 
     cdef bint take_turn(self) except -1:
@@ -284,15 +314,17 @@ cdef class LinkFast(Driver):
             self.turn_lock.give()
         if self.pending and self.comp is not None:
             self.comp.wake_one()
+            if st.looped and not self.looking:
+                self.kick_loop()
         return 0
 
     # -- the client's synchronous call ---------------------------------------------
 
-    def bind(self, client):
+    def bind(self, client, ClientPort port):
         """Client.call and Client.call_async in C, for ``client`` (held
-        weakly: a dropped client still warns and closes).  Their ids come
-        from next_id()."""
-        self.client = weakref.ref(client)
+        weakly: a dropped client still warns and closes; its ``timeout`` is
+        read per call), with ``port``.  Their ids come from next_id()."""
+        self.client, self.port = weakref.ref(client), port
         return self.client_call, self.client_call_async
 
     def next_id(self):
@@ -312,23 +344,23 @@ cdef class LinkFast(Driver):
         if type(name) is str:
             self.last_id += 1
             call_id = self.last_id
-            out = self.call_c(client, call_id, name, args, 1, kwargs, timeout)
+            out = self.call_c(call_id, name, args, 1, kwargs, timeout)
             if out is TIMED_OUT:
-                client._timed_out(call_id, name, timeout)           # raises
+                self.port.timed_out(call_id, name, timeout)         # raises
             if out is not GENERAL:
                 return out
-        return client._general_call(name, args[1:], kwargs, timeout)
+        return self.port.general_call(name, args[1:], kwargs, timeout)
 
-    def call(self, client, uint64_t call_id, name, tuple args, dict kwargs, timeout):
+    def call(self, uint64_t call_id, name, tuple args, dict kwargs, timeout):
         """Client._call's fast path: send the request and receive frames on
         this thread until its reply comes.  The result; or raises what the
         general path raises (RemoteError, a lost connection's error); or
         GENERAL (nothing sent) or TIMED_OUT (the request went: cancel it)."""
         if type(name) is not str:
             return GENERAL
-        return self.call_c(client, call_id, name, args, 0, kwargs, timeout)
+        return self.call_c(call_id, name, args, 0, kwargs, timeout)
 
-    cdef object call_c(self, client, uint64_t call_id, str name, tuple args, Py_ssize_t skip,
+    cdef object call_c(self, uint64_t call_id, str name, tuple args, Py_ssize_t skip,
                        dict kwargs, timeout):
         """call(), with the request's arguments from ``args[skip:]``."""
         cdef double deadline = 0
@@ -339,7 +371,7 @@ cdef class LinkFast(Driver):
             deadline = mono() + <double>timeout
             ms = max(0, int(timeout * 1000))
         if self.pending or not self.take_turn():
-            return self.call_beside(client, call_id, name, args, skip, kwargs, timeout,
+            return self.call_beside(call_id, name, args, skip, kwargs, timeout,
                                     -1 if timeout is None else deadline)
         try:
             # Only the thread whose turn it is uses self.w and self.rbuf.
@@ -348,19 +380,19 @@ cdef class LinkFast(Driver):
             try:
                 self.send_frame()
             except BaseException as exc:
-                if client._lost is not None:
-                    raise client._down() from exc
+                if self.port.lost:
+                    raise self.port.down() from exc
                 raise
-            return self.await_reply(client, call_id, timeout is not None, deadline)
+            return self.await_reply(call_id, timeout is not None, deadline)
         finally:
             self.give_turn()
 
-    cdef object call_beside(self, client, uint64_t call_id, str name, tuple args,
+    cdef object call_beside(self, uint64_t call_id, str name, tuple args,
                             Py_ssize_t skip, dict kwargs, timeout, double deadline):
         """call_c while other calls are in flight: sent as call_async sends,
         then waited for as CallFuture.result waits (until ``deadline``, -1:
         none): this thread receives if nobody else does."""
-        fut = self.submit(client, call_id, name, args, skip, kwargs, timeout)
+        fut = self.submit(call_id, name, args, skip, kwargs, timeout)
         if fut is GENERAL:
             return GENERAL
         cdef CallFutureBase f = <CallFutureBase>fut
@@ -393,29 +425,29 @@ cdef class LinkFast(Driver):
             raise TypeError("call_async() needs the method's name")
         name, timeout = args[0], client.timeout
         if type(name) is str:
-            fut = self.submit(client, 0, name, args, 1, kwargs, timeout)
+            fut = self.submit(0, name, args, 1, kwargs, timeout)
             if fut is not GENERAL:
                 if timeout is not None:
-                    self.expire_after(client, <CallFutureBase>fut, name, timeout)
+                    self.expire_after(<CallFutureBase>fut, name, timeout)
                 return fut
-        return client._submit(name, args[1:], kwargs, timeout, timer=True)
+        return self.port.submit(name, args[1:], kwargs, timeout)
 
-    cdef int expire_after(self, client, CallFutureBase fut, str name, timeout) except -1:
+    cdef int expire_after(self, CallFutureBase fut, str name, timeout) except -1:
         """Fail ``fut`` with TimeoutError after ``timeout`` (kept in C while
         timeouts stay the same: the client looks when the first falls due)."""
         fut.method, fut.timeout = name, timeout
         if not self.deadlines.add(fut.call_id, mono() + fut.timeout, self.pending):
-            client._expire_after(fut.call_id, name, timeout)
+            self.port.expire_after(fut.call_id, name, timeout)
         elif not self.deadlines.armed:
             self.deadlines.armed = True
-            client._expire_calls_at(mono() + fut.timeout)
+            self.port.expire_calls_at(mono() + fut.timeout)
         return 0
 
     def due_calls(self):
         """Deadlines.due, for the client's deadline thread."""
         return self.deadlines.due(self.pending)
 
-    cdef object submit(self, client, uint64_t call_id, str name, tuple args, Py_ssize_t skip,
+    cdef object submit(self, uint64_t call_id, str name, tuple args, Py_ssize_t skip,
                        dict kwargs, timeout):
         """Send a request whose reply a new CallFuture receives (0: a new call
         id); GENERAL, with nothing sent, outside the codec's subset.  Nobody
@@ -425,17 +457,17 @@ cdef class LinkFast(Driver):
             self.last_id += 1
             call_id = self.last_id
         fut = new_future(self.comp, call_id)
-        # (Checked and added with the GIL held: Client._on_lost sets _lost
+        # (Checked and added with the GIL held: the client sets port.lost
         # before it takes the pending calls, so a call is failed or refused.)
-        if client._lost is not None:
-            raise client._down()
+        if self.port.lost:
+            raise self.port.down()
         self.pending[call_id] = fut
         try:
             sent = self.send_request_c(call_id, name, args, skip, kwargs, timeout)
         except BaseException as exc:
             self.pending.pop(call_id, None)
-            if client._lost is not None:
-                raise client._down() from exc
+            if self.port.lost:
+                raise self.port.down() from exc
             raise
         if not sent:
             self.pending.pop(call_id, None)
@@ -480,7 +512,7 @@ cdef class LinkFast(Driver):
 
     cdef int receive_for(self, CallFutureBase fut, double deadline) except -1:
         """drive()'s loop: a lost connection is reported as the reader
-        reports it (Link._lost fails every pending call, ``fut`` too)."""
+        reports it (Link.lose fails every pending call, ``fut`` too)."""
         cdef Frame f
         cdef double now = mono(), wait
         link = self.link
@@ -496,22 +528,22 @@ cdef class LinkFast(Driver):
                 return 0                       # asked to step aside (Link.take_turn)
             except TimeoutError:
                 try:
-                    link._check_alive()
+                    link.check_alive()
                 except BaseException as exc:
-                    link._lost(exc)
+                    link.lose(exc)
                     return 0
                 now = mono()
                 continue
             except BaseException as exc:
-                link._lost(exc)
+                link.lose(exc)
                 return 0
             self.heard()
             try:
                 frame = self.take_replies(f, wait)
                 if frame is not None:
-                    link._dispatch(frame)
+                    link.dispatch(frame)
             except BaseException as exc:
-                link._lost(exc)
+                link.lose(exc)
                 return 0
             now = mono()
         return 0
@@ -520,7 +552,7 @@ cdef class LinkFast(Driver):
         """Complete the calls whose replies are ``f`` and the frames already
         there behind it, then wake the threads asleep on them: one wake-up
         each per batch.  Returns the first frame the codec does not cover
-        (for Link._dispatch), or None."""
+        (for Link.dispatch), or None."""
         later = []
         try:
             while True:
@@ -535,9 +567,15 @@ cdef class LinkFast(Driver):
                     return None
                 self.heard()
         finally:
-            self.comp.notify()
-            for fut in later:
-                (<CallFutureBase>fut).run_callbacks()
+            self.finish_batch(later)
+
+    cdef int finish_batch(self, list later) except -1:
+        """After complete(): wake the threads asleep on the calls completed,
+        then run the callbacks of those in ``later``."""
+        self.comp.notify()
+        for fut in later:
+            (<CallFutureBase>fut).run_callbacks()
+        return 0
 
     cdef int complete(self, Frame f, list later) except -1:
         """Complete the call whose OK reply is ``f`` (if it is still pending),
@@ -565,7 +603,7 @@ cdef class LinkFast(Driver):
                 pass                           # cancelled meanwhile: dropped
         return 0
 
-    cdef object await_reply(self, client, uint64_t call_id, bint timed, double deadline):
+    cdef object await_reply(self, uint64_t call_id, bint timed, double deadline):
         cdef Frame f
         cdef double now = self.st.last_tx, wait     # (send_frame just read the clock)
         link = self.link
@@ -582,13 +620,13 @@ cdef class LinkFast(Driver):
                 continue
             except TimeoutError:
                 try:
-                    link._check_alive()
+                    link.check_alive()
                 except BaseException as exc:
-                    raise self.lose(client, exc)
+                    raise self.lose(exc)
                 now = mono()
                 continue
             except BaseException as exc:
-                raise self.lose(client, exc)
+                raise self.lose(exc)
             now = self.heard()
             if f.kind == REPLY and f.whole and f.status == OK:
                 if f.call_id == call_id:
@@ -596,15 +634,13 @@ cdef class LinkFast(Driver):
                     return value
                 later = []                     # another call's reply (call_beside)
                 self.complete(f, later)
-                self.comp.notify()
-                for fut in later:
-                    (<CallFutureBase>fut).run_callbacks()
+                self.finish_batch(later)
                 continue
-            slot = client._expect(call_id) if f.kind == REPLY and f.call_id == call_id else None
+            slot = self.port.expect(call_id) if f.kind == REPLY and f.call_id == call_id else None
             try:
-                link._dispatch(self.raw())  # an error reply, buffers, a PING, another's reply
+                link.dispatch(self.raw())  # an error reply, buffers, a PING, another's reply
             except BaseException as exc:
-                raise self.lose(client, exc)
+                raise self.lose(exc)
             if slot is not None:
                 if slot.exc is not None:
                     raise slot.exc
@@ -628,40 +664,145 @@ cdef class LinkFast(Driver):
         ``timeout`` for the first frame and then taking only those already
         there, so that a batch of replies costs one wake-up.  Parks the
         reader once no call is pending.  Returns a frame the general path
-        must take (Link._dispatch), or None."""
+        must take (Link.dispatch), or None."""
         cdef Frame f
         try:
             f = self.receive(max(0.001, min(timeout, self.ping_due(mono()))))
         except InterruptedError:
             return None
         except TimeoutError:
-            self.link._check_alive()
+            self.link.check_alive()
             return None
         self.heard()
         frame = self.take_replies(f, timeout)
-        if not self.pending:
-            st = self.st
+        st = self.st
+        if not self.pending or st.looped:
             self.turn_lock.take()
             try:
                 # (Under the turn lock, as watch_calls() sets them: a call awaited
                 # meanwhile is in ``pending`` already.)
-                if not self.pending:
+                if not self.pending or st.looped:
                     st.parked, st.watched = True, False
             finally:
                 self.turn_lock.give()
         return frame
 
-    cdef object lose(self, client, exc):
+    def awaited(self):
+        """Calls whose replies nobody receives unless the parked reader does
+        (Link.start's ``awaited``): none while a loop receives them."""
+        return 0 if self.st.looped else len(self.pending)
+
+    # -- an asyncio loop receives (AsyncClient) ------------------------------------------
+
+    def loop_watch(self, loop):
+        """Futures awaited on ``loop`` (the running one) get their replies
+        from it: it watches the endpoint and receives whatever is there when
+        that is readable (on_readable), so that a batch of replies costs it
+        one wake-up and no thread hands it the GIL.  The reader stays parked
+        but for PINGs.  False while another loop does (the caller watches as
+        before)."""
+        if self.loop is loop:
+            return True
+        if self.loop is not None or self.st.over:
+            return False
+        # A dup: closing the endpoint (on any thread) cannot leave the loop
+        # watching a number that another file may take.
+        fd = os.dup(self.link.ep.fileno())
+        try:
+            loop.add_reader(fd, self.on_readable)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.loop, self.loop_fd, self.loop_thread = loop, fd, PyThread_get_thread_ident()
+        self.st.looped = True
+        self.link.after_progress(self.kick_loop)
+        loop.call_soon(self.on_readable)       # replies there already
+        return True
+
+    def on_readable(self):
+        """The loop's turn: receive and complete what is there, without
+        waiting; a frame the codec does not cover is dispatched here (its
+        buffers, if any, are received before the loop goes on)."""
+        cdef Frame f
+        if self.st.over:
+            self.loop_unwatch()
+            return
+        if not self.take_turn():
+            return                             # another receives; kick_loop follows
+        link = self.link
+        self.looking = True
+        try:
+            while self.ready() or self.ep_poll():
+                f = self.receive(0.0)
+                self.heard()
+                frame = self.take_replies(f, 0.0)
+                if frame is not None:
+                    link.dispatch(frame)
+        except (TimeoutError, InterruptedError):
+            pass                               # (asked to step aside: the asker receives)
+        except BaseException as exc:           # (the lost connection's error reaches the calls)
+            link.lose(exc)
+        finally:
+            self.give_turn()
+            self.looking = False
+        if self.st.over:
+            self.loop_unwatch()
+
+    def kick_loop(self):
+        """Have the loop look soon: a thread may have taken the fd's
+        readiness (its turn to receive ended, or it sent, which can poll)."""
+        loop = self.loop
+        if loop is None or not (self.pending or self.st.over):
+            return
+        if PyThread_get_thread_ident() == self.loop_thread:
+            loop.call_soon(self.on_readable)
+            return
+        try:
+            loop.call_soon_threadsafe(self.on_readable)
+        except RuntimeError:                   # the loop is closed
+            self.loop_unwatch()
+
+    def loop_unwatch(self):
+        """The loop stops receiving (on its thread, or once it is closed);
+        the reader receives for awaited calls again."""
+        loop, self.loop = self.loop, None
+        if loop is None:
+            return
+        self.st.looped = False
+        self.link.after_progress(None)
+        fd, self.loop_fd = self.loop_fd, -1
+        try:
+            if not loop.is_closed():
+                loop.remove_reader(fd)
+        finally:
+            os.close(fd)
+        self.wake()
+
+    def loop_unwatch_soon(self):
+        """loop_unwatch from any thread (the client closes, or its connection
+        is lost)."""
+        loop = self.loop
+        if loop is None:
+            return
+        if PyThread_get_thread_ident() == self.loop_thread:
+            self.loop_unwatch()
+            return
+        try:
+            loop.call_soon_threadsafe(self.loop_unwatch)
+        except RuntimeError:                   # the loop is closed
+            self.loop_unwatch()
+
+    cdef object lose(self, exc):
         """The connection is lost (as Link.receive_until reports it): the
         error the caller raises."""
-        self.link._lost(exc)
-        return client._down()
+        self.link.lose(exc)
+        return self.port.down()
 
     # -- the server's inline handlers -------------------------------------------------
 
-    def serve(self, conn, dict functions, double timeout):
+    def serve(self, finish, dict functions, double timeout):
         """Receive requests and answer them until a frame needs the general
-        path (returned: Link._dispatch it) or none comes within ``timeout``
+        path (returned: Link.dispatch it) or none comes within ``timeout``
         (None).  Inline handlers run here; with ``slots`` (relaying), a
         handler runs here too, and if the parked reader took over the
         reading meanwhile, this thread parks in its place.  Raises what ends
@@ -676,7 +817,7 @@ cdef class LinkFast(Driver):
             except InterruptedError:
                 return None
             except TimeoutError:
-                link._check_alive()
+                link.check_alive()
                 return None
             now = self.heard()
             if not f.whole or f.kind != REQUEST:
@@ -685,7 +826,7 @@ cdef class LinkFast(Driver):
             if entry is None or entry[1]:
                 return self.raw()              # unknown, or runs on the event loop
             if self.slots is None:
-                self.answer(conn, f, entry[0])
+                self.answer(finish, f, entry[0])
                 continue
             # Expired on arrival, no reader to relay to, or every slot taken:
             # the pool's way (which checks deadlines and cancels).
@@ -699,7 +840,7 @@ cdef class LinkFast(Driver):
                 PyThread_release_lock(self.baton)      # the parked reader: watch
             self.st.handling = PyThread_get_thread_ident()
             try:
-                self.answer(conn, f, entry[0])
+                self.answer(finish, f, entry[0])
             finally:
                 self.since = 0
                 self.st.handling = 0
@@ -709,8 +850,9 @@ cdef class LinkFast(Driver):
                 if not self.park_c():
                     return None
 
-    cdef int answer(self, conn, Frame f, fn) except -1:
-        """Run a handler and send its reply (as _Connection._call does)."""
+    cdef int answer(self, finish, Frame f, fn) except -1:
+        """Run a handler and send its reply (as _Connection._call does);
+        ``finish(call_id, result=, exc=)`` sends what the codec does not cover."""
         # Taken from the frame first: relaying, the other reader may parse
         # the next frame into it while the handler runs.
         cdef uint64_t call_id = f.call_id
@@ -720,12 +862,12 @@ cdef class LinkFast(Driver):
             # (The args tuple and kwargs dict are new: the handler may have them.)
             result = call_with(fn, args, NULL if kwargs is None else <PyObject*>kwargs)
         except BaseException as exc:           # sent to the caller
-            conn._finish(call_id, exc=exc)
+            finish(call_id, exc=exc)
             return 0
         args = kwargs = None
         if not encode_reply(self.w, call_id, result, self.inline_max):
-            conn._finish(call_id, result=result)
-        elif not self.link._closing:
+            finish(call_id, result=result)
+        elif not self.link.closing:
             try:
                 self.send_frame()
             except OSError:
@@ -741,7 +883,7 @@ cdef class LinkFast(Driver):
         cdef int why
         st = self.st
         # Checking ``over`` and counting this thread idle is one atomic step:
-        # Link._lost sets over, then unpark()s whoever is counted.
+        # Link.lose sets over, then unpark()s whoever is counted.
         if st.over:
             return False
         st.idle += 1

@@ -42,13 +42,23 @@ cdef object InvalidStateError = concurrent.futures.InvalidStateError
 
 cdef class CallFutureBase
 
+cdef extern from *:
+    """
+    static inline void rdmamsg_count(int *p, int v) {
+        if (p) __atomic_add_fetch(p, v, __ATOMIC_ACQ_REL);
+    }
+    """
+    void count_waiter "rdmamsg_count"(int *p, int v) nogil
+
 
 cdef class Driver:
     """What receives replies for a client's futures on the waiting thread
     (its LinkFast): drive() receives until ``fut`` is done or ``deadline``
     (-1: none) passes, and is False, having done nothing, when another
     thread receives (the waiter sleeps: that one completes its future, or
-    wakes it to receive in its place)."""
+    wakes it to receive in its place).  ``sleepers``: a count to join while
+    asleep (the engine's GIL waiters, EngineApi.gil_waiters), or NULL."""
+    cdef int *sleepers
 
     cdef bint drive(self, CallFutureBase fut, double deadline) except -1:
         return False
@@ -66,14 +76,17 @@ cdef class Completions:
     """What the futures of one client share (see above).  ``on_cancel(call_id)``:
     a future was cancelled.  ``on_watch()``: somebody waits for a future
     other than through result() or exception() (a callback, wait(),
-    as_completed(), done()): replies must be received for them."""
+    as_completed(), done()): replies must be received for them.
+    ``on_loop_watch(loop)``: a future is awaited on ``loop``, which may
+    receive the replies itself (True) rather than have them received for it."""
     cdef PyThread_type_lock lk
     cdef unsigned long owner
     cdef Py_ssize_t depth
     cdef Sleeper *sleepers
-    cdef public object on_cancel, on_watch
+    cdef public object on_cancel, on_watch, on_loop_watch
     cdef Driver driver
     cdef object aio_loop                    # the asyncio loop futures are completed on
+    cdef unsigned long aio_thread           # and its thread
     cdef list aio_done                      # futures done whose loop is yet to hear
 
     def __cinit__(self):
@@ -177,12 +190,19 @@ cdef class Completions:
         """Tell those who wait that their futures are done: the sleepers
         (wake_done), and the asyncio loop, once for all its futures."""
         self.wake_done()
+        cdef int *count = NULL if self.driver is None else self.driver.sleepers
         if self.aio_done:
             batch, self.aio_done = self.aio_done, []
+            if PyThread_get_thread_ident() == self.aio_thread:
+                settle_batch(batch)            # on the loop (it receives: on_loop_watch)
+                return 0
+            # The loop's thread will want the GIL: until it has it, it counts
+            # as a waiter (no engine spins with the GIL held meanwhile).
+            count_waiter(count, 1)
             try:
-                self.aio_loop.call_soon_threadsafe(settle_on_loop, batch)
+                self.aio_loop.call_soon_threadsafe(settle_on_loop, batch, self)
             except RuntimeError:
-                pass                           # the loop is closed: nobody awaits them
+                count_waiter(count, -1)        # the loop is closed: nobody awaits them
         return 0
 
     cdef void wake_done(self) noexcept:
@@ -242,6 +262,7 @@ cdef class Completions:
         cdef Sleeper s
         cdef PyLockStatus r
         cdef PY_TIMEOUT_T us = -1
+        cdef int *count = NULL if self.driver is None else self.driver.sleepers
         if deadline >= 0:
             us = <PY_TIMEOUT_T>((deadline - mono()) * 1e6)
             if us <= 0:
@@ -257,8 +278,10 @@ cdef class Completions:
             if fut.is_done():
                 return 0
             self.link(&s)
+            count_waiter(count, 1)
             with nogil:
                 r = PyThread_acquire_lock_timed(s.lk, us, 1)
+            count_waiter(count, -1)
             self.unlink(&s)
             if r == PY_LOCK_INTR:
                 PyErr_CheckSignals()
@@ -374,7 +397,7 @@ cdef class CallFutureBase:
         the awaiting code does that."""
         comp = self.comp
         if comp.aio_loop is None:
-            comp.aio_loop = loop
+            comp.aio_loop, comp.aio_thread = loop, PyThread_get_thread_ident()
         elif comp.aio_loop is not loop:       # (a client used from two loops)
             return asyncio.wrap_future(self, loop=loop)
         twin = loop.create_future()
@@ -383,6 +406,8 @@ cdef class CallFutureBase:
             copy_state(self, twin)
             return twin
         self.aio = twin
+        if comp.on_loop_watch is not None and comp.on_loop_watch(loop):
+            return twin
         if comp.on_watch is not None:
             comp.on_watch()
         return twin
@@ -478,8 +503,15 @@ cdef class Deadlines:
         return expired, self.at[self.head]
 
 
-def settle_on_loop(list batch):
-    """On the asyncio loop: complete the twins of a batch of done futures."""
+def settle_on_loop(list batch, Completions comp):
+    """On the asyncio loop: complete the twins of a batch of done futures
+    (Completions.notify)."""
+    count_waiter(NULL if comp.driver is None else comp.driver.sleepers, -1)
+    settle_batch(batch)
+
+
+cdef int settle_batch(list batch) except -1:
+    """Complete the twins of ``batch`` (on their loop's thread)."""
     cdef CallFutureBase fut
     for f in batch:
         fut = <CallFutureBase>f

@@ -82,6 +82,7 @@ cdef class RsCore:
     cdef bint peer_bye             # ... nor read (CTRL DISCONNECT)
     cdef bint peer_gone            # its QP is gone (rdma_cm said so, or a flush)
     cdef bint closed, cm_ready, mu_ok, leader, aborted
+    cdef int inherited_from        # in a child after fork(): the parent's pid
     cdef int inside
     cdef int err, err_arg, err_arg2, wc_status, wc_vendor
     cdef bint wc_recv
@@ -370,8 +371,7 @@ cdef class RsCore:
         ``deadline`` has passed with nothing happening."""
         cdef int r, i
         cdef double now = mono()
-        cdef double spin = self._spin_budget(now)
-        cdef double end = now + (GIL_SPIN if spin > GIL_SPIN else spin)
+        cdef double end = now + gil_spin(self._spin_budget(now))
         if deadline >= 0 and end > deadline:
             end = deadline
         while True:
@@ -382,11 +382,13 @@ cdef class RsCore:
                 break
         cdef uint64_t seen = self.changes
         self.inside += 1
+        rdmamsg_add(&gil_waiters, 1)
         with nogil:
             r = self._wait(deadline, seen)
+        rdmamsg_add(&gil_waiters, -1)
         self.inside -= 1
         if self.closed:
-            raise closed_error("rsocket")
+            raise self._closed_error()
         if self.cm_ready:
             self._cm()
             return 1
@@ -498,7 +500,7 @@ cdef class RsCore:
 
     cdef int _check_open(self) except -1:
         if self.closed:
-            raise closed_error("rsocket")
+            raise self._closed_error()
         return 0
 
     cdef int _check_send(self) except -1:
@@ -736,6 +738,22 @@ cdef class RsCore:
     @property
     def closed(self):
         return self.closed
+
+    def _disown(self):
+        """In a child after fork(): every use raises InheritedError, and
+        nothing is posted, polled or freed (the QP is the parent's); the
+        mutex and condition are new."""
+        if not self.mu_ok:
+            return
+        fresh_lock(&self.mu, &self.cond)
+        self.inside = 0
+        self.closed = True
+        self.inherited_from = getppid()
+
+    cdef object _closed_error(self):
+        if self.inherited_from:
+            return inherited_error("rsocket", self.inherited_from)
+        return closed_error("rsocket")
 
     def close(self, linger=None):
         """Say goodbye (CTRL DISCONNECT), wait up to ``linger`` seconds (2 by

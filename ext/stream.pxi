@@ -73,11 +73,11 @@ cdef class StreamFast:
             PyBuffer_Release(&view)
 
     def sendall(self, data, flags=0):
-        if not self._send(data):
+        if flags or not self._send(data):
             self.slow_sendall(self._sock(), data, flags)
 
     def send(self, data, flags=0):
-        n = self._send(data)
+        n = 0 if flags else self._send(data)
         return n if n else self.slow_send(self._sock(), data, flags)
 
     cdef Py_ssize_t _recv(self, char *p, Py_ssize_t cap, bint waitall) except -2:

@@ -24,6 +24,7 @@ from ..protocol import rsocket as rs
 from ..verbs import _pyverbs as pv
 from ..verbs.context import DeviceContext
 from ..verbs.cq import CompletionQueue
+from ..verbs.inherit import keep, owner
 from ..verbs.qp import to_error
 from ..verbs.region import Region
 from ..verbs import cm
@@ -61,7 +62,7 @@ class Resources:
             init = pv.qp.QPInitAttr(qp_type=e.IBV_QPT_RC, scq=self.cq.cq, rcq=self.cq.cq,
                                     cap=cap, sq_sig_all=1)
             try:
-                self.qp = pv.qp.QP(self.dctx.pd, init)
+                self.qp = keep(pv.qp.QP(self.dctx.pd, init))
             except pv.PyverbsRDMAError as exc:
                 raise OSError(exc.error_code or errno.ENOMEM, "ibv_create_qp failed") from exc
             self.max_inline = MAX_INLINE
@@ -176,6 +177,13 @@ class RsEndpoint:
         self.signal, self.progress_count = core.signal, core.progress_count
         self.fileno, self.interrupt = core.fileno, core.interrupt
         self._ring = res.ring.view
+        owner(self)
+
+    def _disown(self) -> None:
+        """In a child after fork(): every use raises InheritedError, and
+        close() destroys nothing (the QP and the rdma_cm id are the parent's)."""
+        self.engine._disown()
+        self._res = None
 
     def send(self, data, timeout: float | None = None) -> int:      # bound in __init__
         """Send ``data``; the number of bytes sent.  Blocks while the peer lends

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import time
 
-from ..errors import ProtocolError
+from ..errors import ProtocolError, inherited_error
+from ..verbs.inherit import keep, owner
 from ..protocol import rsocket as rs
 from ..verbs import _pyverbs as pv
 from ..verbs import cm
@@ -124,6 +126,13 @@ class RsListener:
             raise
         self.address: Address = (host, cm.addresses(self._id)[0][1])
         self.refused = 0        #: connection requests refused (bad private data)
+        self._inherited_from = 0
+        owner(self)
+
+    def _disown(self) -> None:
+        """In a child after fork(): the rdma_cm id is the parent's, and so are
+        the requests that come to it."""
+        self._inherited_from = os.getppid()
 
     def fileno(self) -> int:
         """Readable when a connection request waits."""
@@ -133,6 +142,8 @@ class RsListener:
         """The next client's connection (TimeoutError if none came in time).
         A request whose private data we cannot talk to is rejected, logged
         and counted in ``refused``, and we wait for the next."""
+        if self._inherited_from:
+            raise inherited_error("rsocket listener", self._inherited_from)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -140,7 +151,7 @@ class RsListener:
             if ev.event_type != cm.ce.RDMA_CM_EVENT_CONNECT_REQUEST:
                 ev.close()
                 continue
-            child = cm.cmid.CMID(creator=ev, listen_id=self._id)
+            child = keep(cm.cmid.CMID(creator=ev, listen_id=self._id))
             try:
                 peer = rs.ConnData.unpack(ev.private_data)
             except ProtocolError as exc:
@@ -183,10 +194,10 @@ class RsListener:
             raise
 
     def close(self) -> None:
-        if self._id is not None:
+        if self._id is not None and not self._inherited_from:
             self._id.close()
-            self._id = None
             self._events.close()
+        self._id = None
 
     def __enter__(self) -> "RsListener":
         return self

@@ -30,9 +30,9 @@ from . import wire
 from .link import Link, fast_path
 
 try:
-    from ._rpcfast import GENERAL as _GENERAL, TIMED_OUT as _TIMED_OUT
+    from ._rpcfast import GENERAL as _GENERAL, TIMED_OUT as _TIMED_OUT, ClientPort as _Port
 except ImportError:                 # no extension: no fast path returns them
-    _GENERAL = _TIMED_OUT = object()
+    _GENERAL = _TIMED_OUT = _Port = object()
 
 Address = tuple[str, int]
 
@@ -74,19 +74,29 @@ class Client:
         self._fast = fast = fast_path(self._link, inline_max, self._pending)
         self._wake = self._link.wake
         self._next_id = itertools.count(1).__next__ if fast is None else fast.next_id
+        self._port = None
         if fast is None:
             self._link.start()
         else:
             fast.completions.on_cancel = functools.partial(_to_client, me, "_cancelled")
-            # The same calls, in C: no Python frame per call.
-            call, call_async = fast.bind(self)
+            # The same calls, in C: no Python frame per call.  The port is all
+            # they know of this client (and its timeout).
+            self._port = port = _Port()
+            port.down = functools.partial(_to_client, me, "_down")
+            port.timed_out = functools.partial(_to_client, me, "_timed_out")
+            port.general_call = functools.partial(_to_client, me, "_general_call")
+            port.submit = functools.partial(_to_client, me, "_submit", timer=True)
+            port.expire_after = functools.partial(_to_client, me, "_expire_after")
+            port.expire_calls_at = functools.partial(_to_client, me, "_expire_calls_at")
+            port.expect = functools.partial(_to_client, me, "_expect")
+            call, call_async = fast.bind(self, port)
             if type(self).call is Client.call:
                 self.call = call
             if type(self).call_async is Client.call_async:
                 self.call_async = call_async
             # Whoever waits for a reply receives it (CallFuture.result); the
             # reader, for those nobody waits on so (callbacks, wait()).
-            self._link.start(serve=fast.collect, awaited=self._pending.__len__)
+            self._link.start(serve=fast.collect, awaited=fast.awaited)
         owner(self)
 
     # -- calling ---------------------------------------------------------------------
@@ -108,7 +118,7 @@ class Client:
     def _call(self, name: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
         if self._fast is not None:
             call_id = self._next_id()
-            out = self._fast.call(self, call_id, name, args, kwargs, timeout)
+            out = self._fast.call(call_id, name, args, kwargs, timeout)
             if out is _TIMED_OUT:
                 self._timed_out(call_id, name, timeout)
             if out is not _GENERAL:
@@ -249,9 +259,13 @@ class Client:
     def _on_lost(self, exc: BaseException) -> None:
         with self._lock:
             self._lost = exc
+            if self._port is not None:
+                self._port.lost = True     # before the calls are taken: see LinkFast.submit
             pending = list(self._pending.values())
             self._pending.clear()          # in place: the fast path holds this dict
         self._deadlines.close()
+        if self._fast is not None:
+            self._fast.loop_unwatch_soon()     # an AsyncClient's loop receives no more
         for fut in pending:
             _settle(fut, exc=self._down())
 
@@ -276,6 +290,12 @@ class Client:
         self._link.close()
         self._deadlines.close()
 
+    def _leave_loop(self) -> None:
+        """The asyncio loop that receives for this client's calls (an
+        AsyncClient's) stops: call on the loop, which may end next."""
+        if self._fast is not None:
+            self._fast.loop_unwatch()
+
     def _disown(self) -> None:
         """In a child after fork(): the connection and its threads are the
         parent's, so calls raise InheritedError and close() frees nothing.
@@ -283,6 +303,8 @@ class Client:
         self._lock = threading.Lock()
         self._pending = {}
         self._lost = inherited_error("RPC client", os.getppid())
+        if self._port is not None:
+            self._port.lost = True
         self._link._disown()
         self._deadlines = _Deadlines()
         self._deadlines.close()
@@ -304,14 +326,15 @@ class Client:
             pass
 
 
-def _to_client(ref: weakref.ref, method: str, *args: Any) -> None:
-    """Call a Client's handler through its weak reference (the Link's callbacks)."""
+def _to_client(ref: weakref.ref, method: str, *args: Any, **kwargs: Any) -> Any:
+    """Call a Client's method through its weak reference (the Link's
+    callbacks, the fast path's port)."""
     client = ref()
     if client is None:
         if method == "_on_frame":
             raise ConnectionAbortedError("the RPC client was dropped without close()")
-        return
-    getattr(client, method)(*args)
+        return None
+    return getattr(client, method)(*args, **kwargs)
 
 
 class _Scoped:
@@ -364,6 +387,7 @@ class AsyncClient:
 
     async def close(self) -> None:
         if self._client is not None:
+            self._client._leave_loop()
             await asyncio.get_running_loop().run_in_executor(None, self._client.close)
 
     async def __aenter__(self) -> "AsyncClient":

@@ -20,11 +20,16 @@ Who receives, who sleeps, who wakes whom (the progress model):
   woken once their reply is completed (a batch of completions wakes each
   of them once); when the receiving thread's own reply has come, it gives
   up its turn and wakes one of them to receive in its place.
-- The reader thread receives when nobody waits in that way: when calls
-  are awaited through callbacks, wait(), as_completed() or asyncio (they
-  "watch": LinkFast.watch_calls unparks it), or when replies have waited ORPHANED seconds
-  with nobody receiving.  Otherwise it stays parked, and wakes only to
-  send a PING when one is due.  A waiter that finds the reader receiving
+- An asyncio loop that awaits calls (AsyncClient, with the C fast path)
+  receives for them itself: it watches the endpoint's fd and takes what
+  is there whenever it is readable (LinkFast.loop_watch), so no thread
+  hands it replies, or the GIL.  A thread whose turn to receive ends has
+  the loop look (the fd's readiness may have gone with that thread).
+- The reader thread receives when nobody waits in those ways: when calls
+  are awaited through callbacks, wait(), as_completed() or another loop
+  (they "watch": LinkFast.watch_calls unparks it), or when replies have
+  waited ORPHANED seconds with nobody receiving.  Otherwise it stays
+  parked, and wakes only to send a PING when one is due.  A waiter that finds the reader receiving
   asks it to step aside (``ep.interrupt()``).
 - Nothing spins on behalf of a thread that is not waiting: idle
   connections cost no CPU.
@@ -35,10 +40,11 @@ concurrent.futures.Future made and completed without Python code, whose
 result() receives as above), the receiving loop, which completes the
 replies already there a batch per wake-up (``LinkFast.take_replies``), and
 a server connection's requests; requests are encoded in C under the send
-lock (``LinkFast.send_request``).  They keep this state by its rules (the
-turn under ``_turn``, frames under ``_send_lock``, the keepalive times) and
-give every frame they do not cover to ``_dispatch``.  The pure-pyverbs
-poller's futures are plain ones, which the reader completes.  A server with
+lock (``LinkFast.send_request``).  They keep this state by its rules,
+through what Link declares for them (its docstring: the turn under
+``turn_lock``, frames under ``send_lock``, the keepalive times in
+``state``), and give every frame they do not cover to ``dispatch``.  The
+pure-pyverbs poller's futures are plain ones, which the reader completes.  A server with
 a thread pool gives the link a second reader thread
 (``start(relay=...)``): the reader that receives a request runs it, and
 the other, parked, takes over receiving if it lasts.
@@ -87,7 +93,7 @@ def fast_path(link: "Link", inline_max: int, pending: dict | None = None, slots=
     with the pure-pyverbs poller (or without the extension).  ``pending``:
     a client's calls awaiting replies (kept in place, never replaced);
     ``slots``: a server pool's handler_slots (the link relays)."""
-    if _rpcfast is None or type(link._st) is not _rpcfast.LinkState:
+    if _rpcfast is None or type(link.state) is not _rpcfast.LinkState:
         return None                # Link.__init__ chose the state: C fields, or not
     return _rpcfast.LinkFast(link, inline_max, pending, slots)
 
@@ -99,6 +105,16 @@ def handler_slots(workers: int):
 
 
 class Link:
+    """One connection's frames in and out (the module's docstring says how).
+
+    Its fast path (ext/rpc_calls.pxi's LinkFast) uses what is public here:
+    ``ep``, ``state`` (who receives, the keepalive times), ``keepalive``,
+    ``reader`` (the thread), ``send_lock``, ``turn_lock`` (with
+    ``notify_turn()`` while it is held), ``take_turn()``, ``after_progress()``,
+    ``closing``, and for what it does not cover ``dispatch()``,
+    ``check_alive()``, ``ping_if_due()`` and ``lose()``.
+    """
+
     def __init__(self, ep: Endpoint, on_frame: FrameHandler, on_lost: LostHandler, *,
                  keepalive: float = 1.0, dead_after: float = 3.5,
                  max_payload: int = wire.MAX_PAYLOAD, name: str = "rdmamsg-rpc") -> None:
@@ -106,26 +122,28 @@ class Link:
             raise ValueError("keepalive must be positive and dead_after longer than it")
         self.ep = ep
         self._on_frame, self._on_lost = on_frame, on_lost
-        self._keepalive, self._dead_after = keepalive, dead_after
+        self.keepalive, self._dead_after = keepalive, dead_after
         self._max_payload = max_payload
         # st.receiver: who receives frames: the reader thread, a caller
         # (take_turn), or nobody.  A caller that asked (st.asked) waits for the
         # reader to step aside.  st.parked: the reader waits for wake() (or
         # keepalive seconds idle).  st.over: lost, nobody receives any more.
         fast = _rpcfast is not None and ep.poller == "cython"
-        self._st = _rpcfast.LinkState() if fast else _State()
-        self._st.last_rx = self._st.last_tx = self._st.ping_tried = time.monotonic()
+        self.state = _rpcfast.LinkState() if fast else _State()
+        self.state.last_rx = self.state.last_tx = self.state.ping_tried = time.monotonic()
         self._closing = False
         # (The fast paths take and give these locks in C.)
         lock = _rpcfast.Lock if fast else threading.Lock
-        self._send_lock = lock()
-        self._turn = threading.Condition(lock())
+        self.send_lock = lock()
+        self.turn_lock = lock()
+        self._turn = threading.Condition(self.turn_lock)
         self._disowned = False     # inherited through fork(): see _disown
         self._serve: Server | None = None
         self._relay = None
         self._awaited: Callable[[], int] | None = None
+        self._progressed: Callable[[], None] | None = None
         self._name = name
-        self._reader = threading.Thread(target=self._run, name=name, daemon=True)
+        self.reader = threading.Thread(target=self._run, name=name, daemon=True)
         self._second: threading.Thread | None = None
 
     def start(self, serve: Server | None = None, relay=None,
@@ -144,41 +162,45 @@ class Link:
                                             name=self._name, daemon=True)
             self._second.start()
             parking.wait(5)        # parked before the first request: that one relays too
-        self._reader.start()
+        self.reader.start()
 
     # -- out -----------------------------------------------------------------------
 
     def send(self, frame: bytes, buffers: list | tuple = ()) -> None:
         """Send a frame and its out-of-band buffers, together."""
-        with self._send_lock:
+        with self.send_lock:
             self.ep.send(frame)
             for mv in buffers:
                 chunk = self.ep.max_message
                 for off in range(0, mv.nbytes, chunk):
                     self.ep.send(mv[off:off + chunk])
-            self._st.last_tx = time.monotonic()
+            self.state.last_tx = time.monotonic()
+        if self._progressed is not None:
+            self._progressed()
 
     def try_send(self, frame: bytes) -> bool:
         """Send a small frame if that can be done now, without waiting (a
         PING, a CANCEL); whether it went."""
-        if not self._send_lock.acquire(blocking=False):
+        if not self.send_lock.acquire(blocking=False):
             return False                   # a frame is going out: the peer hears from us
         try:
             self.ep.send(frame, 0)
-            self._st.last_tx = time.monotonic()
+            self.state.last_tx = time.monotonic()
             return True
         except (TimeoutError, OSError):
             return False                   # a peer not taking data is what dead_after is for
         finally:
-            self._send_lock.release()
+            self.send_lock.release()
+            if self._progressed is not None:
+                self._progressed()
 
     def _ping_due(self, now: float) -> float:
         """Seconds until our next PING is due (we sent nothing, or last tried)."""
-        return max(self._st.last_tx, self._st.ping_tried) + self._keepalive - now
+        return max(self.state.last_tx, self.state.ping_tried) + self.keepalive - now
 
-    def _ping_if_due(self, now: float) -> None:
+    def ping_if_due(self, now: float) -> None:
         if self._ping_due(now) <= 0:
-            self._st.ping_tried = now  # sent or not: the next try is keepalive away
+            self.state.ping_tried = now  # sent or not: the next try is keepalive away
             self.try_send(wire.encode_ping())
 
     # -- whose turn to receive ---------------------------------------------------------
@@ -187,8 +209,8 @@ class Link:
         """Become the thread that receives frames; False if another caller
         is (or the connection is lost): then wait for your reply as usual."""
         with self._turn:
-            st = self._st
-            if st.over or st.asked or st.receiver not in (None, self._reader):
+            st = self.state
+            if st.over or st.asked or st.receiver not in (None, self.reader):
                 return False
             st.asked = True
             if st.receiver is not None:
@@ -208,42 +230,55 @@ class Link:
         on_lost, as the reader would report it."""
         try:
             while not done():
-                timeout = self._keepalive
+                timeout = self.keepalive
                 if deadline is not None:
                     timeout = min(timeout, deadline - time.monotonic())
                     if timeout <= 0:
                         return
                 self._step(timeout)
         except BaseException as exc:      # noqa: BLE001 (reported through on_lost)
-            self._lost(exc)
+            self.lose(exc)
 
     def give_turn(self, park: Callable[[], bool]) -> None:
         """End this thread's turn; the reader stays parked if ``park()`` (asked
         under the turn lock, so that a wake() cannot slip in between)."""
         with self._turn:
-            self._st.receiver = None
-            self._st.parked = park()
-            if self._st.asked or not self._st.parked:
+            self.state.receiver = None
+            self.state.parked = park()
+            if self.state.asked or not self.state.parked:
                 self._turn.notify_all()    # else nobody is to wake: waking costs a switch
+        if self._progressed is not None:
+            self._progressed()
+
+    def after_progress(self, fn: Callable[[], None] | None) -> None:
+        """Call ``fn()`` whenever a thread may have taken arrivals that the
+        endpoint's fd announced (its turn to receive ended, or it sent, which
+        can poll): an asyncio loop that receives looks then
+        (LinkFast.loop_watch)."""
+        self._progressed = fn
+
+    def notify_turn(self) -> None:
+        """Wake the threads waiting for the turn (``turn_lock`` held)."""
+        self._turn.notify_all()
 
     def wake(self) -> None:
         """Unpark the reader: a reply is awaited that no caller receives."""
         with self._turn:
-            if self._st.parked:
-                self._st.parked = False
+            if self.state.parked:
+                self.state.parked = False
                 self._turn.notify_all()
 
     def _reader_turn(self) -> bool:
         # (Relaying, the reader threads take turns by the baton; either one
-        # is ``self._reader`` here, and only one of them ever asks.)
+        # is ``self.reader`` here, and only one of them ever asks.)
         with self._turn:
-            st = self._st
-            while not st.over and (st.receiver not in (None, self._reader) or st.asked
+            st = self.state
+            while not st.over and (st.receiver not in (None, self.reader) or st.asked
                                    or st.parked):
-                if st.receiver not in (None, self._reader) or st.asked:
-                    self._turn.wait(self._keepalive)     # a caller receives, and pings
+                if st.receiver not in (None, self.reader) or st.asked:
+                    self._turn.wait(self.keepalive)     # a caller receives, and pings
                     continue
-                wait = self._quiet_since() + self._keepalive - time.monotonic()
+                wait = self._quiet_since() + self.keepalive - time.monotonic()
                 orphans = self._awaited is not None and self._awaited()
                 if orphans:
                     wait = min(wait, ORPHANED)
@@ -251,14 +286,16 @@ class Link:
                     st.parked = False      # a PING is due, or replies wait for nobody: look
             if st.over:
                 return False
-            st.receiver = self._reader
+            st.receiver = self.reader
             return True
 
     def _end_reader_turn(self) -> None:
         with self._turn:
-            if self._st.receiver is self._reader:
-                self._st.receiver = None
+            if self.state.receiver is self.reader:
+                self.state.receiver = None
             self._turn.notify_all()
+        if self._progressed is not None:
+            self._progressed()
 
     # -- in ------------------------------------------------------------------------
 
@@ -270,15 +307,15 @@ class Link:
     def _run(self) -> None:
         while self._reader_turn():
             try:
-                self._step(self._keepalive)
+                self._step(self.keepalive)
             except BaseException as exc:  # noqa: BLE001 (reported through on_lost)
-                self._lost(exc)
+                self.lose(exc)
             finally:
                 self._end_reader_turn()
 
     def _quiet_since(self) -> float:
         """When we last sent, or heard, whichever is earlier."""
-        return min(self._st.last_tx, self._st.last_rx)
+        return min(self.state.last_tx, self.state.last_rx)
 
     def _step(self, timeout: float) -> None:
         """Receive one frame, if one comes within ``timeout``, and dispatch it.
@@ -287,7 +324,7 @@ class Link:
         if self._serve is not None:
             frame = self._serve(timeout)
             if frame is not None:
-                self._dispatch(frame)
+                self.dispatch(frame)
             return
         due = self._ping_due(time.monotonic())
         try:
@@ -295,27 +332,27 @@ class Link:
         except InterruptedError:
             return                         # another thread takes over receiving
         except TimeoutError:
-            self._check_alive()
+            self.check_alive()
             return
         self._heard()
-        self._dispatch(frame)
+        self.dispatch(frame)
 
-    def _dispatch(self, frame: bytes) -> None:
+    def dispatch(self, frame: bytes) -> None:
         """Decode a frame that came, receive its out-of-band buffers, hand it on."""
         head = wire.decode_header(frame, self._max_payload)
         if head.kind != wire.PING:
             self._on_frame(head, [self._receive(spec) for spec in head.specs])
 
     def _heard(self) -> None:
-        self._st.last_rx = now = time.monotonic()
-        self._ping_if_due(now)
+        self.state.last_rx = now = time.monotonic()
+        self.ping_if_due(now)
 
-    def _check_alive(self) -> None:
+    def check_alive(self) -> None:
         now = time.monotonic()
-        if now - self._st.last_rx > self._dead_after:
+        if now - self.state.last_rx > self._dead_after:
             raise ConnectionResetError(f"the RPC peer has been silent for {self._dead_after:g} s "
                                        "(keepalive): it is hung, or its host is unreachable")
-        self._ping_if_due(now)
+        self.ping_if_due(now)
 
     def _receive(self, spec: list) -> Any:
         """One out-of-band buffer, as the object it becomes."""
@@ -342,11 +379,11 @@ class Link:
     def _recv_message(self, recv: Callable[[float], Any]) -> Any:
         while True:
             try:
-                out = recv(self._keepalive)
+                out = recv(self.keepalive)
             except InterruptedError:
                 continue                   # a frame's buffers are received by one thread
             except TimeoutError:
-                self._check_alive()
+                self.check_alive()
                 continue
             if not out:
                 raise ProtocolError("an empty message in the middle of an RPC payload")
@@ -355,11 +392,11 @@ class Link:
 
     # -- ending ----------------------------------------------------------------------
 
-    def _lost(self, exc: BaseException) -> None:
+    def lose(self, exc: BaseException) -> None:
         with self._turn:
-            if self._st.over:
+            if self.state.over:
                 return
-            self._st.over = True
+            self.state.over = True
             self._turn.notify_all()
         if self._relay is not None:
             self._relay.unpark()           # the parked reader ends
@@ -380,19 +417,20 @@ class Link:
         self._closing = True
         self.ep.close()
         self.wake()                        # a parked reader finds the endpoint closed
-        for reader in (self._reader, self._second):
+        for reader in (self.reader, self._second):
             # (A relaying reader in a handler ends after it, as a pool thread would.)
             if reader is not None and reader is not threading.current_thread() \
-                    and reader.ident != self._st.handling:
+                    and reader.ident != self.state.handling:
                 reader.join(10)
 
     def _disown(self) -> None:
         """In a child after fork(): nobody receives, nothing is sent or closed
         (the endpoint refuses anyway); the locks are new."""
-        self._disowned = self._closing = self._st.over = True
-        self._send_lock = threading.Lock()
-        self._turn = threading.Condition(threading.Lock())
-        self._st.receiver = None
+        self._disowned = self._closing = self.state.over = True
+        self.send_lock = threading.Lock()
+        self.turn_lock = threading.Lock()
+        self._turn = threading.Condition(self.turn_lock)
+        self.state.receiver = None
 
     @property
     def closing(self) -> bool:

@@ -205,7 +205,7 @@ class _Connection:
         if fast is None:
             self.link.start()
         else:
-            self.link.start(functools.partial(fast.serve, self, server._functions),
+            self.link.start(functools.partial(fast.serve, self._finish, server._functions),
                             relay=None if server._slots is None else fast)
 
     def _on_frame(self, head: wire.Header, objects: list) -> None:

@@ -38,6 +38,8 @@ from ..transport.backend import make_stream_fast
 Address = tuple[str, int]
 PROTOCOLS = ("rdmamsg", "rsocket")
 _RECV_FLAGS = _socket.MSG_PEEK | _socket.MSG_WAITALL | _socket.MSG_DONTWAIT
+# (No signal is ever raised, and nothing is held back for more: both hold already.)
+_SEND_FLAGS = _socket.MSG_DONTWAIT | _socket.MSG_NOSIGNAL | _socket.MSG_MORE
 CHUNK = 4 << 20          #: the largest message a blocking send makes (zero-copy above 64 KiB)
 _ACCEPTED_OPTS = {
     (_socket.SOL_SOCKET, _socket.SO_TYPE): _socket.SOCK_STREAM,
@@ -163,20 +165,25 @@ class RdmaSocket:
     # -- sending -------------------------------------------------------------------
 
     def send(self, data, flags: int = 0) -> int:
-        """Send some of ``data``; the number of bytes sent."""
+        """Send some of ``data``; the number of bytes sent.  ``flags``:
+        MSG_DONTWAIT (this call does not wait), MSG_NOSIGNAL, MSG_MORE."""
         ep = self._connected()
         if self._shut_wr:
             raise BrokenPipeError(errno.EPIPE, "the socket was shut down for writing")
+        if flags & ~_SEND_FLAGS:
+            raise OSError(errno.EOPNOTSUPP, f"send flags {flags & ~_SEND_FLAGS:#x} are not "
+                          "supported (MSG_DONTWAIT, MSG_NOSIGNAL and MSG_MORE are)")
+        timeout = 0.0 if flags & _socket.MSG_DONTWAIT else self._timeout
         mv = memoryview(data).cast("B")
         if not mv.nbytes:
             return 0
         # With a timeout, one fragment at a time: a message either goes whole or not.
-        piece = mv[:CHUNK if self._timeout is None else ep.fragment]
+        piece = mv[:CHUNK if timeout is None else ep.fragment]
         if not self._selectable:
-            return self._send_piece(ep, piece)
+            return self._send_piece(ep, piece, timeout)
         before = ep.progress_count()
         try:
-            n = self._send_piece(ep, piece)
+            n = self._send_piece(ep, piece, timeout)
         except BlockingIOError:
             self._send_mark = ep.progress_count()
             self._rearm_after_send()
@@ -186,20 +193,20 @@ class RdmaSocket:
             self._rearm_after_send()
         return n
 
-    def _send_piece(self, ep: Endpoint, piece: memoryview) -> int:
+    def _send_piece(self, ep: Endpoint, piece: memoryview, timeout: float | None) -> int:
         """Bytes sent: a message goes whole; an rsocket stream may take part."""
         try:
-            n = ep.send(piece, self._timeout)
+            n = ep.send(piece, timeout)
             return piece.nbytes if n is None else n
         except TimeoutError:
-            if self._timeout == 0:
+            if timeout == 0:
                 raise BlockingIOError(errno.EAGAIN, "the peer is not taking data now") from None
             raise
 
     def sendall(self, data, flags: int = 0) -> None:
         mv = memoryview(data).cast("B")
         while mv.nbytes:
-            mv = mv[self.send(mv):]
+            mv = mv[self.send(mv, flags):]
 
     def sendmsg(self, buffers: Iterable, ancdata=(), flags: int = 0, address=None) -> int:
         """Send the buffers in order; the bytes sent (all of them unless a timeout
@@ -208,12 +215,12 @@ class RdmaSocket:
             raise OSError(errno.EOPNOTSUPP, "RdmaSocket has no ancillary data")
         views = [memoryview(b).cast("B") for b in buffers]
         if sum(v.nbytes for v in views) <= self._connected().fragment:
-            return self.send(b"".join(views))     # one message, not many small ones
+            return self.send(b"".join(views), flags)     # one message, not many small ones
         sent = 0
         for v in views:
             while v.nbytes:
                 try:
-                    n = self.send(v)
+                    n = self.send(v, flags)
                 except (BlockingIOError, TimeoutError):
                     if sent:
                         return sent
@@ -229,6 +236,8 @@ class RdmaSocket:
         ``flags``: MSG_PEEK, MSG_WAITALL, MSG_DONTWAIT, as recv_into."""
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
+        if bufsize == 0:
+            return b""                     # at once, as the socket module does
         if flags & _socket.MSG_WAITALL and not flags & _socket.MSG_PEEK:
             buf = bytearray(bufsize)
             return bytes(memoryview(buf)[:self.recv_into(buf, 0, flags)])
@@ -254,6 +263,9 @@ class RdmaSocket:
             raise ValueError("negative buffersize in recv_into")
         want = min(nbytes or dst.nbytes, dst.nbytes)
         timeout = self._call_timeout(flags)
+        if want == 0:
+            self._connected()
+            return 0                       # at once, as the kernel does
         peek = flags & _socket.MSG_PEEK
         with self._rlock:
             got = self._recv_some(dst[:want], timeout, peek)

@@ -101,6 +101,7 @@ class Engine:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._leader = False
+        self._sending = False       # a thread is posting a message (_take_send_turn)
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._ep = select.epoll()
         self._ep.register(cq.fd, select.EPOLLIN)
@@ -441,6 +442,7 @@ class Engine:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._inside = 0
+        self._sending = False
         self._closed = True
         self._inherited_from = os.getppid()
 
@@ -474,28 +476,58 @@ class Engine:
         try:
             with self._lock:
                 self._check_send()
-                self._prune()
-                if self._tail is not None:
-                    self._send_from(*self._tail, continuing=True, deadline=deadline)
-                first = self._seq_next
+                self._take_send_turn(deadline)
+                wait_for = None
                 try:
-                    self._send_from(mv, 0, continuing=False, deadline=deadline,
-                                    zc=None if reg is None else (addr, reg.lkey),
-                                    signal_last=type(data) is not bytes)
+                    self._check_send()
+                    self._prune()
+                    if self._tail is not None:
+                        self._send_from(*self._tail, continuing=True, deadline=deadline)
+                    first = self._seq_next
+                    try:
+                        self._send_from(mv, 0, continuing=False, deadline=deadline,
+                                        zc=None if reg is None else (addr, reg.lkey),
+                                        signal_last=type(data) is not bytes)
+                    finally:
+                        if reg is not None and self._seq_next > first:
+                            # Posted from the caller's memory: keep it registered
+                            # until the last of those sends completes.
+                            self._zc_pending.append((self._seq_next - 1, reg))
+                            self._stats["zerocopy_sends"] += 1
+                            reg = None
+                            if type(data) is not bytes:
+                                wait_for = self._seq_next - 1
                 finally:
-                    if reg is not None and self._seq_next > first:
-                        # Posted from the caller's memory: keep it registered
-                        # until the last of those sends completes.
-                        self._zc_pending.append((self._seq_next - 1, reg))
-                        self._stats["zerocopy_sends"] += 1
-                        reg = None
-                        if type(data) is not bytes:
-                            self._wait_sent(self._seq_next - 1)
+                    self._give_send_turn()
+                    if wait_for is not None:
+                        self._wait_sent(wait_for)
                 self._stats["messages_sent"] += 1
                 self._stats["bytes_sent"] += n
         finally:
             if reg is not None:
                 self._regcache.release(reg)
+
+    def _take_send_turn(self, deadline: float | None) -> None:
+        """Become the thread that posts.  A message's fragments go out
+        together: while one thread waits for room part-way through a message
+        (the lock let go), another's message waits too."""
+        while self._sending:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError("send timed out waiting for another thread's message to go")
+            self._inside += 1
+            try:
+                self._cond.wait(left)
+            finally:
+                self._inside -= 1
+            if self._closed:
+                raise self._closed_error()
+        self._sending = True
+
+    def _give_send_turn(self) -> None:
+        self._sending = False
+        if self._inside:
+            self._cond.notify_all()
 
     def _prune(self) -> None:
         while self._zc_pending and self._zc_pending[0][0] < self._seq_done:
@@ -744,6 +776,12 @@ class Engine:
             if self._closed or self._close_sent or self._error or self._peer_gone:
                 return
             try:
+                self._take_send_turn(deadline)
+            except (TimeoutError, OSError):
+                return
+            try:
+                if self._close_sent:
+                    return
                 if self._tail is not None:
                     self._send_from(*self._tail, continuing=True, deadline=deadline)
                 while not (self._sq_room() and (self._credits is None
@@ -761,6 +799,8 @@ class Engine:
                         return
             except (TimeoutError, OSError):
                 return
+            finally:
+                self._give_send_turn()
 
     @property
     def credit_state(self) -> tuple[int, int]:

@@ -23,6 +23,7 @@ import time
 
 from ..errors import RdmaError
 from . import _pyverbs as pv
+from .inherit import keep
 
 import pyverbs.cmid as cmid            # noqa: E402  (after _pyverbs tamed logging)
 
@@ -66,7 +67,7 @@ class EventChannel:
 
     def __init__(self) -> None:
         try:
-            self.channel = cmid.CMEventChannel()
+            self.channel = keep(cmid.CMEventChannel())
         except pv.PyverbsRDMAError as exc:
             raise RdmaError("rdma_create_event_channel", exc.error_code or 0) from exc
         self._ptr = _pointer(self.channel, cmid.CMEventChannel)
@@ -87,7 +88,7 @@ class EventChannel:
     def new_id(self):
         """A CMID in the TCP port space, whose events come here."""
         try:
-            return cmid.CMID(creator=self.channel, port_space=ce.RDMA_PS_TCP)
+            return keep(cmid.CMID(creator=self.channel, port_space=ce.RDMA_PS_TCP))
         except pv.PyverbsRDMAError as exc:
             raise RdmaError("rdma_create_id", exc.error_code or 0) from exc
 

@@ -144,3 +144,33 @@ def test_closing_the_server_fails_every_call_in_flight_with_connection_reset(rep
     finally:
         client.close()
         srv.close()
+
+
+@repeated
+def test_an_async_client_whose_server_closes_fails_every_task_and_lets_go_of_its_fd(repetition):
+    # The loop receives the replies itself (it watches the endpoint's fd):
+    # losing the server must still fail every task, and leave no fd behind.
+    fds = len(os.listdir("/proc/self/fd"))
+    srv = make_server((IP, 0), workers=4).start()
+
+    async def main():
+        async with rdmamsg.rpc.AsyncClient(srv.address, timeout=60) as client:
+            assert await asyncio.gather(*(client.call("add", i, i) for i in range(64))) \
+                == [2 * i for i in range(64)]
+            tasks = [asyncio.ensure_future(client.call("sleep", 1)) for _ in range(32)]
+            await asyncio.sleep(0.3)
+            closing = threading.Thread(target=srv.close)
+            closing.start()
+            got = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+            assert all(isinstance(e, ConnectionResetError) for e in got), got
+            closing.join(10)
+            assert not closing.is_alive(), "Server.close() hangs with calls in flight"
+
+    try:
+        asyncio.run(main())
+    finally:
+        srv.close()
+    deadline = time.monotonic() + 5
+    while len(os.listdir("/proc/self/fd")) > fds and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(os.listdir("/proc/self/fd")) <= fds

@@ -216,6 +216,69 @@ def test_both_directions_at_once_from_many_threads(pair):
         j.result(timeout=300)
 
 
+def test_two_receivers_of_large_messages_each_get_whole_ones(pair):
+    # Two threads receive from one endpoint, one into its own buffer and one
+    # as bytes: a message arriving in fragments into one caller's buffer is
+    # that caller's, and no message is lost, torn or given to both.
+    c, s = pair
+    n, size = 80, 200_000
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def check(data: bytes) -> None:
+        i = int.from_bytes(data[:8], "little")
+        assert len(data) == size and data == counter(i, size), i
+        with lock:
+            got.append(i)
+
+    def into_buffer():
+        buf = bytearray(size)
+        while True:
+            try:
+                k = s.recv_into(buf, timeout=5)
+            except TimeoutError:
+                return
+            check(bytes(buf[:k]))
+
+    def as_bytes():
+        while True:
+            try:
+                check(s.recv(timeout=5))
+            except TimeoutError:
+                return
+
+    jobs = [run_in_thread(into_buffer), run_in_thread(as_bytes)]
+    for i in range(n):
+        c.send(counter(i, size), timeout=30)
+    for j in jobs:
+        j.result(timeout=120)
+    assert sorted(got) == list(range(n))
+
+
+@pytest.mark.parametrize("channel, small", [("send", {"recv_depth": 4}),
+                                            ("write", {"ring_size": 1 << 18, "ring_cells": 64})],
+                         ids=["send", "write"])
+def test_two_senders_never_interleave_their_messages(channel, small):
+    # Room runs short part-way through the messages (few credits, a small
+    # ring), so each sender waits with the engine's lock let go: each
+    # message still arrives whole, and in its sender's order.
+    n, size = 40, 150_000
+    with endpoint_pair(IP, channel=channel, **small) as (c, s):
+        def pump(tag):
+            for i in range(n):
+                c.send(tag + counter(i, size - 1), timeout=60)
+
+        jobs = [run_in_thread(pump, b"a"), run_in_thread(pump, b"b")]
+        seen = {b"a": 0, b"b": 0}
+        for _ in range(2 * n):
+            m = s.recv(timeout=60)
+            tag = m[:1]
+            assert m[1:] == counter(seen[tag], size - 1), (tag, seen[tag])
+            seen[tag] += 1
+        for j in jobs:
+            j.result(timeout=120)
+
+
 @pytest.mark.parametrize("depth", [3, 4, 32])
 def test_four_threads_on_two_endpoints_never_miss_a_wakeup(depth):
     # A sender and a receiver on each side, often out of credits: each wait

@@ -11,7 +11,7 @@ import pytest
 import rdmamsg
 import rdmamsg.rpc
 from rdmamsg.errors import InheritedError
-from support.peers import TESTS_DIR, counter, endpoint_pair, run_in_thread, spawn
+from support.peers import TESTS_DIR, endpoint_pair, run_in_thread, spawn
 from support.rpc_handlers import make_server
 
 IP = os.environ.get("RDMAMSG_SELF", "")
@@ -56,6 +56,53 @@ print("parent ok", flush=True)
 
 def test_a_child_that_closes_drops_and_exits_leaves_the_parent_alone():
     child = spawn(CHILD_EXITS, IP)
+    out, _ = child.communicate(timeout=240)
+    assert child.returncode == 0 and out.strip() == "parent ok"
+
+
+# The same for rsockets (their QP and rdma_cm ids): the child's uses are an
+# InheritedError, its close() and exit destroy nothing of the parent's.
+RS_CHILD_EXITS = """
+import gc, os, socket, sys, threading
+import rdmamsg
+IP = sys.argv[1]
+srv = rdmamsg.create_server((IP, 0), protocol="rsocket")
+srv.settimeout(60)
+box = []
+t = threading.Thread(target=lambda: box.append(srv.accept()[0]))
+t.start()
+cli = rdmamsg.create_connection(srv.getsockname(), 60, protocol="rsocket")
+t.join(60)
+conn = box.pop()
+cli.sendall(b"x"); assert conn.recv(1) == b"x"
+pid = os.fork()
+if pid == 0:
+    for use in (lambda: cli.sendall(b"child"), lambda: conn.recv(1), srv.accept):
+        try:
+            use()
+            sys.exit(3)
+        except rdmamsg.InheritedError:
+            pass
+    for sock in (cli, conn, srv):
+        sock.close()
+    del cli, conn, srv, sock
+    gc.collect()
+    sys.exit(0)
+_, status = os.waitpid(pid, 0)
+assert status == 0, status
+for i in range(100):
+    cli.sendall(b"%06d" % i); assert conn.recv(6, socket.MSG_WAITALL) == b"%06d" % i
+t = threading.Thread(target=lambda: box.append(srv.accept()[0]))
+t.start()
+again = rdmamsg.create_connection(srv.getsockname(), 60, protocol="rsocket")
+t.join(60)
+again.sendall(b"still listening"); assert box.pop().recv(15, socket.MSG_WAITALL) == b"still listening"
+print("parent ok", flush=True)
+"""
+
+
+def test_a_child_with_inherited_rsockets_leaves_the_parent_alone():
+    child = spawn(RS_CHILD_EXITS, IP)
     out, _ = child.communicate(timeout=240)
     assert child.returncode == 0 and out.strip() == "parent ok"
 

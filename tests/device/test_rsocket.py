@@ -21,7 +21,7 @@ from rdmamsg.protocol import rsocket as rs
 from support.peers import run_in_thread
 from support.rsocket_peers import (PRELOAD, Rogue, finish, kernel_refused, ours, results,
                                    rogue_connect, run, wait_ready, warm_up_librdmacm)
-from support.streams import check_recv_flags, recv_randomly, send_randomly
+from support.streams import check_recv_flags, check_send_flags, recv_randomly, send_randomly
 
 IP = os.environ.get("RDMAMSG_SELF", "")
 
@@ -80,9 +80,10 @@ def test_both_directions_at_once_on_each_socket():
             tx.result()
 
 
-def test_recv_flags_waitall_peek_dontwait():
+def test_send_and_recv_flags():
     client, server = _pair()
     with client, server:
+        check_send_flags(client, server)
         check_recv_flags(client, server)
 
 

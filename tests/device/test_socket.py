@@ -14,8 +14,8 @@ import pytest
 
 import rdmamsg
 from support.peers import run_in_thread, spawn
-from support.streams import (check_recv_flags, recv_randomly, reply_digest, send_for_digest,
-                             send_randomly)
+from support.streams import (check_recv_flags, check_send_flags, recv_randomly, reply_digest,
+                             send_for_digest, send_randomly)
 
 IP = os.environ.get("RDMAMSG_SELF", "")
 
@@ -117,9 +117,10 @@ def test_the_blocking_fast_paths_keep_stream_semantics():
         assert e.value.errno == errno.EBADF
 
 
-def test_recv_flags_waitall_peek_dontwait():
+def test_send_and_recv_flags():
     cli, conn = socket_pair()
     with cli, conn:
+        check_send_flags(cli, conn)
         check_recv_flags(cli, conn)
 
 

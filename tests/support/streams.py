@@ -64,6 +64,29 @@ def _send_slowly(sock, pieces) -> None:
         sock.sendall(piece)
 
 
+def check_send_flags(tx, rx) -> None:
+    """send's flags, as the socket module has them, on a connected blocking
+    pair (``tx`` writes to ``rx``)."""
+    assert tx.send(b"hint", socket.MSG_NOSIGNAL | socket.MSG_MORE) == 4
+    assert rx.recv(4, socket.MSG_WAITALL) == b"hint"
+    with pytest.raises(OSError) as e:
+        tx.send(b"x", socket.MSG_OOB)
+    assert e.value.errno == errno.EOPNOTSUPP
+    # MSG_DONTWAIT on a blocking socket: once the peer takes no more, this
+    # call raises rather than waits; the socket's own timeout stays.
+    chunk, sent, timeouts = b"z" * 65536, 0, (tx.gettimeout(), rx.gettimeout())
+    with pytest.raises(BlockingIOError):
+        while sent < 256 << 20:
+            sent += tx.send(chunk, socket.MSG_DONTWAIT)
+    assert tx.gettimeout() == timeouts[0]
+    rx.settimeout(30)
+    got = 0
+    while got < sent:
+        got += len(rx.recv(1 << 20))
+    rx.settimeout(timeouts[1])
+    assert got == sent
+
+
 def check_recv_flags(tx, rx) -> None:
     """recv and recv_into's flags, as the socket module has them, on a
     connected blocking pair (``tx`` writes to ``rx``); ends ``tx``'s stream."""
@@ -85,6 +108,8 @@ def check_recv_flags(tx, rx) -> None:
     assert rx.recv(4, socket.MSG_PEEK) == b"peek"
     assert rx.recv_into(buf, 2, socket.MSG_PEEK) == 2 and buf[:2] == b"pe"
     assert rx.recv(4) == b"peek"
+    # A zero-length receive returns at once, with nothing there to read.
+    assert rx.recv(0) == b"" and rx.recv_into(memoryview(buf)[:0]) == 0
     # MSG_DONTWAIT on a blocking socket: this call only.
     with pytest.raises(BlockingIOError):
         rx.recv(4, socket.MSG_DONTWAIT)

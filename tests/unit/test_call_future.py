@@ -260,7 +260,24 @@ def test_asyncio_twins_complete_on_their_loop(comp, hooks):
         futs[4].cancel()                                 # from this side: the twin too
         with pytest.raises(asyncio.CancelledError):
             await twins[4]
-        assert len(writes) == 5       # one per set_*/cancel here (a reader's batch: one in all)
+        # One per set_result in the other thread (a reader's batch: one in
+        # all); those made on the loop's own thread settle their twins at once.
+        assert len(writes) == 3
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("receives", [True, False])
+def test_a_loop_that_receives_itself_is_not_watched_for(comp, hooks, receives):
+    asked = []
+    comp.on_loop_watch = lambda loop: asked.append(loop) or receives
+    fut = rpcfast.make_future(comp, 1)
+
+    async def main():
+        twin = fut.on_loop(asyncio.get_running_loop())
+        assert asked == [asyncio.get_running_loop()]
+        assert hooks.watched == (0 if receives else 1)   # else the reader is asked
+        fut.set_result("ok")                             # on the loop: settled at once
+        assert twin.done() and twin.result() == "ok"
     asyncio.run(main())
 
 
