@@ -633,6 +633,8 @@ cdef class Engine:
                 r = self._assemble(deadline)
             else:
                 r = self._wait(deadline, seen, receiving)
+            if r:
+                await_gil(self._spin_budget(mono()))
         rdmamsg_add(&gil_waiters, -1)
         self.inside -= 1
         if self.closed:
@@ -918,6 +920,7 @@ cdef class Engine:
             rdmamsg_add(&gil_waiters, 1)
             with nogil:
                 r = self._sleep(deadline)
+                await_gil(WOKEN_SPIN)
             rdmamsg_add(&gil_waiters, -1)
             self.inside -= 1
             if self.closed:
@@ -981,6 +984,7 @@ cdef class Engine:
             with nogil:
                 st = self._post_fragments(ptr, n, &off, continuing, zc_lkey, signal_last,
                                           True, deadline)
+                await_gil(self._spin_budget(mono()))
             rdmamsg_add(&gil_waiters, -1)
             self.inside -= 1
         if st == P_BROKEN:

@@ -13,6 +13,21 @@ cdef extern from "pythread.h":
     PyLockStatus PyThread_acquire_lock_timed(PyThread_type_lock lock, PY_TIMEOUT_T us,
                                              int intr_flag) nogil
 
+cdef extern from "gil_peek.h":
+    int *rdmamsg_gil_word()
+    void rdmamsg_await_gil(int *word, double spin_s) nogil
+
+
+cdef int *gil_word = rdmamsg_gil_word()
+cdef double WOKEN_SPIN = 200e-6     # a woken sleeper's spin for the GIL (await_gil)
+
+
+cdef inline void await_gil(double spin) noexcept nogil:
+    """Before taking the GIL back: while another thread holds it, spin up to
+    ``spin`` seconds instead of sleeping in CPython's take_gil, whose wake-up
+    costs more than the holder keeps it (gil_peek.h)."""
+    rdmamsg_await_gil(gil_word, spin)
+
 
 cdef inline double mono() noexcept nogil:
     """time.monotonic(), without a Python call (the same clock)."""
@@ -31,6 +46,7 @@ cdef bint acquire_within(PyThread_type_lock lk, double timeout) except -1:
         us = -1 if timeout < 0 else <PY_TIMEOUT_T>(max(0.0, deadline - mono()) * 1e6)
         with nogil:
             r = PyThread_acquire_lock_timed(lk, us, 1)
+            await_gil(WOKEN_SPIN)
         if r != PY_LOCK_INTR:
             return r == PY_LOCK_ACQUIRED
         PyErr_CheckSignals()                   # raises what a handler raised

@@ -281,6 +281,7 @@ cdef class Completions:
             count_waiter(count, 1)
             with nogil:
                 r = PyThread_acquire_lock_timed(s.lk, us, 1)
+                await_gil(WOKEN_SPIN)
             count_waiter(count, -1)
             self.unlink(&s)
             if r == PY_LOCK_INTR:

@@ -385,6 +385,8 @@ cdef class RsCore:
         rdmamsg_add(&gil_waiters, 1)
         with nogil:
             r = self._wait(deadline, seen)
+            if r:
+                await_gil(self._spin_budget(mono()))
         rdmamsg_add(&gil_waiters, -1)
         self.inside -= 1
         if self.closed:

@@ -1,0 +1,69 @@
+/* Whether some thread holds the GIL, read without taking it.
+ *
+ * A thread whose completion has arrived must take the GIL back.  If another
+ * thread holds it, CPython's take_gil sleeps on a futex, and the wake-up (an
+ * idle vCPU's, under TCG) costs far more than the holder keeps it: a
+ * ping-pong between two threads of one process paid it on every hop.  The
+ * waits spin on this flag, briefly and without the GIL, before taking it.
+ *
+ * CPython declares no API for this, so its internal layout is read, for the
+ * versions whose layout is known here; elsewhere the address is NULL and the
+ * waits take the GIL at once, as before. */
+#ifndef RDMAMSG_GIL_PEEK_H
+#define RDMAMSG_GIL_PEEK_H
+
+#include <Python.h>
+#include <time.h>
+
+#if !defined(PYPY_VERSION) && !defined(Py_GIL_DISABLED) \
+    && PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000
+#  define RDMAMSG_GIL_PEEK 1
+#  ifndef Py_BUILD_CORE
+#    define Py_BUILD_CORE 1
+#    define RDMAMSG_UNDEF_BUILD_CORE 1
+#  endif
+#  if PY_VERSION_HEX < 0x030C0000
+#    include "internal/pycore_runtime.h"
+#  else
+#    include "internal/pycore_interp.h"
+#  endif
+#  ifdef RDMAMSG_UNDEF_BUILD_CORE
+#    undef Py_BUILD_CORE
+#    undef RDMAMSG_UNDEF_BUILD_CORE
+#  endif
+#endif
+
+/* The GIL's "locked" word, or NULL.  Called with the GIL held. */
+static int *rdmamsg_gil_word(void)
+{
+#if defined(RDMAMSG_GIL_PEEK) && PY_VERSION_HEX < 0x030C0000
+    return (int *)&_PyRuntime.ceval.gil.locked;
+#elif defined(RDMAMSG_GIL_PEEK)
+    PyInterpreterState *interp = PyInterpreterState_Get();
+    return interp->ceval.gil ? (int *)&interp->ceval.gil->locked : NULL;
+#else
+    return NULL;
+#endif
+}
+
+/* Spin up to spin_s seconds while another thread holds the GIL (word: from
+ * rdmamsg_gil_word).  Called without the GIL, before taking it back. */
+static inline void rdmamsg_await_gil(int *word, double spin_s)
+{
+    struct timespec ts;
+    double end;
+    if (word == NULL || spin_s <= 0 || !__atomic_load_n(word, __ATOMIC_RELAXED))
+        return;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    end = ts.tv_sec + ts.tv_nsec * 1e-9 + spin_s;
+    do {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#elif defined(__aarch64__)
+        __asm__ __volatile__("yield");
+#endif
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+    } while (__atomic_load_n(word, __ATOMIC_RELAXED) && ts.tv_sec + ts.tv_nsec * 1e-9 < end);
+}
+
+#endif
