@@ -180,6 +180,9 @@ cdef extern from "<unistd.h>" nogil:
     ssize_t write(int fd, const void *buf, size_t n)
     int close(int fd)
     int usleep(unsigned int usec)
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
     int getppid()
 
 

@@ -659,6 +659,7 @@ cdef class Engine:
             if receiving and rdmamsg_load(&self.intr):
                 return 1
             pthread_mutex_unlock(&self.mu)     # let another thread in between spins
+            sched_yield()                      # and another process, on a full CPU
             pthread_mutex_lock(&self.mu)
             # Only here can another thread have run: its progress may be ours.
             if self.changes != seen:

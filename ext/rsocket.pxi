@@ -412,6 +412,7 @@ cdef class RsCore:
             if mono() >= spin_end:
                 break
             pthread_mutex_unlock(&self.mu)     # let another thread in between spins
+            sched_yield()                      # and another process, on a full CPU
             pthread_mutex_lock(&self.mu)
             if self.changes != seen:
                 return 1
