@@ -16,7 +16,7 @@
 #include <time.h>
 
 #if !defined(PYPY_VERSION) && !defined(Py_GIL_DISABLED) \
-    && PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000
+    && PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030F0000
 #  define RDMAMSG_GIL_PEEK 1
 #  ifndef Py_BUILD_CORE
 #    define Py_BUILD_CORE 1

@@ -20,6 +20,7 @@ cdef extern from "gil_peek.h":
 
 cdef int *gil_word = rdmamsg_gil_word()
 cdef double WOKEN_SPIN = 200e-6     # a woken sleeper's spin for the GIL (await_gil)
+GIL_PEEK = gil_word != NULL         # whether await_gil can see the GIL (else it never spins)
 
 
 cdef inline void await_gil(double spin) noexcept nogil:

@@ -82,3 +82,15 @@ def test_a_condition_over_it_waits_and_notifies(Lock):
         assert cond.wait_for(lambda: ready, timeout=5)
     with pytest.raises(RuntimeError):
         cond.notify()                    # not held
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_the_waits_can_see_the_gil_on_every_cpython_whose_layout_is_known(name):
+    # Without it, a thread woken while another holds the GIL sleeps in
+    # take_gil again (gil_peek.h): correct, but a hand-off costs 100s of us.
+    import sys
+    import sysconfig
+    module = pytest.importorskip(name)
+    known = (3, 11) <= sys.version_info[:2] <= (3, 14)
+    free_threaded = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+    assert module.GIL_PEEK is (known and not free_threaded)
