@@ -180,10 +180,10 @@ cdef extern from "<unistd.h>" nogil:
     ssize_t write(int fd, const void *buf, size_t n)
     int close(int fd)
     int usleep(unsigned int usec)
+    int getppid()
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
-    int getppid()
 
 
 cdef extern from "<time.h>" nogil:
