@@ -13,7 +13,6 @@
 #define RDMAMSG_GIL_PEEK_H
 
 #include <Python.h>
-#include <time.h>
 
 #if !defined(PYPY_VERSION) && !defined(Py_GIL_DISABLED) \
     && PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030F0000
@@ -46,24 +45,19 @@ static int *rdmamsg_gil_word(void)
 #endif
 }
 
-/* Spin up to spin_s seconds while another thread holds the GIL (word: from
- * rdmamsg_gil_word).  Called without the GIL, before taking it back. */
-static inline void rdmamsg_await_gil(int *word, double spin_s)
+/* Whether the GIL is held now (word: from rdmamsg_gil_word, not NULL). */
+static inline int rdmamsg_gil_held(int *word)
 {
-    struct timespec ts;
-    double end;
-    if (word == NULL || spin_s <= 0 || !__atomic_load_n(word, __ATOMIC_RELAXED))
-        return;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    end = ts.tv_sec + ts.tv_nsec * 1e-9 + spin_s;
-    do {
+    return __atomic_load_n(word, __ATOMIC_RELAXED);
+}
+
+static inline void rdmamsg_pause(void)
+{
 #if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
+    __builtin_ia32_pause();
 #elif defined(__aarch64__)
-        __asm__ __volatile__("yield");
+    __asm__ __volatile__("yield");
 #endif
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-    } while (__atomic_load_n(word, __ATOMIC_RELAXED) && ts.tv_sec + ts.tv_nsec * 1e-9 < end);
 }
 
 #endif

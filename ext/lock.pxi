@@ -15,7 +15,8 @@ cdef extern from "pythread.h":
 
 cdef extern from "gil_peek.h":
     int *rdmamsg_gil_word()
-    void rdmamsg_await_gil(int *word, double spin_s) nogil
+    int rdmamsg_gil_held(int *word) nogil
+    void rdmamsg_pause() nogil
 
 
 cdef int *gil_word = rdmamsg_gil_word()
@@ -23,18 +24,23 @@ cdef double WOKEN_SPIN = 200e-6     # a woken sleeper's spin for the GIL (await_
 GIL_PEEK = gil_word != NULL         # whether await_gil can see the GIL (else it never spins)
 
 
-cdef inline void await_gil(double spin) noexcept nogil:
-    """Before taking the GIL back: while another thread holds it, spin up to
-    ``spin`` seconds instead of sleeping in CPython's take_gil, whose wake-up
-    costs more than the holder keeps it (gil_peek.h)."""
-    rdmamsg_await_gil(gil_word, spin)
-
-
 cdef inline double mono() noexcept nogil:
     """time.monotonic(), without a Python call (the same clock)."""
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline void await_gil(double spin) noexcept nogil:
+    """Before taking the GIL back: while another thread holds it, spin up to
+    ``spin`` seconds instead of sleeping in CPython's take_gil, whose wake-up
+    costs more than the holder keeps it (gil_peek.h)."""
+    cdef double end
+    if gil_word == NULL or spin <= 0 or not rdmamsg_gil_held(gil_word):
+        return
+    end = mono() + spin
+    while rdmamsg_gil_held(gil_word) and mono() < end:
+        rdmamsg_pause()
 
 
 cdef bint acquire_within(PyThread_type_lock lk, double timeout) except -1:

@@ -2,6 +2,8 @@
 reads (_cpoller): the fast paths take it in C, Python code uses it as a
 threading.Lock, also under a Condition."""
 import signal
+import sys
+import sysconfig
 import threading
 import time
 
@@ -88,8 +90,6 @@ def test_a_condition_over_it_waits_and_notifies(Lock):
 def test_the_waits_can_see_the_gil_on_every_cpython_whose_layout_is_known(name):
     # Without it, a thread woken while another holds the GIL sleeps in
     # take_gil again (gil_peek.h): correct, but a hand-off costs 100s of us.
-    import sys
-    import sysconfig
     module = pytest.importorskip(name)
     known = (3, 11) <= sys.version_info[:2] <= (3, 14)
     free_threaded = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
