@@ -179,6 +179,7 @@ cdef class Engine:
     cdef pthread_cond_t cond
     cdef bint mu_ok, leader
     cdef int inside
+    cdef int mu_wanted             # threads blocked taking mu (atomic): spinners let them in
     cdef int intr                  # interrupt() asked a receiver to step aside (atomic)
     cdef uint64_t changes          # completions handled or kicks: a waiter that sees it
                                    # move returns, whichever thread made the change
@@ -362,7 +363,17 @@ cdef class Engine:
     # -- the lock --------------------------------------------------------------
 
     cdef inline void _lock(self) noexcept:
-        lock_mutex(&self.mu)
+        """Take mu (GIL held; see lock_mutex).  A thread that must wait says
+        so (mu_wanted): a thread spinning in _wait then lets it in, and
+        meanwhile it counts as a GIL waiter."""
+        if pthread_mutex_trylock(&self.mu) == 0:
+            return
+        rdmamsg_add(&self.mu_wanted, 1)
+        rdmamsg_add(&gil_waiters, 1)
+        with nogil:
+            pthread_mutex_lock(&self.mu)
+            rdmamsg_add(&self.mu_wanted, -1)
+        rdmamsg_add(&gil_waiters, -1)
 
     cdef inline void _unlock(self) noexcept:
         pthread_mutex_unlock(&self.mu)
@@ -641,6 +652,20 @@ cdef class Engine:
             raise self._closed_error()
         return r
 
+    cdef void _let_in(self, double until) noexcept nogil:
+        """Between spins: let go of mu and of the CPU (another process may
+        want it), then take mu back, after any thread blocked on it has had
+        it (mu_wanted): taking it straight back would send that thread to
+        sleep in the kernel again, a futex wait and wake each time.  Past
+        ``until`` (the spin's end) it takes its turn at mu as anyone does."""
+        pthread_mutex_unlock(&self.mu)
+        sched_yield()
+        while rdmamsg_load(&self.mu_wanted) or pthread_mutex_trylock(&self.mu) != 0:
+            if mono() >= until:
+                pthread_mutex_lock(&self.mu)
+                return
+            sched_yield()
+
     cdef int _wait(self, double deadline, uint64_t seen, bint receiving) noexcept nogil:
         cdef double spin_end = mono()
         spin_end += self._spin_budget(spin_end)
@@ -658,9 +683,7 @@ cdef class Engine:
                 break
             if receiving and rdmamsg_load(&self.intr):
                 return 1
-            pthread_mutex_unlock(&self.mu)     # let another thread in between spins
-            sched_yield()                      # and another process, on a full CPU
-            pthread_mutex_lock(&self.mu)
+            self._let_in(spin_end)
             # Only here can another thread have run: its progress may be ours.
             if self.changes != seen:
                 return 1
