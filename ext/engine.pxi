@@ -819,7 +819,7 @@ cdef class Engine:
         if not self.mu_ok:
             return
         fresh_lock(&self.mu, &self.cond)
-        self.inside = 0
+        self.inside = self.mu_wanted = 0
         self.sending = False
         self.closed = True
         self.inherited_from = getppid()
