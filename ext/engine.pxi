@@ -116,13 +116,23 @@ cdef double _deadline(object timeout) except? -2.0:
     return mono() + timeout
 
 
-cdef inline void lock_mutex(pthread_mutex_t *mu) noexcept:
+cdef inline void lock_mutex(pthread_mutex_t *mu, int *wanted=NULL) noexcept:
     """Take ``mu`` with the GIL held: by trylock, else with the GIL released,
     so that a thread holding ``mu`` and waiting for the GIL cannot deadlock
-    against us."""
-    if pthread_mutex_trylock(mu) != 0:
+    against us.  While blocked it joins ``wanted`` (if given: a spinner then
+    lets it in, Engine._let_in) and, with it, the GIL waiters."""
+    if pthread_mutex_trylock(mu) == 0:
+        return
+    if wanted == NULL:
         with nogil:
             pthread_mutex_lock(mu)
+        return
+    rdmamsg_add(wanted, 1)
+    rdmamsg_add(&gil_waiters, 1)
+    with nogil:
+        pthread_mutex_lock(mu)
+        rdmamsg_add(wanted, -1)
+    rdmamsg_add(&gil_waiters, -1)
 
 
 cdef void fresh_lock(pthread_mutex_t *mu, pthread_cond_t *cond) noexcept nogil:
@@ -363,17 +373,7 @@ cdef class Engine:
     # -- the lock --------------------------------------------------------------
 
     cdef inline void _lock(self) noexcept:
-        """Take mu (GIL held; see lock_mutex).  A thread that must wait says
-        so (mu_wanted): a thread spinning in _wait then lets it in, and
-        meanwhile it counts as a GIL waiter."""
-        if pthread_mutex_trylock(&self.mu) == 0:
-            return
-        rdmamsg_add(&self.mu_wanted, 1)
-        rdmamsg_add(&gil_waiters, 1)
-        with nogil:
-            pthread_mutex_lock(&self.mu)
-            rdmamsg_add(&self.mu_wanted, -1)
-        rdmamsg_add(&gil_waiters, -1)
+        lock_mutex(&self.mu, &self.mu_wanted)
 
     cdef inline void _unlock(self) noexcept:
         pthread_mutex_unlock(&self.mu)
