@@ -7,11 +7,10 @@ and posts sends and receive refills in C.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, uintptr_t
 from cdefs cimport *
+from protocol_core cimport *
 
 include "lock.pxi"
 include "rawptr.pxi"
-include "credits.pxi"
-include "ring.pxi"
 include "engine.pxi"
 include "onesided.pxi"
 include "rsocket.pxi"

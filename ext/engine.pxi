@@ -18,7 +18,7 @@
 #
 # The write channel (ringmode) differs only where data goes and what limits
 # a sender, as in the Python engine: fragments are RDMA writes into the
-# peer's ring (ring.pxi places them), receives carry no buffer and are
+# peer's ring (protocol_core places them), receives carry no buffer and are
 # reposted when polled, and consumed messages free ring cells that CREDIT
 # controls report.  rq_slot then holds the ring entry, rq_val the data's offset.
 
@@ -33,6 +33,7 @@ import collections
 
 from rdmamsg.errors import PeerClosedError, ProtocolError, RdmaError, WorkCompletionError
 from rdmamsg.errors import closed_error, inherited_error
+from rdmamsg.protocol._core import describe as describe_rule
 
 cdef enum:
     WC_BATCH = 32
@@ -46,12 +47,8 @@ cdef enum:            # errors recorded without the GIL, raised with it
     E_POST_RECV
     E_POST_SEND
     E_NO_IMM
-    E_KIND
-    E_CREDITS
-    E_CTRL_PAYLOAD
     E_SLOT
-    E_RING            # a ring write broke the placement rule (err_arg: RING_*)
-    E_RING_FREED      # a report of more ring cells than are in use
+    E_CORE            # the peer broke a wire rule (err_arg: its CORE_E_*, err_a/b: details)
     E_PROTO           # raised with the GIL; the message is in err_msg
 
 cdef enum:            # how posting a message's fragments without the GIL ended
@@ -72,8 +69,9 @@ cdef enum:            # counters, in STAT_KEYS order
     ST_ZEROCOPY
     ST_N
 
-STAT_KEYS = ("messages_sent", "messages_received", "bytes_sent", "bytes_received",
-             "credit_updates_sent", "credit_stalls", "sleeps", "inline_sends", "zerocopy_sends")
+from rdmamsg.transport.backend import STAT_KEYS
+if len(STAT_KEYS) != ST_N:
+    raise ImportError(f"engine.pxi counts {ST_N} stats; backend.STAT_KEYS names {len(STAT_KEYS)}")
 
 cdef uint64_t RECV_TAG = (<uint64_t>1) << 63
 cdef double EOF_GRACE = 0.2
@@ -84,20 +82,6 @@ cdef double ACTIVE_WINDOW = 5e-3 # a completion this recent: the connection is b
 cdef enum:
     CLOCK_EVERY = 64           # polls between clock reads while spinning: a clock
                                # read can cost more than a poll (HPET, VMs)
-
-
-cdef inline void put_u64le(char *p, uint64_t v) noexcept nogil:
-    cdef int i
-    for i in range(8):
-        p[i] = <char>((v >> (8 * i)) & 0xff)
-
-
-cdef inline uint64_t get_u64le(const char *p) noexcept nogil:
-    cdef uint64_t v = 0
-    cdef int i
-    for i in range(8):
-        v |= (<uint64_t>(<uint8_t>p[i])) << (8 * i)
-    return v
 
 
 cdef int _get_buffer(object obj, Py_buffer *view, int flags) except -1:
@@ -207,8 +191,8 @@ cdef class Engine:
     cdef object held               # a whole message taken but not delivered
     cdef object asm_obj            # the bytes a multi-fragment message is built in
     cdef char *asm_ptr
-    cdef size_t asm_total, asm_off
-    cdef bint asm_active, asm_user
+    cdef reasm_t asm               # its length and progress (protocol_core)
+    cdef bint asm_user
     cdef unsigned long asm_owner   # asm_user: the thread whose buffer it is
     # send side
     cdef int nsend
@@ -242,6 +226,7 @@ cdef class Engine:
     cdef object __weakref__        # verbs.inherit keeps engines in a WeakSet
     cdef double eof_at, spin_s, last_active
     cdef int err, err_arg, wc_status, wc_vendor
+    cdef uint64_t err_a, err_b     # E_CORE: the broken rule's details
     cdef bint wc_recv
     cdef object err_msg
     cdef int unacked
@@ -280,18 +265,21 @@ cdef class Engine:
         self.zc_pending = collections.deque()
         self.spin_s = config.spin_us / 1e6
         self.signal_every = max(1, min(self.nsend, self.sq_depth) // 4)
-        threshold = config.credit_threshold or default_threshold(config.peer_depth)
-        cw_init(&self.cw, config.peer_depth, threshold)
+        cw_init(&self.cw, config.peer_depth,
+                config.credit_threshold or cw_default_threshold(config.peer_depth))
         if self.nrecv < 1 or self.nsend < 1:
             raise ValueError("the engine needs receive and send buffers")
+        reasm_init(&self.asm, self.recv_max, self.rrx.max_cells * self.rrx.cell if self.ringmode
+                   else max(b.size for b in recv_bufs))
         if self.fragment > min(b.size for b in send_bufs) or self.fragment <= FIRST_HDR:
             raise ValueError(f"fragment of {self.fragment} bytes does not fit the send buffers")
         self._alloc()
         cdef int i
         if self.ringmode:
             pr = config.peer_ring
-            ring_init(&self.rtx, &self.rrx, pr.cells, pr.cell, config.ring_cells,
-                      config.ring.size // config.ring_cells)
+            rtx_init(&self.rtx, pr.cells, pr.cell)
+            if rrx_init(&self.rrx, config.ring_cells, config.ring.size // config.ring_cells):
+                raise MemoryError("ring arrays")
             self.rtx.addr, self.rtx.rkey = pr.addr, pr.rkey
             for i in range(self.nrecv):        # data arrives by RDMA write: no buffer
                 self.rwr[i].wr_id = RECV_TAG | <uint64_t>i
@@ -362,7 +350,7 @@ cdef class Engine:
         self.raddr = NULL; self.rwr = NULL; self.rsge = NULL
         self.rq_slot = NULL; self.rq_len = NULL; self.rq_kind = NULL; self.rq_val = NULL
         self.saddr = NULL; self.slkey = NULL; self.sfree = NULL; self.sq_slot = NULL
-        ring_free(&self.rrx)
+        rrx_free(&self.rrx)
 
     def __dealloc__(self):
         self._free_arrays()
@@ -477,6 +465,11 @@ cdef class Engine:
             self.err = code
             self.err_arg = arg
 
+    cdef void _broke(self, int rule, uint64_t a, uint64_t b) noexcept nogil:
+        """The peer broke wire rule ``rule`` (a CORE_E_* code)."""
+        if self.err == E_NONE:
+            self.err, self.err_arg, self.err_a, self.err_b = E_CORE, rule, a, b
+
     cdef int _progress(self) noexcept nogil:
         """Poll one batch and act on it: how many completions (an error counts)."""
         self._flush()
@@ -496,13 +489,13 @@ cdef class Engine:
         return n
 
     cdef void _handle(self, ibv_wc *wc) noexcept nogil:
-        cdef uint32_t imm
-        cdef int kind, credits, slot
+        cdef uint32_t value
+        cdef int kind, slot, rc
         if wc.status != IBV_WC_SUCCESS:
             if not (wc.wr_id & RECV_TAG):
                 self._sent_through(wc.wr_id)
-            if self.err == E_NONE or (self.err == E_WC and self.wc_status == IBV_WC_WR_FLUSH_ERR
-                                      and wc.status != IBV_WC_WR_FLUSH_ERR):
+            if wc_error_wins(WC_NONE if self.err == E_NONE else
+                             self.wc_status if self.err == E_WC else WC_OTHER, wc.status):
                 self.err = E_WC
                 self.wc_status = wc.status
                 self.wc_vendor = wc.vendor_err
@@ -521,19 +514,15 @@ cdef class Engine:
         if self.ringmode:
             self._handle_ring(wc, slot)
             return
-        imm = ntohl(wc.imm_data)
-        kind = imm & KIND_MASK
-        credits = imm >> KIND_BITS
-        if kind > K_FIRST_LONG:
-            self._set_err(E_KIND, kind)
-            return
-        if kind != K_FIRST and cw_returned(&self.cw, credits) < 0:
-            self._set_err(E_CREDITS, credits)
+        rc = imm_unpack(ntohl(wc.imm_data), &kind, &value)
+        if rc == CORE_OK and kind != K_FIRST:
+            rc = cw_returned(&self.cw, value)
+        if rc == CORE_OK and (kind == K_CREDIT or kind == K_CLOSE):
+            rc = control_check(kind, wc.byte_len)
+        if rc != CORE_OK:
+            self._broke(rc, kind if rc != CORE_E_CREDITS else value, wc.byte_len)
             return
         if kind == K_CREDIT or kind == K_CLOSE:
-            if wc.byte_len:
-                self._set_err(E_CTRL_PAYLOAD, kind)
-                return
             if kind == K_CLOSE:
                 self.peer_closed = True
             self._repost(slot)
@@ -542,7 +531,7 @@ cdef class Engine:
         self.rq_slot[at] = slot
         self.rq_len[at] = wc.byte_len
         self.rq_kind[at] = <uint8_t>kind
-        self.rq_val[at] = credits
+        self.rq_val[at] = value
         self.rq_count += 1
         if kind == K_WHOLE or kind == K_LAST:
             self.whole_ready += 1
@@ -550,26 +539,27 @@ cdef class Engine:
     cdef void _handle_ring(self, ibv_wc *wc, int slot) noexcept nogil:
         """A write into our ring, or a control (a zero-length send)."""
         cdef uint32_t imm = ntohl(wc.imm_data)
-        cdef uint32_t entry, offset, value = imm >> KIND_BITS
+        cdef uint32_t entry, offset, ncells, value = imm >> KIND_BITS
         cdef int kind = imm & KIND_MASK, rc, at
+        cdef uint64_t a = 0, b = 0
         if wc.opcode != IBV_WC_RECV_RDMA_WITH_IMM:
-            if (kind != K_CREDIT and kind != K_CLOSE) or wc.byte_len:
-                self._set_err(E_CTRL_PAYLOAD, kind)
-                return
-            if kind == K_CREDIT and rtx_freed(&self.rtx, value) < 0:
-                self._set_err(E_RING_FREED, value)
+            rc = control_check(kind, wc.byte_len)
+            if rc == CORE_OK and kind == K_CREDIT:
+                rc = rtx_freed(&self.rtx, value)
+            if rc != CORE_OK:
+                self._broke(rc, kind if rc == CORE_E_CONTROL else value, wc.byte_len)
                 return
             if kind == K_CLOSE:
                 self.peer_closed = True
             self._repost(slot)
             return
-        if kind != K_WHOLE and kind != K_FIRST_LONG and kind != K_MIDDLE and kind != K_LAST:
-            self._set_err(E_KIND, kind)
-            return
-        offset = value & RING_FIELD_MASK
-        rc = rrx_accept(&self.rrx, offset, value >> RING_FIELD_BITS, wc.byte_len, &entry)
-        if rc != RING_OK:
-            self._set_err(E_RING, rc)
+        rc = ring_unpack(imm, &kind, &offset, &ncells)
+        if rc == CORE_OK:
+            rc = rrx_accept(&self.rrx, offset, ncells, wc.byte_len, &entry, &a, &b)
+        elif rc == CORE_E_KIND:
+            a = kind
+        if rc != CORE_OK:
+            self._broke(rc, a, b)
             return
         self._repost(slot)
         at = (self.rq_head + self.rq_count) % self.nrecv
@@ -758,22 +748,10 @@ cdef class Engine:
             return RdmaError("ibv_post_send", self.err_arg)
         if self.err == E_NO_IMM:
             return ProtocolError("a receive completed without rdmamsg's immediate")
-        if self.err == E_KIND:
-            return ProtocolError(f"unknown fragment kind {self.err_arg}")
-        if self.err == E_CREDITS:
-            return ProtocolError(f"peer returned {self.err_arg} credits, more than it could owe")
-        if self.err == E_CTRL_PAYLOAD:
-            return ProtocolError(f"control fragment (kind {self.err_arg}) with a payload")
         if self.err == E_SLOT:
             return ProtocolError(f"a receive completed for unknown buffer {self.err_arg}")
-        if self.err == E_RING:
-            return ProtocolError(("", "a ring write's length in cells disagrees with its bytes "
-                                  "or exceeds a quarter of the ring",
-                                  "a ring write landed at the wrong cell",
-                                  "the peer wrote into ring cells not yet released")[self.err_arg])
-        if self.err == E_RING_FREED:
-            return ProtocolError(f"peer reports {self.err_arg} ring cells freed, more than are "
-                                 "in use")
+        if self.err == E_CORE:
+            return ProtocolError(describe_rule(self.err_arg, self.err_a, self.err_b))
         return ProtocolError(self.err_msg)
 
     cdef int _proto(self, str msg) except -1:
@@ -838,7 +816,7 @@ cdef class Engine:
         if self.err != E_NONE:
             raise self._error()
         if self.peer_closed and self.rq_count == 0:
-            if self.asm_active:
+            if self.asm.active:
                 self._proto("the peer closed in the middle of a message")
             raise PeerClosedError("the peer closed the connection; every message it sent "
                                   "has been received")
@@ -1031,23 +1009,15 @@ cdef class Engine:
         """_send_buf's loop, from byte ``offp[0]`` (advanced as fragments are
         queued): P_POSTED once the last is queued; else why it stopped, where
         P_STALLED (no room, and not ``wait``) leaves nothing half-done."""
-        cdef size_t off = offp[0], dlen, wire, frag = self.zc_fragment if zc_lkey else self.fragment
+        cdef size_t off = offp[0], wire, frag = self.zc_fragment if zc_lkey else self.fragment
+        cdef uint64_t dlen
         cdef uint32_t roff = 0, rcells = 0
         cdef int kind, slot
         cdef bint need_slot, returning
         cdef char *dst
         while True:
-            if not continuing and off == 0:
-                if n <= frag:
-                    kind, dlen = K_WHOLE, n
-                elif n <= MAX_IMM_VALUE and not self.ringmode:
-                    kind, dlen = K_FIRST, frag
-                else:
-                    kind, dlen = K_FIRST_LONG, self.fragment - FIRST_HDR
-            elif n - off > frag:
-                kind, dlen = K_MIDDLE, frag
-            else:
-                kind, dlen = K_LAST, n - off
+            kind = frag_next(n, off, not continuing and off == 0, frag, self.fragment,
+                             self.ringmode, &dlen)
             returning = kind != K_FIRST
             # A slot to copy into, unless the data goes inline or zero-copy
             # (FIRST_LONG's header always needs one).
@@ -1112,36 +1082,23 @@ cdef class Engine:
         self.rq_count -= 1
         self._consumed(slot)
 
-    cdef size_t _first_total(self, int kind, const char *src, uint32_t ln,
-                             uint32_t val) except? 0:
-        """The length of the message a FIRST/FIRST_LONG fragment starts, checked."""
-        cdef uint64_t total
-        cdef uint32_t data = ln
-        if kind == K_FIRST:
-            total = val
-        elif kind == K_FIRST_LONG:
-            if ln < FIRST_HDR:
-                self._proto(f"FIRST_LONG fragment of {ln} bytes has no length header")
-            total = get_u64le(src)
-            data = ln - FIRST_HDR
-        else:
-            self._proto(f"fragment kind {kind} cannot start a message")
-        if total > self.recv_max:
-            self._proto(f"peer announced a {total}-byte message; the limit is {self.recv_max}")
-        if total <= data:
-            self._proto(f"a first fragment announces {total} bytes but carries {data}")
-        return total
+    cdef int _rule(self, int rule, uint64_t a, uint64_t b) except -1:
+        """Raise (and drop the connection) if the peer broke ``rule``."""
+        if rule != CORE_OK:
+            self._broke(rule, a, b)
+            raise self._error()
+        return 0
 
     cdef object _take(self, char *user, size_t cap):
         """The next whole message: bytes (user NULL) or its length copied into
         ``user``; None while none is complete.  Mutex and GIL held."""
-        cdef int slot, kind
+        cdef int slot, kind, rc
         cdef uint32_t ln, skip
-        cdef size_t total
+        cdef uint64_t total, at, a = 0, b = 0
         cdef char *src
-        if self.asm_active and not self._assembler():
+        if self.asm.active and not self._assembler():
             return None        # arriving into another receiver's buffer: theirs
-        if self.held is not None and not self.asm_active:
+        if self.held is not None and not self.asm.active:
             msg = self.held
             if user != NULL:
                 if <size_t>len(msg) > cap:
@@ -1156,7 +1113,10 @@ cdef class Engine:
             ln = self.rq_len[self.rq_head]
             kind = self.rq_kind[self.rq_head]
             src = self._src(self.rq_head)
-            if not self.asm_active:
+            if not self.asm.active:
+                rc = reasm_length(&self.asm, kind, ln, self.rq_val[self.rq_head], src, &total,
+                                  &a, &b)
+                self._rule(rc, a, b)
                 if kind == K_WHOLE:
                     if user != NULL and ln > cap:
                         raise ValueError(f"the next message has {ln} bytes; the buffer holds {cap}")
@@ -1168,7 +1128,6 @@ cdef class Engine:
                     self._pop()
                     self._delivered(ln)
                     return msg
-                total = self._first_total(kind, src, ln, self.rq_val[self.rq_head])
                 skip = FIRST_HDR if kind == K_FIRST_LONG else 0
                 if user != NULL and total > cap:
                     raise ValueError(f"the next message has {total} bytes; the buffer holds {cap}")
@@ -1179,22 +1138,16 @@ cdef class Engine:
                     self.asm_obj = PyBytes_FromStringAndSize(NULL, total)
                     self.asm_ptr, self.asm_user = PyBytes_AS_STRING(self.asm_obj), False
                 memcpy(self.asm_ptr, src + skip, ln - skip)
-                self.asm_off, self.asm_total, self.asm_active = ln - skip, total, True
+                reasm_begin(&self.asm, kind, total, ln)
                 self._pop()
                 continue
-            if kind != K_MIDDLE and kind != K_LAST:
-                self._proto(f"fragment kind {kind} inside an unfinished message")
-            if self.asm_off + ln > self.asm_total:
-                self._proto(f"fragments overrun the announced {self.asm_total}-byte message")
-            memcpy(self.asm_ptr + self.asm_off, src, ln)
-            self.asm_off += ln
+            rc = reasm_next(&self.asm, kind, ln, &at, &a, &b)
+            self._rule(rc, a, b)
+            memcpy(self.asm_ptr + at, src, ln)
             self._pop()
-            if kind == K_MIDDLE:
+            if self.asm.active:
                 continue
-            if self.asm_off != self.asm_total:
-                self._proto(f"message ended at {self.asm_off} of {self.asm_total} bytes")
-            self.asm_active = False
-            total = self.asm_total
+            total = self.asm.total
             self._delivered(total)
             if self.asm_user:
                 self._free_for_others()
@@ -1216,15 +1169,17 @@ cdef class Engine:
         for them as needed: 1 once _take has work (the last fragment,
         anything unexpected, an error, a close or an interrupt to report),
         0 once ``deadline`` has passed.  Mutex held, GIL not needed."""
-        cdef uint32_t ln
+        cdef uint64_t at, a, b
+        cdef reasm_t probe
         while True:
             while self.rq_count > 0:
-                ln = self.rq_len[self.rq_head]
-                if (self.rq_kind[self.rq_head] != K_MIDDLE
-                        or self.asm_off + ln > self.asm_total):
+                if self.rq_kind[self.rq_head] != K_MIDDLE:
                     return 1
-                memcpy(self.asm_ptr + self.asm_off, self._src(self.rq_head), ln)
-                self.asm_off += ln
+                probe = self.asm            # a broken rule is _take's to report
+                if reasm_next(&probe, K_MIDDLE, self.rq_len[self.rq_head], &at, &a, &b):
+                    return 1
+                self.asm = probe
+                memcpy(self.asm_ptr + at, self._src(self.rq_head), self.rq_len[self.rq_head])
                 self._pop()
             self._maybe_update()
             self._flush()
@@ -1243,7 +1198,7 @@ cdef class Engine:
         self._check_recv()
         if self._progress():
             return 0
-        if not self._block(deadline, True, self.asm_active and self._assembler()):
+        if not self._block(deadline, True, self.asm.active and self._assembler()):
             raise TimeoutError("no message arrived in time")
         return 0
 
@@ -1262,9 +1217,9 @@ cdef class Engine:
     cdef int _detach_user(self) except -1:
         # A message half-built in a caller's buffer moves into our own bytes
         # before the call returns, since the caller's buffer is theirs again.
-        if self.asm_active and self.asm_user and self._assembler():
-            obj = PyBytes_FromStringAndSize(NULL, self.asm_total)
-            memcpy(PyBytes_AS_STRING(obj), self.asm_ptr, self.asm_off)
+        if self.asm.active and self.asm_user and self._assembler():
+            obj = PyBytes_FromStringAndSize(NULL, self.asm.total)
+            memcpy(PyBytes_AS_STRING(obj), self.asm_ptr, self.asm.off)
             self.asm_obj, self.asm_ptr, self.asm_user = obj, PyBytes_AS_STRING(obj), False
             self._free_for_others()
         return 0
@@ -1327,7 +1282,7 @@ cdef class Engine:
         try:
             self._check_open()
             while True:
-                if (self.held is None and not self.asm_active and self.rq_count > 0
+                if (self.held is None and not self.asm.active and self.rq_count > 0
                         and self.rq_kind[self.rq_head] == K_WHOLE):
                     slot = self.rq_slot[self.rq_head]
                     ln = self.rq_len[self.rq_head]

@@ -8,16 +8,12 @@
 # call returns; the first failed completion is kept until asked for.
 # transport/_pyonesided.py is the pure-pyverbs twin.
 
-from libc.string cimport memcmp, memset
+from libc.string cimport memset
 
 cdef double RMA_SPIN = 2e-3       # busy-poll this long, then poll between short sleeps
 cdef enum:
     RMA_WC_BATCH = 16
     RMA_SIGNAL_EVERY = 16  # writes that do not wait ask for a completion this often
-    DESC_LEN = 32          # a grant descriptor (channel/remote.py _DESC): magic, access,
-    DESC_WRITE = 2         # addr, length, rkey, grant id, little-endian; the access
-    DESC_RW = 3            # values that allow writes
-cdef const char *DESC_MAGIC = b"RMG1"
 
 
 cdef class OneSidedPoster:
@@ -171,19 +167,12 @@ cdef class OneSidedPoster:
         to copy, a failure to report): the caller then takes its general
         path, which says what is wrong."""
         cdef Py_buffer d
-        cdef const unsigned char *p
-        cdef uint64_t raddr, rlen
-        cdef uint32_t rkey
+        cdef grant_t g
         try:
             PyObject_GetBuffer(descriptor, &d, PyBUF_SIMPLE)
         except (TypeError, BufferError):
             return -1
-        p = <const unsigned char *>d.buf
-        ok = (d.len == DESC_LEN and memcmp(p, DESC_MAGIC, 4) == 0
-              and (p[4] == DESC_WRITE or p[4] == DESC_RW))
-        if ok:
-            raddr, rlen = get_u64le(<const char *>p + 8), get_u64le(<const char *>p + 16)
-            rkey = <uint32_t>(get_u64le(<const char *>p + 24) & 0xffffffffu)
+        ok = grant_parse(<const char *>d.buf, d.len, &g) == CORE_OK and g.access & GRANT_WRITE
         PyBuffer_Release(&d)
         if not ok or self.fail_status or self.stage == NULL or offset < 0:
             return -1
@@ -193,9 +182,9 @@ cdef class OneSidedPoster:
             return -1
         try:
             if (d.len == 0 or <size_t>d.len > self.slot_size
-                    or <uint64_t>offset + <uint64_t>d.len > rlen):
+                    or <uint64_t>offset + <uint64_t>d.len > g.length):
                 return -1
-            return self.post_copy(data, raddr + <uint64_t>offset, rkey, timeout)
+            return self.post_copy(data, g.addr + <uint64_t>offset, g.rkey, timeout)
         finally:
             PyBuffer_Release(&d)
 

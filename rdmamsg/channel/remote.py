@@ -23,12 +23,12 @@ from __future__ import annotations
 import functools
 import os
 import random
-import struct
 import threading
 from dataclasses import dataclass
 
 from ..errors import (RdmaError, RemoteAccessError, WorkCompletionError, closed_error,
                       inherited_error)
+from ..protocol._core import pack_grant, parse_grant
 from ..transport.backend import make_one_sided_poster
 from ..verbs import _pyverbs as pv
 from ..verbs.context import DeviceContext
@@ -40,8 +40,6 @@ from ..verbs.region import Region
 from ..verbs.regcache import RegistrationCache, buffer_address, byte_view
 
 e = pv.enums
-_DESC = struct.Struct("<4sBxxxQQII")      # magic, access, addr, length, rkey, grant id
-_MAGIC = b"RMG1"
 ACCESS = {"read": 1, "write": 2, "rw": 3}
 _MR_ACCESS = {1: e.IBV_ACCESS_REMOTE_READ,
               2: e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_WRITE,
@@ -70,11 +68,7 @@ class RemoteBuffer:
 
     @classmethod
     def _from_bytes(cls, raw: bytes) -> "RemoteBuffer":
-        if len(raw) != _DESC.size or raw[:4] != _MAGIC:
-            raise ValueError(f"not an rdmamsg grant descriptor ({len(raw)} bytes)")
-        _, access, addr, length, rkey, gid = _DESC.unpack(raw)
-        if access not in _MR_ACCESS:
-            raise ValueError(f"grant descriptor with unknown access {access}")
+        access, addr, length, rkey, gid = parse_grant(raw)
         return cls(addr, length, rkey, access, gid)
 
     def check(self, need: int, offset: int, length: int) -> None:
@@ -102,7 +96,7 @@ class Grant:
         self._owner, self.id, self._export, self._mr = owner, gid, export, mr
         self.access = access
         self.length = export.nbytes
-        self.descriptor = _DESC.pack(_MAGIC, access, mr.buf, self.length, mr.rkey, gid)
+        self.descriptor = pack_grant(access, mr.buf, self.length, mr.rkey, gid)
 
     @property
     def revoked(self) -> bool:

@@ -33,10 +33,11 @@ import time
 from ..errors import (PeerClosedError, ProtocolError, RdmaError, WorkCompletionError,
                       closed_error, inherited_error)
 from ..protocol import frames, ring
+from ..protocol._core import NUMBERS, check_control, completion_error_wins
 from ..protocol.credits import CreditWindow
 from ..verbs import _pyverbs as pv
 from ..verbs.regcache import buffer_address, byte_view
-from .backend import EngineConfig
+from .backend import STAT_KEYS, EngineConfig
 
 e = pv.enums
 RECV_TAG = 1 << 63
@@ -120,9 +121,8 @@ class Engine:
         self._interrupted = False   # interrupt() asked a receiver to step aside
         self._spin = config.spin_us / 1e6
         self._last_active = 0.0
-        self._stats = dict.fromkeys(("messages_sent", "messages_received", "bytes_sent",
-                                     "bytes_received", "credit_updates_sent", "credit_stalls",
-                                     "sleeps", "inline_sends", "zerocopy_sends"), 0)
+        self._max_inline = min(config.max_inline, qp.max_inline)
+        self._stats = dict.fromkeys(STAT_KEYS, 0)
 
     # -- posting ---------------------------------------------------------------
 
@@ -159,9 +159,10 @@ class Engine:
 
     def _post(self, kind: int, slot: int, length: int, value: int = 0,
               zc: tuple[int, int] | None = None, signal: bool = False,
-              at: tuple[int, int] | None = None) -> None:
+              at: tuple[int, int] | None = None, inline: bool = False) -> None:
         """Post one SEND_WITH_IMM from send buffer ``slot`` (-1: none), or with
-        ``zc`` = (address, lkey) from the caller's registered memory.  ``value``
+        ``zc`` = (address, lkey) from the caller's registered memory (with
+        ``inline``, any memory: the device copies it at once).  ``value``
         is FIRST's length; other kinds carry the credits we owe.  On the write
         channel ``at`` = (offset, cells) makes it a write into the peer's
         ring, and a control's ``value`` is the ring cells it reports."""
@@ -186,9 +187,9 @@ class Engine:
         else:
             addr = lkey = 0
         sge = pv.wr.SGE(addr, length, lkey)
+        flags = (e.IBV_SEND_SIGNALED if signaled else 0) | (e.IBV_SEND_INLINE if inline else 0)
         wr = pv.wr.SendWR(wr_id=self._seq_next, opcode=opcode, num_sge=1,
-                          sg=[sge], imm_data=socket.htonl(imm),
-                          send_flags=e.IBV_SEND_SIGNALED if signaled else 0)
+                          sg=[sge], imm_data=socket.htonl(imm), send_flags=flags)
         if at is not None:
             peer = self._peer_ring
             wr.set_wr_rdma(peer.rkey, peer.addr + at[0] * peer.cell)
@@ -242,8 +243,9 @@ class Engine:
     def _wc_failed(self, wc) -> None:
         if not wc.wr_id & RECV_TAG:
             self._sent_through(wc.wr_id)
-        if self._error is None or (isinstance(self._error, WorkCompletionError)
-                                   and self._error.status == e.IBV_WC_WR_FLUSH_ERR):
+        held = (NUMBERS["WC_NONE"] if self._error is None else self._error.status
+                if isinstance(self._error, WorkCompletionError) else NUMBERS["WC_OTHER"])
+        if completion_error_wins(held, wc.status):
             what = "receive" if wc.wr_id & RECV_TAG else "send"
             self._error = WorkCompletionError(wc.status, what, wc.vendor_err)
 
@@ -260,8 +262,10 @@ class Engine:
         except ProtocolError as exc:
             return self._fail(exc)
         if kind in (frames.CREDIT, frames.CLOSE):
-            if wc.byte_len:
-                return self._fail(ProtocolError(f"{frames.KIND_NAMES[kind]} fragment with a payload"))
+            try:
+                check_control(kind, wc.byte_len)
+            except ProtocolError as exc:
+                return self._fail(exc)
             if kind == frames.CLOSE:
                 self._peer_closed = True
             self._repost(slot)
@@ -278,11 +282,8 @@ class Engine:
                 kind, offset, ncells = ring.unpack_imm(imm)
                 entry, at = self._rx.accept(kind, offset, ncells, wc.byte_len)
             else:
-                kind, value = frames.unpack_imm(imm)
-                if kind not in (frames.CREDIT, frames.CLOSE) or wc.byte_len:
-                    raise ProtocolError(f"a {frames.KIND_NAMES[kind]} fragment of {wc.byte_len} "
-                                        "bytes was sent on the write channel; only empty "
-                                        "controls may be")
+                kind, value = imm & frames.KIND_MASK, imm >> frames.KIND_BITS
+                check_control(kind, wc.byte_len)
                 if kind == frames.CREDIT:
                     self._tx.freed(value)
         except ProtocolError as exc:
@@ -368,11 +369,10 @@ class Engine:
         self._cq.cq.req_notify()
         if self._progress() or (receiving and self._interrupted):
             return True
-        if self._live_eof and not self._peer_gone:
-            if time.monotonic() - self._eof_at > EOF_GRACE:
-                self._peer_gone = True
-                self._cond.notify_all()
-                return True
+        if self._eof_expired():
+            self._peer_gone = True
+            self._cond.notify_all()
+            return True
         timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
         if self._live_eof and not self._peer_gone:
             timeout = EOF_GRACE if timeout < 0 else min(timeout, EOF_GRACE)
@@ -399,6 +399,12 @@ class Engine:
         if events or deadline is None:
             return True
         return time.monotonic() < deadline
+
+    def _eof_expired(self) -> bool:
+        """The liveness socket's EOF came longer ago than its grace with no
+        CLOSE: the peer is gone.  (After a CLOSE, EOF is the orderly end.)"""
+        return (self._live_eof and not self._peer_gone and not self._peer_closed
+                and time.monotonic() - self._eof_at > EOF_GRACE)
 
     def _drain_events(self) -> None:
         while True:
@@ -553,7 +559,10 @@ class Engine:
                                  first_limit=self._cfg.fragment)
         self._tail = None
         for kind, off, length in pieces:
-            need_slot = zc is None or kind == frames.FIRST_LONG
+            inline = kind == frames.WHOLE and n <= self._max_inline
+            # A slot to copy into, unless the data goes inline or zero-copy
+            # (FIRST_LONG's header always needs one).
+            need_slot = not (inline or (zc is not None and kind != frames.FIRST_LONG))
             wire = length + frames.FIRST_HEADER.size * (kind == frames.FIRST_LONG)
             while True:
                 at = self._room(kind, wire, need_slot)
@@ -569,6 +578,11 @@ class Engine:
                     raise TimeoutError("send timed out part-way through a message; the rest is "
                                        "sent ahead of the next message")
             at = at or None
+            if inline:
+                self._post(kind, -1, n, zc=(buffer_address(mv) if n else 0, 0), at=at,
+                           inline=n > 0)
+                self._stats["inline_sends"] += 1
+                continue
             if not need_slot:
                 self._post(kind, -1, length, n, zc=(zc[0] + off, zc[1]),
                            signal=signal_last and kind in (frames.WHOLE, frames.LAST), at=at)
@@ -627,7 +641,8 @@ class Engine:
             raise self._error
         if self._peer_closed and not self._ready:
             if self._reasm.in_progress:
-                raise ProtocolError("the peer closed in the middle of a message")
+                self._fail(ProtocolError("the peer closed in the middle of a message"))
+                raise self._error
             raise PeerClosedError("the peer closed the connection; every message it sent "
                                   "has been received")
         if self._peer_gone:
@@ -718,6 +733,8 @@ class Engine:
             self._cq.cq.req_notify()
             while self._progress():
                 pass
+            if self._eof_expired():
+                self._peer_gone = True
             self._prune()
             if self._whole_ready or self._held is not None:
                 return self._whole_ready + (self._held is not None)

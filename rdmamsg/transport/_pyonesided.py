@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from ..errors import RdmaError
 from ..verbs import _pyverbs as pv
 from ..verbs.regcache import buffer_address
 
@@ -33,7 +34,10 @@ class OneSidedPoster:
         return self._failure
 
     def _reap(self) -> None:
-        n, wcs = self._cq.poll(16)
+        try:
+            n, wcs = self._cq.poll(16)
+        except pv.PyverbsRDMAError as exc:
+            raise RdmaError("ibv_poll_cq", exc.error_code or 0) from exc
         for wc in wcs[:n]:
             if wc.status != e.IBV_WC_SUCCESS and self._failure is None:
                 self._failure = (wc.status, wc.vendor_err)
@@ -75,6 +79,8 @@ class OneSidedPoster:
         wr.set_wr_rdma(rkey, raddr)
         try:
             self._qp.post_send(wr)
+        except pv.PyverbsRDMAError as exc:
+            raise RdmaError("ibv_post_send", exc.error_code or 0) from exc
         finally:
             wr.close()
             sge.close()

@@ -7,16 +7,17 @@ from __future__ import annotations
 import atheris
 
 import _harness
-from rdmamsg.channel.remote import _DESC, _MAGIC, RemoteBuffer
+from rdmamsg.channel.remote import RemoteBuffer
+from rdmamsg.protocol._core import NUMBERS, pack_grant
 
 
 def seeds() -> list[bytes]:
-    return [_DESC.pack(_MAGIC, 3, 1 << 20, 4096, 7, 1)]
+    return [pack_grant(3, 1 << 20, 4096, 7, 1)]
 
 
 def check(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
-    raw = fdp.ConsumeBytes(_DESC.size)
+    raw = fdp.ConsumeBytes(NUMBERS["GRANT_LEN"])
     try:
         rb = RemoteBuffer._from_bytes(raw)
     except ValueError:

@@ -1,5 +1,6 @@
 """Fuzz the send channel's receive side: immediates (kind and credits) and
-fragments into the Reassembler, and credit returns into the CreditWindow.
+fragments into the Reassembler, and credit returns into the CreditWindow
+(the C core both engines run).
 Only ProtocolError may come out; nothing is allocated beyond max_message."""
 from __future__ import annotations
 
@@ -35,8 +36,7 @@ def check(data: bytes) -> None:
                 continue
             payload = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, FRAGMENT + 16))
             out = r.feed(kind, payload, value)
-            if r._buf is not None:
-                assert len(r._buf) <= MAX_MESSAGE
+            assert r.held <= MAX_MESSAGE
             if out is not None:
                 assert len(out) <= MAX_MESSAGE
     except ProtocolError:

@@ -2,15 +2,16 @@
 before anything is allocated, and the ring rules and descriptor checks only
 ever refuse with their documented errors (hypothesis; tests/fuzz runs the
 same decoders under atheris)."""
+import struct
 import tracemalloc
 
 import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from rdmamsg.channel.remote import _DESC, _MAGIC, RemoteBuffer
+from rdmamsg.channel.remote import RemoteBuffer
 from rdmamsg.errors import ProtocolError
-from rdmamsg.protocol import frames, handshake as hs, ring
+from rdmamsg.protocol import _core, frames, handshake as hs, ring
 from rdmamsg.rpc import wire
 
 
@@ -78,10 +79,13 @@ def test_ring_writes_a_peer_claims_are_refused_or_land_inside_free_space(steps):
         assert rx.tail - rx.head <= cells
 
 
-@given(st.binary(min_size=_DESC.size, max_size=_DESC.size), st.integers(1, 2),
+GRANT_LEN = _core.NUMBERS["GRANT_LEN"]
+
+
+@given(st.binary(min_size=GRANT_LEN, max_size=GRANT_LEN), st.integers(1, 2),
        st.integers(-1, 1 << 65), st.integers(-1, 1 << 65))
 def test_a_descriptor_from_a_peer_is_refused_or_bounds_what_it_allows(raw, need, offset, length):
-    raw = _MAGIC + raw[4:] if raw[0] % 2 else raw
+    raw = b"RMG1" + raw[4:] if raw[0] % 2 else raw
     try:
         rb = RemoteBuffer._from_bytes(raw)
     except ValueError:
@@ -91,3 +95,11 @@ def test_a_descriptor_from_a_peer_is_refused_or_bounds_what_it_allows(raw, need,
     except (ValueError, PermissionError):
         return
     assert 0 <= offset and 0 <= length and offset + length <= rb.length and rb.access & need
+
+
+@given(st.integers(1, 3), st.integers(0, (1 << 64) - 1), st.integers(0, (1 << 64) - 1),
+       st.integers(0, (1 << 32) - 1), st.integers(0, (1 << 32) - 1))
+def test_a_descriptor_round_trips_in_its_documented_layout(access, addr, length, rkey, gid):
+    raw = _core.pack_grant(access, addr, length, rkey, gid)
+    assert raw == struct.pack("<4sBxxxQQII", b"RMG1", access, addr, length, rkey, gid)
+    assert _core.parse_grant(raw) == (access, addr, length, rkey, gid)

@@ -1,0 +1,417 @@
+# cython: language_level=3
+"""rdmamsg's wire rules (ext/protocol/protocol_core.pxd) for Python: the same C
+the Cython engine runs, for the pure-pyverbs engine, the unit tests and the
+fuzzers.  rdmamsg/protocol/frames.py, credits.py and ring.py re-export it;
+read the models there."""
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+
+from protocol_core cimport *
+
+from rdmamsg.errors import ProtocolError
+
+WHOLE, FIRST, MIDDLE, LAST, CREDIT, CLOSE, FIRST_LONG = range(7)
+KIND_NAMES = ("WHOLE", "FIRST", "MIDDLE", "LAST", "CREDIT", "CLOSE", "FIRST_LONG")
+NUMBERS = {"GRANT_LEN": GRANT_LEN, "KIND_BITS": KIND_BITS, "MAX_CREDITS": MAX_IMM_VALUE, "FIRST_HEADER": FIRST_HDR,
+           "MIN_DEPTH": MIN_DEPTH, "RING_FIELD_BITS": RING_FIELD_BITS,
+           "RING_RESERVED": RING_RESERVED, "WC_FLUSH": WC_FLUSH, "WC_NONE": WC_NONE,
+           "WC_OTHER": WC_OTHER}
+
+
+def _kind(k) -> str:
+    return KIND_NAMES[k] if 0 <= k < len(KIND_NAMES) else f"kind {k}"
+
+
+def describe(int code, a=0, b=0) -> str:
+    """What a CORE_E_* code, with its arguments, says the peer broke."""
+    if code == CORE_E_KIND:
+        return f"unknown fragment kind {a} (or one that cannot come this way)"
+    if code == CORE_E_CREDITS:
+        return f"peer returned {a} credits, more than it could owe"
+    if code == CORE_E_CONTROL:
+        return (f"a {_kind(a)} fragment of {b} bytes came as a control; only empty CREDIT "
+                "and CLOSE fragments may")
+    if code == CORE_E_RING_CELLS:
+        return (f"a ring write of {b} bytes claims {a} cells; that disagrees with its bytes "
+                "or exceeds a quarter of the ring")
+    if code == CORE_E_RING_OFFSET:
+        return f"a ring write landed at cell {a}; the next free cell is {b}"
+    if code == CORE_E_RING_OVERRUN:
+        return "the peer wrote into ring cells not yet released"
+    if code == CORE_E_RING_FREED:
+        return f"peer reports {a} ring cells freed, more than are in use"
+    if code == CORE_E_NO_LENGTH:
+        return f"FIRST_LONG fragment of {a} bytes has no length"
+    if code == CORE_E_CANNOT_START:
+        return f"a {_kind(a)} fragment cannot start a message"
+    if code == CORE_E_TOO_LONG:
+        return f"peer announced a {a}-byte message; the limit is {b}"
+    if code == CORE_E_CLAIM:
+        return f"a first fragment announces {a} bytes but carries {b}"
+    if code == CORE_E_INSIDE:
+        return f"{_kind(a)} fragment inside an unfinished message"
+    if code == CORE_E_OVERRUN:
+        return f"fragments overrun the announced {a}-byte message"
+    if code == CORE_E_SHORT:
+        return f"message ended at {a} of {b} announced bytes"
+    if code == CORE_E_FRAGMENT:
+        return f"{a}-byte fragment exceeds the {b}-byte buffer"
+    if code == CORE_E_GRANT:
+        return f"not an rdmamsg grant descriptor ({a} bytes)"
+    if code == CORE_E_GRANT_ACCESS:
+        return f"grant descriptor with unknown access {a}"
+    return f"protocol rule {code} broken"
+
+
+cdef int _check(int code, uint64_t a=0, uint64_t b=0) except -1:
+    if code != CORE_OK:
+        raise ProtocolError(describe(code, a, b))
+    return 0
+
+
+def completion_error_wins(int held, int status) -> bool:
+    """Whether a failed completion's ``status`` is the error to report, given
+    the one held (a status, or NUMBERS' WC_NONE or WC_OTHER)."""
+    return wc_error_wins(held, status)
+
+
+# -- immediates ------------------------------------------------------------------
+
+def pack_imm(int kind, int64_t value) -> int:
+    """The immediate (host order) of a send of ``kind``; ``value`` is the
+    credits it returns, or for FIRST the message's length."""
+    if not 0 <= kind <= K_FIRST_LONG:
+        raise ValueError(f"bad fragment kind {kind}")
+    if not 0 <= value <= MAX_IMM_VALUE:
+        raise ValueError(f"{value} does not fit an immediate's {32 - KIND_BITS} bits")
+    return imm_pack(kind, <uint32_t>value)
+
+
+def unpack_imm(uint32_t imm) -> tuple:
+    """(kind, value) of a send's immediate; an unknown kind is a ProtocolError."""
+    cdef int kind
+    cdef uint32_t value
+    cdef int rc = imm_unpack(imm, &kind, &value)     # (before kind is read)
+    _check(rc, kind)
+    return kind, value
+
+
+def check_control(int kind, uint64_t nbytes) -> None:
+    """ProtocolError unless this is an empty CREDIT or CLOSE."""
+    _check(control_check(kind, nbytes), kind, nbytes)
+
+
+def pack_ring_imm(int kind, int64_t offset, int64_t ncells) -> int:
+    """The immediate of a ring write (host order)."""
+    if kind not in (K_WHOLE, K_FIRST_LONG, K_MIDDLE, K_LAST):
+        raise ValueError(f"{_kind(kind)} is not a ring write")
+    if not (0 <= offset <= RING_FIELD_MASK and 1 <= ncells <= RING_FIELD_MASK):
+        raise ValueError(f"offset {offset} / {ncells} cells do not fit the immediate")
+    return ring_imm(kind, <uint32_t>offset, <uint32_t>ncells)
+
+
+def unpack_ring_imm(uint32_t imm) -> tuple:
+    """(kind, offset, ncells) of a ring write; a non-data kind is a ProtocolError."""
+    cdef int kind
+    cdef uint32_t offset, ncells
+    cdef int rc = ring_unpack(imm, &kind, &offset, &ncells)
+    _check(rc, kind)
+    return kind, offset, ncells
+
+
+# -- fragments -------------------------------------------------------------------
+
+def plan(uint64_t length, uint64_t fragment, *, bint long_first=False, first_limit=None):
+    """Split a ``length``-byte message for receive buffers of ``fragment``
+    bytes: yields (kind, data offset, data length)."""
+    if fragment <= FIRST_HDR:
+        raise ValueError(f"fragment size {fragment} too small")
+    cdef uint64_t limit = fragment if first_limit is None else first_limit
+    cdef uint64_t off = 0, dlen
+    cdef int kind
+    while True:
+        kind = frag_next(length, off, off == 0, fragment, limit, long_first, &dlen)
+        yield kind, off, dlen
+        if kind == K_WHOLE or kind == K_LAST:
+            return
+        off += dlen
+
+
+cdef class Reassembler:
+    """Rebuilds messages from fragments, checking everything the peer claims.
+
+    ``feed(kind, payload, value)`` returns a whole message (bytes), or None
+    while one is incomplete.  Sizes are checked before anything is allocated.
+    """
+
+    cdef reasm_t r
+    cdef bytearray buf
+
+    def __init__(self, uint64_t max_message, uint64_t fragment):
+        reasm_init(&self.r, max_message, fragment)
+
+    @property
+    def in_progress(self) -> bool:
+        return self.r.active
+
+    @property
+    def max_message(self) -> int:
+        return self.r.max_message
+
+    @property
+    def held(self) -> int:
+        """Bytes allocated for the message being rebuilt."""
+        return 0 if self.buf is None else len(self.buf)
+
+    def expected_length(self, int kind, payload, uint32_t value=0) -> int:
+        """The length of the message this fragment starts (WHOLE, FIRST or
+        FIRST_LONG); ``value`` is its immediate's (FIRST's length)."""
+        cdef const unsigned char[::1] mv = memoryview(payload).cast("B") if len(payload) \
+            else b"\0"
+        cdef uint64_t total, a = 0, b = 0
+        cdef int rc = reasm_length(&self.r, kind, len(payload), value, <const char *>&mv[0], &total,
+                          &a, &b)
+        _check(rc, a, b)
+        return total
+
+    def feed(self, int kind, payload, uint32_t value=0):
+        """Take one fragment; the whole message once its last is in, else None."""
+        cdef uint64_t total, at, a = 0, b = 0
+        cdef Py_ssize_t n = len(payload)
+        if not self.r.active:
+            total = self.expected_length(kind, payload, value)
+            if kind == K_WHOLE:
+                return bytes(payload)
+            reasm_begin(&self.r, kind, total, n)
+            skip = FIRST_HDR if kind == K_FIRST_LONG else 0
+            self.buf = bytearray(total)
+            self.buf[:n - skip] = memoryview(payload).cast("B")[skip:]
+            return None
+        cdef int rc = reasm_next(&self.r, kind, n, &at, &a, &b)
+        _check(rc, a, b)
+        self.buf[at:at + n] = payload
+        if self.r.active:
+            return None
+        out, self.buf = self.buf, None
+        return bytes(out)
+
+
+# -- credits ---------------------------------------------------------------------
+
+def default_threshold(int peer_depth) -> int:
+    return cw_default_threshold(peer_depth)
+
+
+cdef class CreditWindow:
+    """The send channel's credits (credits.py has the model)."""
+
+    cdef credit_t c
+
+    def __init__(self, int peer_depth, threshold=None):
+        if peer_depth < MIN_DEPTH:
+            raise ValueError(f"the peer must post at least {MIN_DEPTH} receives")
+        cdef int t = cw_default_threshold(peer_depth) if threshold is None else threshold
+        if not 2 <= t <= peer_depth - 1:
+            raise ValueError(f"threshold must be in 2..{peer_depth - 1}")
+        cw_init(&self.c, peer_depth, t)
+
+    @property
+    def credits(self) -> int:
+        return self.c.credits
+
+    @property
+    def unreturned(self) -> int:
+        return self.c.unreturned
+
+    @unreturned.setter
+    def unreturned(self, int n):
+        self.c.unreturned = n
+
+    @property
+    def threshold(self) -> int:
+        return self.c.threshold
+
+    @property
+    def limit(self) -> int:
+        return self.c.limit
+
+    def can_send(self, bint returning=True) -> bool:
+        """Whether a fragment may be sent now; ``returning``: it carries credits."""
+        return cw_can_send(&self.c, returning)
+
+    def update_due(self) -> bool:
+        """Whether a standalone CREDIT fragment should be sent now."""
+        return cw_update_due(&self.c)
+
+    def spend(self, bint returning=True) -> int:
+        """Spend a credit on a fragment; the credits it carries back."""
+        if self.c.credits < 1:
+            raise RuntimeError("no credit to spend")
+        return cw_spend(&self.c, returning)
+
+    def returned(self, int64_t n) -> None:
+        """The peer returned ``n`` credits."""
+        _check(cw_returned(&self.c, n), n)
+
+    def reposted(self, int n=1) -> None:
+        """We reposted ``n`` receive buffers: the peer may use them again."""
+        self.c.unreturned += n
+
+
+# -- the ring --------------------------------------------------------------------
+
+cdef class RingSender:
+    """The sender's view of the peer's ring (ring.py has the model)."""
+
+    cdef ring_tx_t t
+
+    def __init__(self, uint32_t cells, uint32_t cell):
+        from rdmamsg.protocol.ring import check_geometry
+        check_geometry(cells * cell, cells)
+        rtx_init(&self.t, cells, cell)
+
+    @property
+    def cells(self) -> int:
+        return self.t.cells
+
+    @property
+    def cell(self) -> int:
+        return self.t.cell
+
+    @property
+    def max_cells(self) -> int:
+        return self.t.max_cells
+
+    @property
+    def tail(self) -> int:
+        return self.t.tail
+
+    @property
+    def head(self) -> int:
+        return self.t.head
+
+
+    @property
+    def max_bytes(self) -> int:
+        """The longest fragment: ``max_cells`` cells."""
+        return self.t.max_cells * self.t.cell
+
+    @property
+    def free(self) -> int:
+        return self.t.cells - (self.t.tail - self.t.head)
+
+    def cells_for(self, uint64_t nbytes) -> int:
+        return ring_cells_for(self.t.cell, nbytes)
+
+    def place(self, uint64_t nbytes):
+        """(offset, ncells) for a fragment of ``nbytes``, spending its space;
+        None while the ring lacks room."""
+        cdef uint32_t offset, ncells
+        if ring_cells_for(self.t.cell, nbytes) > self.t.max_cells:
+            raise ValueError(f"{nbytes}-byte fragment exceeds the ring's {self.max_bytes}")
+        if not rtx_place(&self.t, nbytes, &offset, &ncells):
+            return None
+        return offset, ncells
+
+    def freed(self, uint64_t ncells) -> None:
+        """The peer reports ``ncells`` more cells released."""
+        _check(rtx_freed(&self.t, ncells), ncells)
+
+
+cdef class RingReceiver:
+    """Our ring: checks each write, frees space in order, says when a report
+    is due (ring.py has the model)."""
+
+    cdef ring_rx_t r
+
+    def __init__(self, uint32_t cells, uint32_t cell):
+        from rdmamsg.protocol.ring import check_geometry
+        check_geometry(cells * cell, cells)
+        if rrx_init(&self.r, cells, cell) < 0:
+            raise MemoryError("ring arrays")
+
+    def __dealloc__(self):
+        rrx_free(&self.r)
+
+    @property
+    def cells(self) -> int:
+        return self.r.cells
+
+    @property
+    def cell(self) -> int:
+        return self.r.cell
+
+    @property
+    def max_cells(self) -> int:
+        return self.r.max_cells
+
+    @property
+    def threshold(self) -> int:
+        return self.r.threshold
+
+    @property
+    def tail(self) -> int:
+        return self.r.tail
+
+    @property
+    def head(self) -> int:
+        return self.r.head
+
+    @property
+    def unreported(self) -> int:
+        return self.r.unreported
+
+
+    @property
+    def max_bytes(self) -> int:
+        return self.r.max_cells * self.r.cell
+
+    def accept(self, int kind, uint32_t offset, uint32_t ncells, uint64_t nbytes) -> tuple:
+        """Check a write the peer made (of a data ``kind``); (entry, byte
+        offset of its data)."""
+        cdef uint32_t entry
+        cdef uint64_t a = 0, b = 0
+        if kind not in (K_WHOLE, K_FIRST_LONG, K_MIDDLE, K_LAST):
+            _check(CORE_E_KIND, kind)
+        cdef int rc = rrx_accept(&self.r, offset, ncells, nbytes, &entry, &a, &b)
+        _check(rc, a, b)
+        return entry, offset * self.r.cell
+
+    def release(self, uint32_t entry) -> None:
+        """The application is done with ``entry``."""
+        if entry >= self.r.cells:
+            raise ValueError(f"no ring entry {entry}")
+        rrx_release(&self.r, entry)
+
+    def report_due(self) -> bool:
+        return self.r.unreported >= self.r.threshold
+
+    def reported(self) -> int:
+        """Cells to report now (all owed); the count is then cleared."""
+        n, self.r.unreported = self.r.unreported, 0
+        return n
+
+
+# -- grant descriptors -----------------------------------------------------------
+
+def pack_grant(int access, uint64_t addr, uint64_t length, uint32_t rkey,
+               uint32_t gid) -> bytes:
+    """The descriptor of a grant (channel/remote.py)."""
+    cdef grant_t g
+    cdef char out[GRANT_LEN]
+    g.access, g.addr, g.length, g.rkey, g.id = access, addr, length, rkey, gid
+    grant_pack(out, &g)
+    return out[:GRANT_LEN]
+
+
+def parse_grant(const unsigned char[::1] raw) -> tuple:
+    """(access, addr, length, rkey, grant id) of a descriptor; ValueError if
+    it is none."""
+    cdef grant_t g
+    cdef int rc = CORE_E_GRANT
+    if raw.shape[0] == GRANT_LEN:
+        rc = grant_parse(<const char *>&raw[0], GRANT_LEN, &g)
+    if rc == CORE_E_GRANT:
+        raise ValueError(describe(rc, raw.shape[0]))
+    if rc != CORE_OK:
+        raise ValueError(describe(rc, g.access))
+    return g.access, g.addr, g.length, g.rkey, g.id
