@@ -10,6 +10,7 @@ from cdefs cimport *
 from protocol_core cimport *
 
 include "lock.pxi"
+include "gate.pxi"
 include "rawptr.pxi"
 include "engine.pxi"
 include "onesided.pxi"

@@ -172,7 +172,7 @@ cdef class Engine:
     cdef pthread_mutex_t mu
     cdef pthread_cond_t cond
     cdef bint mu_ok, leader
-    cdef int inside
+    cdef gate_t gate               # threads waiting inside, for close()
     cdef int mu_wanted             # threads blocked taking mu (atomic): spinners let them in
     cdef int intr                  # interrupt() asked a receiver to step aside (atomic)
     cdef uint64_t changes          # completions handled or kicks: a waiter that sees it
@@ -627,7 +627,7 @@ cdef class Engine:
             if mono() >= end or (receiving and rdmamsg_load(&self.intr)):
                 break
         seen = self.changes
-        self.inside += 1
+        self.gate.inside += 1
         rdmamsg_add(&gil_waiters, 1)
         with nogil:
             if assembling:
@@ -637,7 +637,7 @@ cdef class Engine:
             if r:
                 await_gil(self._spin_budget(mono()))
         rdmamsg_add(&gil_waiters, -1)
-        self.inside -= 1
+        gate_leave(&self.gate, &self.cond, self.closed)
         if self.closed:
             raise self._closed_error()
         return r
@@ -797,7 +797,7 @@ cdef class Engine:
         if not self.mu_ok:
             return
         fresh_lock(&self.mu, &self.cond)
-        self.inside = self.mu_wanted = 0
+        self.gate.inside = self.gate.closing = self.gate.poking = self.mu_wanted = 0
         self.sending = False
         self.closed = True
         self.inherited_from = getppid()
@@ -918,13 +918,13 @@ cdef class Engine:
         message (the mutex let go), another's message waits too."""
         cdef int r
         while self.sending:
-            self.inside += 1
+            self.gate.inside += 1
             rdmamsg_add(&gil_waiters, 1)
             with nogil:
                 r = self._sleep(deadline)
                 await_gil(WOKEN_SPIN)
             rdmamsg_add(&gil_waiters, -1)
-            self.inside -= 1
+            gate_leave(&self.gate, &self.cond, self.closed)
             if self.closed:
                 raise self._closed_error()
             if not r:
@@ -934,7 +934,7 @@ cdef class Engine:
 
     cdef void _give_send_turn(self) noexcept nogil:
         self.sending = False
-        if self.inside > 0:
+        if self.gate.inside > 0:
             pthread_cond_broadcast(&self.cond)
 
     cdef int _sleep(self, double deadline) noexcept nogil:
@@ -981,14 +981,14 @@ cdef class Engine:
         st = self._post_fragments(ptr, n, &off, continuing, zc_lkey, signal_last, False,
                                   deadline)
         if st == P_STALLED:
-            self.inside += 1
+            self.gate.inside += 1
             rdmamsg_add(&gil_waiters, 1)
             with nogil:
                 st = self._post_fragments(ptr, n, &off, continuing, zc_lkey, signal_last,
                                           True, deadline)
                 await_gil(self._spin_budget(mono()))
             rdmamsg_add(&gil_waiters, -1)
-            self.inside -= 1
+            gate_leave(&self.gate, &self.cond, self.closed)
         if st == P_BROKEN:
             self._check_open()
             self._raise_broken()
@@ -1227,7 +1227,7 @@ cdef class Engine:
     cdef inline void _free_for_others(self) noexcept nogil:
         # Fragments other receivers left to a caller's buffer are anyone's
         # now, and no completion will say so: wake them.
-        if self.inside > 0:
+        if self.gate.inside > 0:
             self._kick()
 
     def recv(self, timeout=None):
@@ -1373,11 +1373,10 @@ cdef class Engine:
         or, if none waits, the next one that would: how a thread that wants
         to receive itself asks the one receiving now to step aside.  Takes
         no lock, so a spinning receiver cannot hold it up."""
-        cdef uint64_t one = 1
         if self.closed or not self.mu_ok:
             return
         rdmamsg_store(&self.intr, 1)
-        write(self.wake_fd, &one, 8)       # a receiver asleep in epoll wakes
+        gate_poke(&self.gate, self.wake_fd)     # a receiver asleep in epoll wakes
 
     def signal(self, bint on):
         """Hold fileno() readable (``on``) or stop holding it: data waits above
@@ -1448,19 +1447,14 @@ cdef class Engine:
     def close(self):
         """Stop: wake any waiter, ack CQ events, free our state.  Idempotent."""
         cdef uint64_t one = 1
-        cdef int spins = 0
         if self.closed or not self.mu_ok:
             return
         self._lock()
         self.closed = True
         write(self.wake_fd, &one, 8)
         pthread_cond_broadcast(&self.cond)
-        self._unlock()
         with nogil:
-            while self.inside > 0 and spins < 2000:
-                usleep(1000)
-                spins += 1
-        self._lock()
+            gate_drain(&self.gate, &self.mu, &self.cond)
         try:
             if self.unacked:
                 ibv_ack_cq_events(self.cq, self.unacked)

@@ -83,7 +83,7 @@ cdef class RsCore:
     cdef bint peer_gone            # its QP is gone (rdma_cm said so, or a flush)
     cdef bint closed, cm_ready, mu_ok, leader, aborted
     cdef int inherited_from        # in a child after fork(): the parent's pid
-    cdef int inside
+    cdef gate_t gate
     cdef int err, err_arg, err_arg2, wc_status, wc_vendor
     cdef bint wc_recv
     cdef pthread_mutex_t mu
@@ -381,14 +381,14 @@ cdef class RsCore:
             if mono() >= end:
                 break
         cdef uint64_t seen = self.changes
-        self.inside += 1
+        self.gate.inside += 1
         rdmamsg_add(&gil_waiters, 1)
         with nogil:
             r = self._wait(deadline, seen)
             if r:
                 await_gil(self._spin_budget(mono()))
         rdmamsg_add(&gil_waiters, -1)
-        self.inside -= 1
+        gate_leave(&self.gate, &self.cond, self.closed)
         if self.closed:
             raise self._closed_error()
         if self.cm_ready:
@@ -731,9 +731,8 @@ cdef class RsCore:
         return self.sel_fd
 
     def interrupt(self):
-        cdef uint64_t one = 1
         if not self.closed and self.mu_ok:
-            write(self.wake_fd, &one, 8)
+            gate_poke(&self.gate, self.wake_fd)
 
     def stats(self):
         return {k: self.st[i] for i, k in enumerate(RS_STAT_KEYS)}
@@ -749,7 +748,7 @@ cdef class RsCore:
         if not self.mu_ok:
             return
         fresh_lock(&self.mu, &self.cond)
-        self.inside = 0
+        self.gate.inside = self.gate.closing = self.gate.poking = 0
         self.closed = True
         self.inherited_from = getppid()
 
@@ -763,7 +762,6 @@ cdef class RsCore:
         default) for what we sent to be taken, then stop: wake any waiter,
         ack the CQ events, close our fds.  Idempotent."""
         cdef uint64_t one = 1
-        cdef int spins = 0
         cdef double deadline = mono() + (2.0 if linger is None else linger)
         if self.closed or not self.mu_ok:
             return
@@ -776,14 +774,8 @@ cdef class RsCore:
             self.closed = True
             write(self.wake_fd, &one, 8)
             pthread_cond_broadcast(&self.cond)
-        finally:
-            self._unlock()
-        with nogil:
-            while self.inside > 0 and spins < 2000:
-                usleep(1000)
-                spins += 1
-        self._lock()
-        try:
+            with nogil:
+                gate_drain(&self.gate, &self.mu, &self.cond)
             if self.unacked:
                 ibv_ack_cq_events(self.cq, self.unacked)
                 self.unacked = 0

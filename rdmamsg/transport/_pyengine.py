@@ -101,6 +101,7 @@ class Engine:
         self._inherited_from = 0    # the parent's pid, in a child after fork()
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        self._poke_lock = threading.Lock()   # interrupt() writes no fd close() has closed
         self._leader = False
         self._sending = False       # a thread is posting a message (_take_send_turn)
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -362,7 +363,7 @@ class Engine:
             try:
                 self._cond.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
             finally:
-                self._inside -= 1
+                self._leave()
             if self._closed:
                 raise self._closed_error()
             return deadline is None or time.monotonic() < deadline
@@ -386,7 +387,7 @@ class Engine:
             self._lock.acquire()
             self._leader = False
             self._inside -= 1
-            self._cond.notify_all()
+            self._cond.notify_all()        # (close() too, if it waits for us)
         if self._closed:
             raise self._closed_error()
         for fd, _ in events:
@@ -405,6 +406,13 @@ class Engine:
         CLOSE: the peer is gone.  (After a CLOSE, EOF is the orderly end.)"""
         return (self._live_eof and not self._peer_gone and not self._peer_closed
                 and time.monotonic() - self._eof_at > EOF_GRACE)
+
+    def _leave(self) -> None:
+        """A waiter leaves (lock held); the last one out of a closed engine
+        wakes close()."""
+        self._inside -= 1
+        if self._closed and not self._inside:
+            self._cond.notify_all()
 
     def _drain_events(self) -> None:
         while True:
@@ -447,6 +455,7 @@ class Engine:
         locks are new: a thread that held them does not exist here."""
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        self._poke_lock = threading.Lock()
         self._inside = 0
         self._sending = False
         self._closed = True
@@ -525,7 +534,7 @@ class Engine:
             try:
                 self._cond.wait(left)
             finally:
-                self._inside -= 1
+                self._leave()
             if self._closed:
                 raise self._closed_error()
         self._sending = True
@@ -749,13 +758,11 @@ class Engine:
     def interrupt(self) -> None:
         """Make the receive waiting in another thread raise InterruptedError,
         or, if none waits, the next one that would (see the Cython engine)."""
-        if self._closed:
-            return
-        self._interrupted = True
-        try:
+        with self._poke_lock:
+            if self._closed:
+                return
+            self._interrupted = True
             os.eventfd_write(self._wake, 1)    # a receiver asleep in epoll wakes
-        except OSError:
-            pass                               # closed meanwhile: nobody to wake
 
     def signal(self, on: bool) -> None:
         """Hold fileno() readable (``on``) or stop holding it: data waits above
@@ -837,13 +844,12 @@ class Engine:
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
+            with self._poke_lock:
+                self._closed = True
             os.eventfd_write(self._wake, 1)
             self._cond.notify_all()
-        deadline = time.monotonic() + 2.0
-        while self._inside and time.monotonic() < deadline:
-            time.sleep(0.001)
-        with self._lock:
+            while self._inside:                # each waiter leaves through _leave
+                self._cond.wait()
             for wr in self._recv_wrs:
                 wr.close()
             self._recv_wrs = []
