@@ -16,43 +16,101 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from ..errors import PollerUnavailableError
 from ..verbs.inherit import owner
 
-#: What an engine offers; both backends implement all of it.
-ENGINE_API = (
-    "post_receives",   # () -> None: post every receive buffer
-    "send",            # (data, timeout) -> None: one whole message, fragmented as needed
-    "recv",            # (timeout) -> bytes: the next whole message
-    "recv_into",       # (buffer, timeout) -> int: the next message into a caller's buffer
-    "recv_view",       # (timeout) -> MessageView: the next message lent without a copy
-    "poll",            # () -> int: progress without blocking; whole messages ready
-                       #   (1 once nothing more can arrive: recv then says why)
-    "wait",            # (timeout) -> bool: block until there may be progress
-    "fileno",          # () -> int: readable when there may be progress (for selectors)
-    "pending",         # () -> int: whole messages ready now, without polling
-    "signal",          # (on) -> None: hold fileno() readable, or stop (data waits above us)
-    "interrupt",       # () -> None: the receive waiting in another thread (or the next to
-                       #   wait) raises InterruptedError: a thread taking over receiving
-    "progress_count",  # () -> int: moves whenever completions are handled
-    "shutdown",        # (timeout) -> None: orderly CLOSE, then wait for our sends to complete
-    "close",           # () -> None: stop; the caller then destroys the QP and CQ
-    "stats",           # () -> dict: counters (see STAT_KEYS)
-)
+class Engine(Protocol):
+    """What an engine offers; both backends implement all of it."""
 
-#: What a one-sided poster offers (ext/onesided.pxi, _pyonesided.py); the caller
-#: holds the endpoint's one-sided lock.  Sequence numbers start at 1; 0 means
-#: the queue had no room in time.
-POSTER_API = (
-    "address",         # (obj) -> int: the address of a C-contiguous buffer
-    "set_staging",     # (region, addr, lkey, slot_size) -> None: memory post_copy copies into
-    "post",            # (read, laddr, length, lkey, raddr, rkey, timeout) -> seq
-    "post_copy",       # (obj, raddr, rkey, timeout) -> seq: inline or staged; obj free at return
-    "write_copy",      # (descriptor, data, offset, timeout) -> seq, or -1: take the general path
-    "wait",            # (seq, timeout) -> bool: seq and all before it completed in time
-    "failure",         # () -> (status, vendor error) of the first failed completion, or None
-)
+    name: str
+
+    def post_receives(self) -> None:
+        """Post every receive buffer (before the peer may send)."""
+
+    def send(self, data: Any, timeout: float | None = None) -> None:
+        """One whole message (any C-contiguous buffer), fragmented as needed."""
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        """The next whole message."""
+
+    def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
+        """The next message into a caller's writable buffer; its length."""
+
+    def recv_view(self, timeout: float | None = None) -> Any:
+        """The next message lent without a copy (a MessageView)."""
+
+    def poll(self) -> int:
+        """Progress without blocking; whole messages ready (1 once nothing
+        more can arrive: recv then says why)."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until there may be progress; False on time-out."""
+
+    def fileno(self) -> int:
+        """Readable when there may be progress (for selectors)."""
+
+    def pending(self) -> int:
+        """Whole messages ready now, without polling."""
+
+    def signal(self, on: bool) -> None:
+        """Hold fileno() readable, or stop (data waits above us)."""
+
+    def interrupt(self) -> None:
+        """The receive waiting in another thread (or the next to wait) raises
+        InterruptedError: a thread taking over receiving."""
+
+    def progress_count(self) -> int:
+        """Moves whenever completions are handled."""
+
+    def shutdown(self, timeout: float | None = 2.0) -> None:
+        """Orderly CLOSE, then wait for our sends to complete."""
+
+    def close(self) -> None:
+        """Stop, once no thread is inside; the caller then destroys the QP and CQ."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counters (STAT_KEYS) and the poller's name."""
+
+
+class OneSidedPoster(Protocol):
+    """What a one-sided poster offers (ext/onesided.pxi, _pyonesided.py); the
+    caller holds the endpoint's one-sided lock.  Sequence numbers start at 1;
+    0 means the queue had no room in time."""
+
+    posted: int
+
+    def address(self, obj: Any) -> int:
+        """The address of a C-contiguous buffer."""
+
+    def set_staging(self, region: Any, addr: int, lkey: int, slot_size: int) -> None:
+        """Memory post_copy copies into."""
+
+    def post(self, read: bool, laddr: int, length: int, lkey: int, raddr: int, rkey: int,
+             timeout: float) -> int:
+        """An RDMA READ or WRITE; its sequence number."""
+
+    def post_copy(self, obj: Any, raddr: int, rkey: int, timeout: float) -> int:
+        """A WRITE of ``obj``, inline or staged: ``obj`` is free at return."""
+
+    def write_copy(self, descriptor: Any, data: Any, offset: int, timeout: float) -> int:
+        """post_copy into a grant, or -1: take the general path."""
+
+    def wait(self, seq: int, timeout: float) -> bool:
+        """Whether ``seq`` and all before it completed in time."""
+
+    def failure(self) -> tuple[int, int] | None:
+        """(status, vendor error) of the first failed completion, or None."""
+
+
+def _api(proto: type) -> tuple[str, ...]:
+    return tuple(n for n, v in vars(proto).items() if callable(v) and not n.startswith("_"))
+
+
+#: The methods of each contract (tests/unit/test_layout.py checks both twins).
+ENGINE_API = _api(Engine)
+POSTER_API = _api(OneSidedPoster)
 
 STAT_KEYS = ("messages_sent", "messages_received", "bytes_sent", "bytes_received",
              "credit_updates_sent", "credit_stalls", "sleeps", "inline_sends", "zerocopy_sends")
@@ -85,7 +143,8 @@ def poller_mode() -> str:
     return mode
 
 
-def make_engine(*, cq, qp, recv_bufs, send_bufs, liveness, config: EngineConfig, regcache=None):
+def make_engine(*, cq, qp, recv_bufs, send_bufs, liveness, config: EngineConfig,
+                regcache=None) -> Engine:
     """An engine for a connected QP: the Cython one unless told otherwise or it
     cannot run, in which case the pure-pyverbs one, with the same contract."""
     global _choice
@@ -109,7 +168,7 @@ def make_engine(*, cq, qp, recv_bufs, send_bufs, liveness, config: EngineConfig,
     return owner(PyEngine(cq, qp, recv_bufs, send_bufs, liveness, config, regcache))
 
 
-def make_one_sided_poster(ctx, pd, cq, qp, depth: int, max_inline: int):
+def make_one_sided_poster(ctx, pd, cq, qp, depth: int, max_inline: int) -> OneSidedPoster:
     """The poster of one-sided RDMA operations for this QP: the Cython one
     (ext/onesided.pxi) or its pure-pyverbs twin (_pyonesided.py), by the same
     choice as make_engine's."""
