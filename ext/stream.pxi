@@ -10,7 +10,8 @@
 # lock, so such a call costs no Python frame and no Python lock call.  Each
 # checks the flags the socket keeps current (``send_ok``, ``recv_ok``) and
 # hands every other case to the socket's general path, which says what is
-# wrong with a bad argument.
+# wrong with a bad argument.  The end of the stream it reports through the
+# hook the socket gave it (``on_eof``); it reads nothing else of the socket.
 
 from libc.errno cimport EBADF
 import socket as _socket
@@ -24,18 +25,19 @@ cdef class StreamFast:
     cdef Engine eng                              # one of these two
     cdef RsCore rs
     cdef object sockref                          # weak: the socket holds us
+    cdef object on_eof                           # weak: the socket's end-of-stream hook
     cdef readonly Lock lock                      # the socket's read lock (lock.pxi): ours
     cdef object slow_send, slow_sendall, slow_recv_into   # its class's general paths
     cdef Py_ssize_t chunk
     cdef public bint send_ok, recv_ok
 
-    def __init__(self, engine, sock, Py_ssize_t chunk):
+    def __init__(self, engine, sock, Py_ssize_t chunk, on_eof):
         cls = type(sock)
         if isinstance(engine, RsCore):
             self.rs = engine
         else:
             self.eng = <Engine?>engine
-        self.sockref, self.chunk = weakref.ref(sock), chunk
+        self.sockref, self.chunk, self.on_eof = weakref.ref(sock), chunk, on_eof
         self.lock = Lock()
         self.slow_send, self.slow_sendall = cls.send, cls.sendall
         self.slow_recv_into = cls.recv_into
@@ -46,6 +48,14 @@ cdef class StreamFast:
         if sock is None:
             raise OSError(EBADF, "Bad file descriptor: the socket was collected")
         return sock
+
+    cdef int _eof(self) except -1:
+        """Tell the socket its peer's stream has ended."""
+        hook = self.on_eof()
+        if hook is None:
+            raise OSError(EBADF, "Bad file descriptor: the socket was collected")
+        hook()
+        return 0
 
     cdef Py_ssize_t _send(self, data) except -1:
         """Send ``data`` as one message if the plain case covers it (a
@@ -100,7 +110,7 @@ cdef class StreamFast:
                     return got                  # the error stays for the next call
                 raise
             if n == 0 and got:
-                self._sock()._at_eof()          # the end of stream came after some bytes
+                self._eof()                     # the end of stream came after some bytes
             if n == 0 or not waitall:
                 return got + n
             got += n
@@ -124,7 +134,7 @@ cdef class StreamFast:
                         finally:
                             PyBuffer_Release(&view)
                     if n == 0:
-                        self._sock()._at_eof()
+                        self._eof()
             finally:
                 self.lock.give()
         if n >= 0:

@@ -27,6 +27,7 @@ import socket as _socket
 import struct
 import warnings
 import threading
+import weakref
 from typing import Any, Iterable
 
 from ..channel.bootstrap import Listener, connect
@@ -554,7 +555,8 @@ class RdmaSocket:
 
     def _attach(self, ep: Endpoint) -> None:
         self._ep = ep
-        self._fast = make_stream_fast(ep.engine, self, CHUNK)
+        # The fast path calls back through a weak method: it must not keep us.
+        self._fast = make_stream_fast(ep.engine, self, CHUNK, weakref.WeakMethod(self._at_eof))
         if self._fast is not None:
             self._rlock = self._fast.lock      # the fast path takes it without a Python call
             self.send, self.sendall = self._fast.send, self._fast.sendall

@@ -187,15 +187,16 @@ def make_one_sided_poster(ctx, pd, cq, qp, depth: int, max_inline: int) -> OneSi
     return PyPoster(ctx, pd, cq, qp, depth, max_inline)
 
 
-def make_stream_fast(engine, sock, chunk: int):
+def make_stream_fast(engine, sock, chunk: int, on_eof):
     """The C fast path of a blocking RdmaSocket on ``engine`` (ext/stream.pxi),
     or None on the pure-pyverbs engine, where the socket's own general path
-    serves every call."""
+    serves every call.  ``on_eof()`` returns what to call when the fast path
+    reads the end of the stream (None once the socket is gone)."""
     if getattr(engine, "name", None) != "cython":
         return None
     from ._cpoller import StreamFast
 
-    return StreamFast(engine, sock, chunk)
+    return StreamFast(engine, sock, chunk, on_eof)
 
 
 def poller_in_use() -> str | None:
