@@ -1,5 +1,5 @@
 # rdmamsg's wire rules in C, with no I/O and no verbs: the one copy.  The
-# Cython engine (ext/engine.pxi) cimports them; rdmamsg/protocol/_core wraps
+# Cython engine (ext/transport/engine.pxi) cimports them; rdmamsg/protocol/_core wraps
 # them for the pure-pyverbs engine, the unit tests and the fuzzers.  The
 # models are in the docstrings of rdmamsg/protocol/frames.py, credits.py and
 # ring.py, and channel/remote.py's (grant descriptors).

@@ -9,7 +9,7 @@ how much it sent, as a socket does.
 
 This module owns the connection's verbs objects and its rdma_cm id; the
 data path (posting, completions, waiting, the rules of protocol/rsocket.py)
-is C: ``RsCore`` in the Cython poller (ext/rsocket.pxi), whose head says who
+is C: ``RsCore`` in the Cython poller (ext/transport/rsocket.pxi), whose head says who
 waits for what.  There is no pure-pyverbs twin: rsockets need the Cython
 poller.
 """
@@ -160,7 +160,7 @@ class RsEndpoint:
 
     The calls of the Endpoint contract are RsCore's own (bound here), so a
     socket's call reaches C without a Python frame; ``engine`` is the core,
-    so RdmaSocket's C fast path (ext/stream.pxi) drives it too.
+    so RdmaSocket's C fast path (ext/transport/stream.pxi) drives it too.
     """
 
     poller = "cython"

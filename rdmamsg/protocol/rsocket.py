@@ -18,7 +18,7 @@ SHUTDOWN for one direction, DISCONNECT for both.
 
 ``Sender`` and ``Receiver`` hold one side's state each; the transport posts
 what they decide and feeds them what arrives.  Anything a peer sends outside
-these rules raises ProtocolError.  The rules are C (ext/rsocket_rules.pxd),
+these rules raises ProtocolError.  The rules are C (ext/protocol/rsocket_rules.pxd),
 run by the C endpoint and wrapped for Python here; this module adds the
 connection set-up's private data.
 """

@@ -34,8 +34,8 @@ Who receives, who sleeps, who wakes whom (the progress model):
 - Nothing spins on behalf of a thread that is not waiting: idle
   connections cost no CPU.
 
-With the Cython poller, ext/_rpcfast (``fast_path``) runs this in C: a
-synchronous call, call_async and its future (ext/rpc_future.pxi: a
+With the Cython poller, ext/rpc/_rpcfast (``fast_path``) runs this in C: a
+synchronous call, call_async and its future (ext/rpc/rpc_future.pxi: a
 concurrent.futures.Future made and completed without Python code, whose
 result() receives as above), the receiving loop, which completes the
 replies already there a batch per wake-up (``LinkFast.take_replies``), and
@@ -77,7 +77,7 @@ except ImportError:                 # not built: the general path serves everyth
 
 class _State:
     """A Link's receive turn and keepalive times: the state its fast paths
-    share (ext/_rpcfast's LinkState is this, with C fields)."""
+    share (ext/rpc/_rpcfast's LinkState is this, with C fields)."""
     __slots__ = ("last_rx", "last_tx", "ping_tried", "receiver", "asked", "parked", "over",
                  "watched", "idle", "handling")
 
@@ -89,7 +89,7 @@ class _State:
 
 
 def fast_path(link: "Link", inline_max: int, pending: dict | None = None, slots=None):
-    """The C fast paths for ``link`` (an ext/_rpcfast LinkFast), or None
+    """The C fast paths for ``link`` (an ext/rpc/_rpcfast LinkFast), or None
     with the pure-pyverbs poller (or without the extension).  ``pending``:
     a client's calls awaiting replies (kept in place, never replaced);
     ``slots``: a server pool's handler_slots (the link relays)."""
@@ -100,14 +100,14 @@ def fast_path(link: "Link", inline_max: int, pending: dict | None = None, slots=
 
 def handler_slots(workers: int):
     """A server pool's ``workers`` slots, shared by its pool and its relaying
-    links (an ext/_rpcfast Slots), or None without the extension."""
+    links (an ext/rpc/_rpcfast Slots), or None without the extension."""
     return None if _rpcfast is None else _rpcfast.Slots(workers)
 
 
 class Link:
     """One connection's frames in and out (the module's docstring says how).
 
-    Its fast path (ext/rpc_calls.pxi's LinkFast) uses what is public here:
+    Its fast path (ext/rpc/rpc_calls.pxi's LinkFast) uses what is public here:
     ``ep``, ``state`` (who receives, the keepalive times), ``keepalive``,
     ``reader`` (the thread), ``send_lock``, ``turn_lock`` (with
     ``notify_turn()`` while it is held), ``take_turn()``, ``after_progress()``,

@@ -96,7 +96,7 @@ class RdmaSocket:
         self._rlock = threading.Lock()
         self._opts: dict[tuple[int, int], int] = {}
         # With the Cython poller, send/sendall/recv_into are bound to its C
-        # fast path (ext/stream.pxi), which serves the plain state (see
+        # fast path (ext/transport/stream.pxi), which serves the plain state (see
         # _refresh) and hands everything else to the methods below.
         self._fast = None
 

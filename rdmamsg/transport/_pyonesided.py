@@ -1,5 +1,5 @@
 """The pure-pyverbs poster of one-sided RDMA operations: the twin of
-ext/onesided.pxi's OneSidedPoster (read that for how it works), with the same
+ext/transport/onesided.pxi's OneSidedPoster (read that for how it works), with the same
 methods and results.  The caller holds OneSided's lock."""
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ class Engine(Protocol):
 
 
 class OneSidedPoster(Protocol):
-    """What a one-sided poster offers (ext/onesided.pxi, _pyonesided.py); the
+    """What a one-sided poster offers (ext/transport/onesided.pxi, _pyonesided.py); the
     caller holds the endpoint's one-sided lock.  Sequence numbers start at 1;
     0 means the queue had no room in time."""
 
@@ -170,7 +170,7 @@ def make_engine(*, cq, qp, recv_bufs, send_bufs, liveness, config: EngineConfig,
 
 def make_one_sided_poster(ctx, pd, cq, qp, depth: int, max_inline: int) -> OneSidedPoster:
     """The poster of one-sided RDMA operations for this QP: the Cython one
-    (ext/onesided.pxi) or its pure-pyverbs twin (_pyonesided.py), by the same
+    (ext/transport/onesided.pxi) or its pure-pyverbs twin (_pyonesided.py), by the same
     choice as make_engine's."""
     mode = poller_mode()
     if mode != "python":
@@ -188,7 +188,7 @@ def make_one_sided_poster(ctx, pd, cq, qp, depth: int, max_inline: int) -> OneSi
 
 
 def make_stream_fast(engine, sock, chunk: int, on_eof):
-    """The C fast path of a blocking RdmaSocket on ``engine`` (ext/stream.pxi),
+    """The C fast path of a blocking RdmaSocket on ``engine`` (ext/transport/stream.pxi),
     or None on the pure-pyverbs engine, where the socket's own general path
     serves every call.  ``on_eof()`` returns what to call when the fast path
     reads the end of the stream (None once the socket is gone)."""

@@ -6,7 +6,7 @@ channel fd (``CMEvent()`` blocks in rdma_get_cm_event with the GIL held), no
 rdma_migrate_id, and a ``bind_addr`` that dereferences a NULL device for a
 wildcard address.  Those three go to librdmacm directly (ctypes, which drops
 the GIL), on the raw pointers inside the pyverbs objects: the first field of
-each, at the offset rawptr.pxi documents (ext/pyverbs_layout.h), checked
+each, at the offset rawptr.pxi documents (ext/transport/pyverbs_layout.h), checked
 before use: the channel's fd must be an open ``/dev/infiniband/rdma_cm``,
 and an id's channel pointer must be the channel's.
 """

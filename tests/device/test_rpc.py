@@ -261,7 +261,7 @@ def test_closing_a_server_does_not_wait_for_a_running_handler():
 
 def test_the_c_fast_paths_hand_what_they_do_not_cover_to_the_general_path():
     # With the Cython poller, an inline server and a synchronous caller with
-    # nothing else pending run in ext/_rpcfast; frames outside its codec's
+    # nothing else pending run in ext/rpc/_rpcfast; frames outside its codec's
     # subset (ext types, out-of-band buffers, errors, late replies) go to
     # wire.py in the middle of those loops.  The Python poller runs the
     # general path throughout: the same assertions hold.

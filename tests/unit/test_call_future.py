@@ -1,4 +1,4 @@
-"""An RPC call's future in C (ext/rpc_future.pxi): a concurrent.futures.Future
+"""An RPC call's future in C (ext/rpc/rpc_future.pxi): a concurrent.futures.Future
 that the standard library's wait(), as_completed() and asyncio.wrap_future
 take, completed from other threads as a client's reader completes them."""
 import asyncio

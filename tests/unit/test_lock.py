@@ -1,4 +1,4 @@
-"""The C lock (ext/lock.pxi) of an RPC link (_rpcfast) and of a socket's
+"""The C lock (ext/common/lock.pxi) of an RPC link (_rpcfast) and of a socket's
 reads (_cpoller): the fast paths take it in C, Python code uses it as a
 threading.Lock, also under a Condition."""
 import signal

@@ -1,4 +1,4 @@
-"""The RPC fast path's C codec (ext/rpc_codec.pxi) against wire.py, with bytes alone.
+"""The RPC fast path's C codec (ext/rpc/rpc_codec.pxi) against wire.py, with bytes alone.
 
 Inside its subset it must write the very bytes wire.py writes and read
 frames as wire.py reads them; outside it, it must say so (and leave the

@@ -1,4 +1,4 @@
-"""The server's handler slots (ext/_rpcfast Slots): pool threads wait for a
+"""The server's handler slots (ext/rpc/_rpcfast Slots): pool threads wait for a
 free one; no more than ``workers`` are ever taken."""
 import threading
 import time

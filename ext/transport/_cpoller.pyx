@@ -31,7 +31,7 @@ def callgrind(bint on):
     return bool(rdmamsg_callgrind(on))
 
 
-# -- for ext/_rpcfast: an engine's send and recv_into as C calls -------------------------
+# -- for ext/rpc/_rpcfast: an engine's send and recv_into as C calls -------------------------
 
 from cpython.pycapsule cimport PyCapsule_New
 

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""The rsockets rules (ext/rsocket_rules.pxd) for Python: the same code the C
+"""The rsockets rules (ext/protocol/rsocket_rules.pxd) for Python: the same code the C
 endpoint runs, one call per rule, for the unit tests and fuzzers.
 rdmamsg/protocol/rsocket.py re-exports it; read the model there.
 """

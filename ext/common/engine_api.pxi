@@ -1,4 +1,4 @@
-# The C calls that _cpoller's API capsule offers (ext/_rpcfast uses them on
+# The C calls that _cpoller's API capsule offers (ext/rpc/_rpcfast uses them on
 # the engine behind an Endpoint, skipping a Python call and a buffer export).
 
 from cpython.ref cimport PyObject
