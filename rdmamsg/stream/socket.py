@@ -404,7 +404,10 @@ class RdmaSocket:
 
     def shutdown(self, how: int) -> None:
         """SHUT_WR sends the end of stream (the peer's recv gives b"" while it
-        can still send to us); SHUT_RD makes our recv give b""."""
+        can still send to us); SHUT_RD makes our recv give b"".  The end of
+        stream waits for the peer to have room, as a send does: a
+        non-blocking socket raises BlockingIOError instead (nothing is shut;
+        retry once writable), one with a timeout TimeoutError."""
         ep = self._connected()
         if how not in (_socket.SHUT_RD, _socket.SHUT_WR, _socket.SHUT_RDWR):
             raise ValueError(f"invalid shutdown how {how}")
@@ -412,7 +415,17 @@ class RdmaSocket:
             self._shut_wr = True
             self._refresh()
             try:
-                ep.send(b"", self._timeout if self._timeout else None)
+                ep.send(b"", self._timeout)
+            except TimeoutError:
+                self._shut_wr = False                 # nothing went: the caller may retry
+                self._refresh()
+                if self._timeout != 0:
+                    raise
+                if self._selectable:
+                    self._send_mark = ep.progress_count()
+                    self._rearm_after_send()
+                raise BlockingIOError(errno.EAGAIN, "the end of stream cannot go yet: the "
+                                      "peer has no room (retry when writable)") from None
             except (BrokenPipeError, ConnectionResetError):
                 pass                                  # nobody left to tell
         if how in (_socket.SHUT_RD, _socket.SHUT_RDWR):

@@ -32,6 +32,7 @@ class RdmaTransport(asyncio.Transport):
         self._reading = True
         self._closing = False
         self._eof_wanted = False
+        self._eof_pending = False       # wanted, and not yet sent (the peer had no room)
         self._eof_read = False
         self._paused_writing = False
         self._conn_lost = False
@@ -42,7 +43,7 @@ class RdmaTransport(asyncio.Transport):
     def _watch(self) -> None:
         """Watch the fd while reading or while output waits for credits (with
         reading paused, data held above the engine keeps the fd readable)."""
-        want = not self._conn_lost and (self._reading or bool(self._out))
+        want = not self._conn_lost and (self._reading or bool(self._out) or self._eof_pending)
         if want and not self._watching:
             self._loop.add_reader(self._fd, self._on_ready)
         elif self._watching and not want:
@@ -55,7 +56,7 @@ class RdmaTransport(asyncio.Transport):
         if self._conn_lost:
             return
         try:
-            if self._out:
+            if self._out or self._eof_pending:
                 self._flush()
             if self._reading and not self._eof_read:
                 self._read()
@@ -118,8 +119,13 @@ class RdmaTransport(asyncio.Transport):
         if self._paused_writing:
             self._paused_writing = False
             self._protocol.resume_writing()
-        if self._eof_wanted:
-            self._sock.shutdown(_socket.SHUT_WR)
+        if self._eof_pending:
+            try:
+                self._sock.shutdown(_socket.SHUT_WR)
+            except BlockingIOError:
+                return                       # it goes once the peer has room (the fd says)
+            self._eof_pending = False
+            self._watch()
         if self._closing:
             self._finish()
 
@@ -129,9 +135,12 @@ class RdmaTransport(asyncio.Transport):
     def write_eof(self) -> None:
         if self._eof_wanted:
             return
-        self._eof_wanted = True
+        self._eof_wanted = self._eof_pending = True
         if not self._out:
-            self._sock.shutdown(_socket.SHUT_WR)
+            try:
+                self._flush()
+            except OSError as exc:
+                self._fatal(exc)
 
     def get_write_buffer_size(self) -> int:
         return self._out_bytes
@@ -166,18 +175,20 @@ class RdmaTransport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
-        if not self._out:
+        if not self._out and not self._eof_pending:
             self._finish()
 
     def abort(self) -> None:
         self._out.clear()
         self._out_bytes = 0
+        self._eof_pending = False
         self._closing = True
         self._finish(linger=0.0)
 
     def _fatal(self, exc: BaseException) -> None:
         self._out.clear()
         self._out_bytes = 0
+        self._eof_pending = False
         self._closing = True
         self._finish(exc, linger=0.0)
 

@@ -49,6 +49,31 @@ def test_an_asyncio_echo_with_every_reader_call(channel):
     asyncio.run(asyncio.wait_for(main(), 300))
 
 
+def test_write_eof_with_the_peer_out_of_room_does_not_block_the_loop():
+    """write_eof() right after a burst the peer has not read: the end of
+    stream waits for room without blocking the loop that must read it."""
+    async def main():
+        got = asyncio.get_running_loop().create_future()
+
+        async def slow_reader(reader, writer):
+            await got                      # read nothing until the sender is done
+            data = await reader.read()
+            writer.close()
+            got_all.set_result(len(data))
+
+        got_all = asyncio.get_running_loop().create_future()
+        async with await rdmamsg.aio.start_server(slow_reader, IP, 0, recv_depth=4) as server:
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await rdmamsg.aio.open_connection(IP, port, recv_depth=4)
+            writer.write(bytes(4 << 20))
+            writer.write_eof()             # must return at once, the data still queued
+            got.set_result(None)
+            assert await asyncio.wait_for(got_all, 120) == 4 << 20
+            writer.close()
+            await writer.wait_closed()
+    asyncio.run(asyncio.wait_for(main(), 300))
+
+
 def test_many_asyncio_clients_and_an_idle_connection_burns_no_cpu():
     async def main():
         server = await rdmamsg.aio.start_server(_echo, IP, 0)

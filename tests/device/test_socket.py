@@ -286,6 +286,40 @@ def test_credits_a_recv_took_still_make_the_fd_readable(channel):
         assert cli.send(chunk) == len(chunk)
         assert conn.recv(len(chunk)) == chunk
 
+@pytest.mark.parametrize("channel", ["send", "write"])
+def test_shutdown_of_a_non_blocking_socket_never_blocks(channel):
+    """With the peer out of room, the end of stream cannot go: a
+    non-blocking shutdown says so (BlockingIOError, nothing shut) instead of
+    waiting, and goes once the peer has read (what hung an asyncio echo in
+    one event loop)."""
+    cli, conn = socket_pair(channel=channel)
+    with cli, conn, selectors.DefaultSelector() as sel:
+        cli.setblocking(False)
+        sel.register(cli, selectors.EVENT_READ)
+        chunk = bytes(cli.endpoint.fragment)
+        sent = 0
+        with pytest.raises(BlockingIOError):
+            while sent < 1 << 30:
+                sent += cli.send(chunk)
+        t0 = time.monotonic()
+        with pytest.raises(BlockingIOError):
+            cli.shutdown(socket.SHUT_WR)
+        assert time.monotonic() - t0 < 1
+        assert recv_randomly(conn, sent, random.Random(6)) == bytes(sent)
+        deadline = time.monotonic() + 30
+        while True:
+            assert sel.select(timeout=5), "room came back but the fd stayed silent"
+            try:
+                cli.shutdown(socket.SHUT_WR)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline
+        conn.settimeout(30)
+        assert conn.recv(10) == b""
+        with pytest.raises(BrokenPipeError):
+            cli.send(b"x")
+
+
 def test_a_line_protocol_over_makefile():
     cli, conn = socket_pair()
     with cli, conn:
