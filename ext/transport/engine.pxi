@@ -269,8 +269,6 @@ cdef class Engine:
                 config.credit_threshold or cw_default_threshold(config.peer_depth))
         if self.nrecv < 1 or self.nsend < 1:
             raise ValueError("the engine needs receive and send buffers")
-        reasm_init(&self.asm, self.recv_max, self.rrx.max_cells * self.rrx.cell if self.ringmode
-                   else max(b.size for b in recv_bufs))
         if self.fragment > min(b.size for b in send_bufs) or self.fragment <= FIRST_HDR:
             raise ValueError(f"fragment of {self.fragment} bytes does not fit the send buffers")
         self._alloc()
@@ -284,6 +282,9 @@ cdef class Engine:
             for i in range(self.nrecv):        # data arrives by RDMA write: no buffer
                 self.rwr[i].wr_id = RECV_TAG | <uint64_t>i
                 self.rwr[i].num_sge = 0
+        # The longest fragment: a ring write (max_cells cells), or a receive buffer.
+        reasm_init(&self.asm, self.recv_max, self.rrx.max_cells * self.rrx.cell if self.ringmode
+                   else max(b.size for b in recv_bufs))
         for i, b in enumerate(recv_bufs):
             self.raddr[i] = <char *><uintptr_t>b.addr
             self.rsge[i].addr = b.addr
