@@ -296,11 +296,11 @@ def test_shutdown_of_a_non_blocking_socket_never_blocks(channel):
     with cli, conn, selectors.DefaultSelector() as sel:
         cli.setblocking(False)
         sel.register(cli, selectors.EVENT_READ)
-        chunk = bytes(cli.endpoint.fragment)
         sent = 0
-        with pytest.raises(BlockingIOError):
-            while sent < 1 << 30:
-                sent += cli.send(chunk)
+        for piece in (bytes(cli.endpoint.fragment), b"\0"):   # then no room for even a byte
+            with pytest.raises(BlockingIOError):
+                while sent < 1 << 30:
+                    sent += cli.send(piece)
         t0 = time.monotonic()
         with pytest.raises(BlockingIOError):
             cli.shutdown(socket.SHUT_WR)
