@@ -165,11 +165,11 @@ cdef class Reassembler:
     def expected_length(self, int kind, payload, uint32_t value=0) -> int:
         """The length of the message this fragment starts (WHOLE, FIRST or
         FIRST_LONG); ``value`` is its immediate's (FIRST's length)."""
-        cdef const unsigned char[::1] mv = memoryview(payload).cast("B") if len(payload) \
-            else b"\0"
+        cdef const unsigned char[::1] mv = (memoryview(payload).cast("B") if len(payload)
+                                            else b"\0")
         cdef uint64_t total, a = 0, b = 0
-        cdef int rc = reasm_length(&self.r, kind, len(payload), value, <const char *>&mv[0], &total,
-                          &a, &b)
+        cdef int rc = reasm_length(&self.r, kind, len(payload), value, <const char *>&mv[0],
+                                   &total, &a, &b)
         _check(rc, a, b)
         return total
 
