@@ -21,45 +21,35 @@ def _kind(k) -> str:
     return KIND_NAMES[k] if 0 <= k < len(KIND_NAMES) else f"kind {k}"
 
 
+_RULES = {                  # what each CORE_E_* code says ({kind}: a, named)
+    CORE_E_KIND: "unknown fragment kind {a} (or one that cannot come this way)",
+    CORE_E_CREDITS: "peer returned {a} credits, more than it could owe",
+    CORE_E_CONTROL: ("a {kind} fragment of {b} bytes came as a control; only empty CREDIT "
+                     "and CLOSE fragments may"),
+    CORE_E_RING_CELLS: ("a ring write of {b} bytes claims {a} cells; that disagrees with its "
+                        "bytes or exceeds a quarter of the ring"),
+    CORE_E_RING_OFFSET: "a ring write landed at cell {a}; the next free cell is {b}",
+    CORE_E_RING_OVERRUN: "the peer wrote into ring cells not yet released",
+    CORE_E_RING_FREED: "peer reports {a} ring cells freed, more than are in use",
+    CORE_E_NO_LENGTH: "FIRST_LONG fragment of {a} bytes has no length",
+    CORE_E_CANNOT_START: "a {kind} fragment cannot start a message",
+    CORE_E_TOO_LONG: "peer announced a {a}-byte message; the limit is {b}",
+    CORE_E_CLAIM: "a first fragment announces {a} bytes but carries {b}",
+    CORE_E_INSIDE: "{kind} fragment inside an unfinished message",
+    CORE_E_OVERRUN: "fragments overrun the announced {a}-byte message",
+    CORE_E_SHORT: "message ended at {a} of {b} announced bytes",
+    CORE_E_FRAGMENT: "{a}-byte fragment exceeds the {b}-byte buffer",
+    CORE_E_GRANT: "not an rdmamsg grant descriptor ({a} bytes)",
+    CORE_E_GRANT_ACCESS: "grant descriptor with unknown access {a}",
+}
+
+
 def describe(int code, a=0, b=0) -> str:
     """What a CORE_E_* code, with its arguments, says the peer broke."""
-    if code == CORE_E_KIND:
-        return f"unknown fragment kind {a} (or one that cannot come this way)"
-    if code == CORE_E_CREDITS:
-        return f"peer returned {a} credits, more than it could owe"
-    if code == CORE_E_CONTROL:
-        return (f"a {_kind(a)} fragment of {b} bytes came as a control; only empty CREDIT "
-                "and CLOSE fragments may")
-    if code == CORE_E_RING_CELLS:
-        return (f"a ring write of {b} bytes claims {a} cells; that disagrees with its bytes "
-                "or exceeds a quarter of the ring")
-    if code == CORE_E_RING_OFFSET:
-        return f"a ring write landed at cell {a}; the next free cell is {b}"
-    if code == CORE_E_RING_OVERRUN:
-        return "the peer wrote into ring cells not yet released"
-    if code == CORE_E_RING_FREED:
-        return f"peer reports {a} ring cells freed, more than are in use"
-    if code == CORE_E_NO_LENGTH:
-        return f"FIRST_LONG fragment of {a} bytes has no length"
-    if code == CORE_E_CANNOT_START:
-        return f"a {_kind(a)} fragment cannot start a message"
-    if code == CORE_E_TOO_LONG:
-        return f"peer announced a {a}-byte message; the limit is {b}"
-    if code == CORE_E_CLAIM:
-        return f"a first fragment announces {a} bytes but carries {b}"
-    if code == CORE_E_INSIDE:
-        return f"{_kind(a)} fragment inside an unfinished message"
-    if code == CORE_E_OVERRUN:
-        return f"fragments overrun the announced {a}-byte message"
-    if code == CORE_E_SHORT:
-        return f"message ended at {a} of {b} announced bytes"
-    if code == CORE_E_FRAGMENT:
-        return f"{a}-byte fragment exceeds the {b}-byte buffer"
-    if code == CORE_E_GRANT:
-        return f"not an rdmamsg grant descriptor ({a} bytes)"
-    if code == CORE_E_GRANT_ACCESS:
-        return f"grant descriptor with unknown access {a}"
-    return f"protocol rule {code} broken"
+    text = _RULES.get(code)
+    if text is None:
+        return f"protocol rule {code} broken"
+    return text.format(a=a, b=b, kind=_kind(a))
 
 
 cdef int _check(int code, uint64_t a=0, uint64_t b=0) except -1:

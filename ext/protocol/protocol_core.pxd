@@ -173,8 +173,8 @@ cdef inline void reasm_begin(reasm_t *r, int kind, uint64_t total, uint64_t ln) 
 cdef inline int reasm_next(reasm_t *r, int kind, uint64_t ln, uint64_t *at, uint64_t *a,
                            uint64_t *b) noexcept nogil:
     """A MIDDLE or LAST of ``ln`` bytes for the message begun: where its data
-    goes (``at``), checked before the caller copies it.  The message is
-    whole once ``r.active`` is false again."""
+    goes (``at``), checked before the caller copies it; a broken rule
+    changes nothing.  The message is whole once ``r.active`` is false again."""
     if kind != K_MIDDLE and kind != K_LAST:
         a[0] = <uint64_t>kind
         return CORE_E_INSIDE
@@ -184,13 +184,12 @@ cdef inline int reasm_next(reasm_t *r, int kind, uint64_t ln, uint64_t *at, uint
     if r.off + ln > r.total:
         a[0] = r.total
         return CORE_E_OVERRUN
+    if kind == K_LAST and r.off + ln != r.total:
+        a[0], b[0] = r.off + ln, r.total
+        return CORE_E_SHORT
     at[0] = r.off
     r.off += ln
-    if kind == K_LAST:
-        if r.off != r.total:
-            a[0], b[0] = r.off, r.total
-            return CORE_E_SHORT
-        r.active = False
+    r.active = kind != K_LAST
     return CORE_OK
 
 
@@ -388,9 +387,9 @@ cdef inline int grant_parse(const char *p, size_t n, grant_t *g) noexcept nogil:
     g.access = <uint8_t>p[4]
     if g.access < GRANT_READ or g.access > GRANT_RW:
         return CORE_E_GRANT_ACCESS
+    cdef uint64_t key_and_id = get_u64le(p + 24)
     g.addr, g.length = get_u64le(p + 8), get_u64le(p + 16)
-    g.rkey = <uint32_t>(get_u64le(p + 24) & 0xFFFFFFFFu)
-    g.id = <uint32_t>(get_u64le(p + 24) >> 32)
+    g.rkey, g.id = <uint32_t>(key_and_id & 0xFFFFFFFFu), <uint32_t>(key_and_id >> 32)
     return CORE_OK
 
 

@@ -1171,15 +1171,12 @@ cdef class Engine:
         anything unexpected, an error, a close or an interrupt to report),
         0 once ``deadline`` has passed.  Mutex held, GIL not needed."""
         cdef uint64_t at, a, b
-        cdef reasm_t probe
         while True:
             while self.rq_count > 0:
-                if self.rq_kind[self.rq_head] != K_MIDDLE:
+                # A fragment that breaks a rule changes nothing: _take reports it.
+                if (self.rq_kind[self.rq_head] != K_MIDDLE or
+                        reasm_next(&self.asm, K_MIDDLE, self.rq_len[self.rq_head], &at, &a, &b)):
                     return 1
-                probe = self.asm            # a broken rule is _take's to report
-                if reasm_next(&probe, K_MIDDLE, self.rq_len[self.rq_head], &at, &a, &b):
-                    return 1
-                self.asm = probe
                 memcpy(self.asm_ptr + at, self._src(self.rq_head), self.rq_len[self.rq_head])
                 self._pop()
             self._maybe_update()

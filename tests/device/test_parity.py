@@ -28,7 +28,7 @@ def poller(request, monkeypatch):
     return request.param
 
 
-def _pair(poller: str, **kw):
+def _pair(**kw):
     return endpoint_pair(IP, buffer_size=BUF, **kw)
 
 
@@ -42,7 +42,7 @@ def _boundaries(frag: int) -> list[int]:
 
 @pytest.mark.parametrize("channel", ["send", "write"])
 def test_fragments_at_every_boundary_and_inline_sends(poller, channel):
-    with _pair(poller, channel=channel) as (c, s):
+    with _pair(channel=channel) as (c, s):
         assert c.poller == s.poller == poller
         sizes = _boundaries(c.fragment)
 
@@ -66,7 +66,7 @@ def test_fragments_at_every_boundary_and_inline_sends(poller, channel):
 
 
 def test_a_close_in_the_middle_of_a_message_drops_the_connection(poller):
-    with _pair(poller) as (c, s):
+    with _pair() as (c, s):
         c.send(b"before")
         assert s.recv(timeout=30) == b"before"
         post_behind(c, bytes(c.fragment), frames.pack_imm(frames.FIRST, 3 * c.fragment))
@@ -81,7 +81,7 @@ def test_a_close_in_the_middle_of_a_message_drops_the_connection(poller):
 
 
 def test_eof_after_close_is_the_orderly_end(poller):
-    with _pair(poller) as (c, s):
+    with _pair() as (c, s):
         c.send(b"last")
         c.close()
         assert s.recv(timeout=30) == b"last"
@@ -119,7 +119,7 @@ def test_eof_without_close_is_reported_by_poll(poller):
 
 
 def test_a_failed_one_sided_post_is_an_rdma_error(poller):
-    with _pair(poller) as (c, s):
+    with _pair() as (c, s):
         target = bytearray(1 << 16)
         with s.expose(target, access="rw") as grant:
             c.write(grant.descriptor, b"x" * 64)
