@@ -381,6 +381,87 @@ cdef class RingReceiver:
         return n
 
 
+# -- arrivals --------------------------------------------------------------------
+
+QUEUED, REPOST, PEER_CLOSED = ARR_QUEUED, ARR_REPOST, ARR_CLOSE   #: Arrivals.arrived's flags
+
+
+cdef class Arrivals:
+    """A connection's receive side: what each receive completion means (for
+    the send channel's ``credits``, or the write channel's ring ``sender``
+    and ``receiver``), and the data fragments waiting to be taken, in order,
+    as (slot or ring entry, length, kind, FIRST's length or ring offset)."""
+
+    cdef rxq_t q
+    cdef CreditWindow credits
+    cdef RingSender sender
+    cdef RingReceiver receiver
+
+    def __init__(self, int depth, CreditWindow credits=None, RingSender sender=None,
+                 RingReceiver receiver=None):
+        if (credits is None) == (sender is None or receiver is None):
+            raise ValueError("Arrivals needs credits, or a ring's sender and receiver")
+        if depth < 1:
+            raise ValueError(f"queue depth {depth}")
+        rxq_free(&self.q)
+        if rxq_init(&self.q, depth) < 0:
+            raise MemoryError("receive queue arrays")
+        self.credits, self.sender, self.receiver = credits, sender, receiver
+
+    def __dealloc__(self):
+        rxq_free(&self.q)
+
+    def arrived(self, uint32_t slot, bint written, uint64_t nbytes, uint32_t imm) -> int:
+        """A receive into ``slot`` completed (``written``: it announces a
+        write into our ring): QUEUED, REPOST and PEER_CLOSED flags.  ProtocolError for a broken rule."""
+        cdef int what = 0
+        cdef uint64_t a = 0, b = 0
+        cdef int rc
+        if self.credits is not None:
+            rc = rx_arrived(&self.q, &self.credits.c, NULL, NULL, slot, written, nbytes, imm,
+                            &what, &a, &b)
+        else:
+            rc = rx_arrived(&self.q, NULL, &self.sender.t, &self.receiver.r, slot, written,
+                            nbytes, imm, &what, &a, &b)
+        _check(rc, a, b)
+        return what
+
+    def __len__(self) -> int:
+        return self.q.count
+
+    @property
+    def whole(self) -> int:
+        """Messages whose last fragment is queued or being delivered."""
+        return self.q.whole
+
+    def head(self):
+        """The oldest fragment, or None."""
+        if self.q.count == 0:
+            return None
+        cdef int h = self.q.head
+        return self.q.slot[h], self.q.len[h], self.q.kind[h], self.q.val[h]
+
+    def pop(self) -> None:
+        if self.q.count == 0:
+            raise IndexError("no fragment is queued")
+        rxq_pop(&self.q)
+
+    def delivered(self) -> None:
+        """A whole message went to the application."""
+        self.q.whole -= 1
+
+    def update_due(self):
+        """None, or the value of a CREDIT to send now (the ring cells it
+        reports; on the send channel 0, and its credits are counted when it
+        is sent)."""
+        cdef uint32_t value
+        cdef credit_t *cw = NULL if self.credits is None else &self.credits.c
+        cdef ring_rx_t *rrx = NULL if self.receiver is None else &self.receiver.r
+        if not rx_update_due(cw, rrx, &value):
+            return None
+        return value
+
+
 # -- grant descriptors -----------------------------------------------------------
 
 def pack_grant(int access, uint64_t addr, uint64_t length, uint32_t rkey,

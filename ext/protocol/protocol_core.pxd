@@ -362,6 +362,123 @@ cdef inline void rrx_release(ring_rx_t *r, uint32_t entry) noexcept nogil:
         r.head = r.end[at]
 
 
+# -- arrivals: what a receive completion means, and the fragments waiting -----
+# On the send channel (``cw``) a fragment arrives in a receive buffer
+# (``slot``), which stays out until the fragment is taken.  On the write
+# channel (``cw`` NULL; ``rtx``, ``rrx``) a fragment arrives in our ring,
+# announced by a receive whose buffer may be posted again at once.  The
+# queue holds at most one entry per receive buffer or per ring cell, so a
+# queue as deep as the receive queue never fills.
+
+cdef enum:                      # rx_arrived's ``what``
+    ARR_QUEUED = 1              # a data fragment joined the queue
+    ARR_REPOST = 2              # the receive buffer is free: post it again
+    ARR_CLOSE = 4               # the peer sent CLOSE
+
+
+cdef struct rxq_t:              # fragments received, not yet taken, in order
+    int cap, head, count
+    int whole                   # messages whose last fragment is in (WHOLE, LAST)
+    uint32_t *slot              # the receive buffer, or the ring entry
+    uint32_t *len
+    uint8_t *kind
+    uint32_t *val               # FIRST: the message length; ring: the data's offset
+
+
+cdef inline int rxq_init(rxq_t *q, int cap) noexcept nogil:
+    """-1 if its arrays cannot be had; rxq_free frees them."""
+    q.cap, q.head, q.count, q.whole = cap, 0, 0, 0
+    q.slot = <uint32_t *>calloc(cap, sizeof(uint32_t))
+    q.len = <uint32_t *>calloc(cap, sizeof(uint32_t))
+    q.kind = <uint8_t *>calloc(cap, sizeof(uint8_t))
+    q.val = <uint32_t *>calloc(cap, sizeof(uint32_t))
+    if q.slot == NULL or q.len == NULL or q.kind == NULL or q.val == NULL:
+        rxq_free(q)
+        return -1
+    return 0
+
+
+cdef inline void rxq_free(rxq_t *q) noexcept nogil:
+    free(q.slot)
+    free(q.len)
+    free(q.kind)
+    free(q.val)
+    q.slot = q.len = q.val = NULL
+    q.kind = NULL
+    q.count = 0
+
+
+cdef inline void rxq_push(rxq_t *q, uint32_t slot, uint32_t ln, int kind,
+                          uint32_t val) noexcept nogil:
+    cdef int at = (q.head + q.count) % q.cap
+    q.slot[at], q.len[at], q.kind[at], q.val[at] = slot, ln, <uint8_t>kind, val
+    q.count += 1
+    if kind == K_WHOLE or kind == K_LAST:
+        q.whole += 1
+
+
+cdef inline void rxq_pop(rxq_t *q) noexcept nogil:
+    """Drop the head (its message's ``whole`` goes when it is delivered)."""
+    q.head = (q.head + 1) % q.cap
+    q.count -= 1
+
+
+cdef inline int rx_arrived(rxq_t *q, credit_t *cw, ring_tx_t *rtx, ring_rx_t *rrx,
+                           uint32_t slot, bint written, uint64_t nbytes, uint32_t imm,
+                           int *what, uint64_t *a, uint64_t *b) noexcept nogil:
+    """A receive into ``slot`` completed with ``nbytes`` and immediate
+    ``imm`` (host order); ``written``: it announces a write into our ring.
+    Sets ``what`` (ARR_*).  A fragment that breaks a rule is not queued."""
+    cdef int kind, rc
+    cdef uint32_t value = 0, offset, ncells, entry
+    what[0] = 0
+    if cw == NULL and written:
+        rc = ring_unpack(imm, &kind, &offset, &ncells)
+        if rc == CORE_OK:
+            rc = rrx_accept(rrx, offset, ncells, nbytes, &entry, a, b)
+        elif rc == CORE_E_KIND:
+            a[0] = kind
+        if rc != CORE_OK:
+            return rc
+        rxq_push(q, entry, <uint32_t>nbytes, kind, offset * rrx.cell)
+        what[0] = ARR_QUEUED | ARR_REPOST
+        return CORE_OK
+    if cw == NULL:
+        kind, value = imm & KIND_MASK, imm >> KIND_BITS
+        rc = control_check(kind, nbytes)
+        if rc == CORE_OK and kind == K_CREDIT:
+            rc = rtx_freed(rtx, value)
+    else:
+        rc = imm_unpack(imm, &kind, &value)
+        if rc == CORE_OK and (kind == K_CREDIT or kind == K_CLOSE):
+            rc = control_check(kind, nbytes)
+        if rc == CORE_OK and kind != K_FIRST:
+            rc = cw_returned(cw, value)
+    if rc != CORE_OK:
+        a[0], b[0] = (value if rc == CORE_E_CREDITS or rc == CORE_E_RING_FREED else kind), nbytes
+        return rc
+    if kind == K_CREDIT or kind == K_CLOSE:
+        what[0] = ARR_REPOST | (ARR_CLOSE if kind == K_CLOSE else 0)
+        return CORE_OK
+    rxq_push(q, slot, <uint32_t>nbytes, kind, value)
+    what[0] = ARR_QUEUED
+    return CORE_OK
+
+
+cdef inline bint rx_update_due(credit_t *cw, ring_rx_t *rrx, uint32_t *value) noexcept nogil:
+    """Whether a CREDIT should go now.  On the write channel ``value`` is
+    the ring cells it reports, which are then owed no more; on the send
+    channel the credits are counted when it is sent (cw_spend)."""
+    value[0] = 0
+    if cw != NULL:
+        return cw_update_due(cw)
+    if rrx.unreported < rrx.threshold:
+        return False
+    value[0] = <uint32_t>rrx.unreported
+    rrx.unreported = 0
+    return True
+
+
 # -- grant descriptors (remote buffers) ------------------------------------------
 # 32 bytes, little-endian: "RMG1", the access, 3 zero bytes, the buffer's
 # address and length (8 bytes each), its rkey and the grant's id (4 each).

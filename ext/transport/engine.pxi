@@ -20,7 +20,7 @@
 # a sender, as in the Python engine: fragments are RDMA writes into the
 # peer's ring (protocol_core places them), receives carry no buffer and are
 # reposted when polled, and consumed messages free ring cells that CREDIT
-# controls report.  rq_slot then holds the ring entry, rq_val the data's offset.
+# controls report.  The queue (protocol_core's rxq_t) then holds ring entries.
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
@@ -182,12 +182,7 @@ cdef class Engine:
     cdef char **raddr
     cdef ibv_recv_wr *rwr
     cdef ibv_sge *rsge
-    cdef int *rq_slot
-    cdef uint32_t *rq_len
-    cdef uint8_t *rq_kind
-    cdef uint32_t *rq_val          # the immediate's value (FIRST: the length)
-    cdef int rq_head, rq_count
-    cdef int whole_ready
+    cdef rxq_t rq                  # fragments received, not yet taken (protocol_core)
     cdef object held               # a whole message taken but not delivered
     cdef object asm_obj            # the bytes a multi-fragment message is built in
     cdef char *asm_ptr
@@ -312,18 +307,13 @@ cdef class Engine:
         self.raddr = <char **>calloc(self.nrecv, sizeof(char *))
         self.rwr = <ibv_recv_wr *>calloc(self.nrecv, sizeof(ibv_recv_wr))
         self.rsge = <ibv_sge *>calloc(self.nrecv, sizeof(ibv_sge))
-        self.rq_slot = <int *>calloc(self.nrecv, sizeof(int))
-        self.rq_len = <uint32_t *>calloc(self.nrecv, sizeof(uint32_t))
-        self.rq_kind = <uint8_t *>calloc(self.nrecv, sizeof(uint8_t))
-        self.rq_val = <uint32_t *>calloc(self.nrecv, sizeof(uint32_t))
         self.saddr = <char **>calloc(self.nsend, sizeof(char *))
         self.slkey = <uint32_t *>calloc(self.nsend, sizeof(uint32_t))
         self.sfree = <int *>calloc(self.nsend, sizeof(int))
         self.sq_slot = <int *>calloc(self.sq_depth, sizeof(int))
-        if (self.raddr == NULL or self.rwr == NULL or self.rsge == NULL or self.rq_slot == NULL
-                or self.rq_len == NULL or self.rq_kind == NULL or self.rq_val == NULL
-                or self.saddr == NULL
-                or self.slkey == NULL or self.sfree == NULL or self.sq_slot == NULL):
+        if (rxq_init(&self.rq, self.nrecv) < 0 or self.raddr == NULL or self.rwr == NULL
+                or self.rsge == NULL or self.saddr == NULL or self.slkey == NULL
+                or self.sfree == NULL or self.sq_slot == NULL):
             self._free_arrays()
             raise MemoryError("engine arrays")
 
@@ -346,12 +336,11 @@ cdef class Engine:
 
     cdef void _free_arrays(self) noexcept:
         free(self.raddr); free(self.rwr); free(self.rsge)
-        free(self.rq_slot); free(self.rq_len); free(self.rq_kind); free(self.rq_val)
         free(self.saddr); free(self.slkey); free(self.sfree); free(self.sq_slot)
         self.raddr = NULL; self.rwr = NULL; self.rsge = NULL
-        self.rq_slot = NULL; self.rq_len = NULL; self.rq_kind = NULL; self.rq_val = NULL
         self.saddr = NULL; self.slkey = NULL; self.sfree = NULL; self.sq_slot = NULL
         rrx_free(&self.rrx)
+        rxq_free(&self.rq)
 
     def __dealloc__(self):
         self._free_arrays()
@@ -449,14 +438,8 @@ cdef class Engine:
         cdef uint32_t n
         if not self._sq_room() or self.close_sent or self.err != E_NONE:
             return
-        if self.ringmode:
-            if self.rrx.unreported >= self.rrx.threshold:
-                n = <uint32_t>self.rrx.unreported
-                self.rrx.unreported = 0
-                self._queue(K_CREDIT, NULL, 0, 0, -1, False, n)
-                self.st[ST_UPDATES] += 1
-        elif cw_update_due(&self.cw):
-            self._queue(K_CREDIT, NULL, 0, 0, -1, False)
+        if rx_update_due(self._credits(), &self.rrx, &n):
+            self._queue(K_CREDIT, NULL, 0, 0, -1, False, n)
             self.st[ST_UPDATES] += 1
 
     # -- completions -----------------------------------------------------------
@@ -490,8 +473,8 @@ cdef class Engine:
         return n
 
     cdef void _handle(self, ibv_wc *wc) noexcept nogil:
-        cdef uint32_t value
-        cdef int kind, slot, rc
+        cdef int slot, rc, what
+        cdef uint64_t a = 0, b = 0
         if wc.status != IBV_WC_SUCCESS:
             if not (wc.wr_id & RECV_TAG):
                 self._sent_through(wc.wr_id)
@@ -512,71 +495,26 @@ cdef class Engine:
         if not (wc.wc_flags & IBV_WC_WITH_IMM):
             self._set_err(E_NO_IMM, 0)
             return
-        if self.ringmode:
-            self._handle_ring(wc, slot)
-            return
-        rc = imm_unpack(ntohl(wc.imm_data), &kind, &value)
-        if rc == CORE_OK and kind != K_FIRST:
-            rc = cw_returned(&self.cw, value)
-        if rc == CORE_OK and (kind == K_CREDIT or kind == K_CLOSE):
-            rc = control_check(kind, wc.byte_len)
-        if rc != CORE_OK:
-            self._broke(rc, kind if rc != CORE_E_CREDITS else value, wc.byte_len)
-            return
-        if kind == K_CREDIT or kind == K_CLOSE:
-            if kind == K_CLOSE:
-                self.peer_closed = True
-            self._repost(slot)
-            return
-        cdef int at = (self.rq_head + self.rq_count) % self.nrecv
-        self.rq_slot[at] = slot
-        self.rq_len[at] = wc.byte_len
-        self.rq_kind[at] = <uint8_t>kind
-        self.rq_val[at] = value
-        self.rq_count += 1
-        if kind == K_WHOLE or kind == K_LAST:
-            self.whole_ready += 1
-
-    cdef void _handle_ring(self, ibv_wc *wc, int slot) noexcept nogil:
-        """A write into our ring, or a control (a zero-length send)."""
-        cdef uint32_t imm = ntohl(wc.imm_data)
-        cdef uint32_t entry, offset, ncells, value = imm >> KIND_BITS
-        cdef int kind = imm & KIND_MASK, rc, at
-        cdef uint64_t a = 0, b = 0
-        if wc.opcode != IBV_WC_RECV_RDMA_WITH_IMM:
-            rc = control_check(kind, wc.byte_len)
-            if rc == CORE_OK and kind == K_CREDIT:
-                rc = rtx_freed(&self.rtx, value)
-            if rc != CORE_OK:
-                self._broke(rc, kind if rc == CORE_E_CONTROL else value, wc.byte_len)
-                return
-            if kind == K_CLOSE:
-                self.peer_closed = True
-            self._repost(slot)
-            return
-        rc = ring_unpack(imm, &kind, &offset, &ncells)
-        if rc == CORE_OK:
-            rc = rrx_accept(&self.rrx, offset, ncells, wc.byte_len, &entry, &a, &b)
-        elif rc == CORE_E_KIND:
-            a = kind
+        rc = rx_arrived(&self.rq, self._credits(), &self.rtx, &self.rrx, slot,
+                        wc.opcode == IBV_WC_RECV_RDMA_WITH_IMM, wc.byte_len, ntohl(wc.imm_data),
+                        &what, &a, &b)
         if rc != CORE_OK:
             self._broke(rc, a, b)
             return
-        self._repost(slot)
-        at = (self.rq_head + self.rq_count) % self.nrecv
-        self.rq_slot[at] = <int>entry
-        self.rq_len[at] = wc.byte_len
-        self.rq_kind[at] = <uint8_t>kind
-        self.rq_val[at] = offset * self.rrx.cell
-        self.rq_count += 1
-        if kind == K_WHOLE or kind == K_LAST:
-            self.whole_ready += 1
+        if what & ARR_CLOSE:
+            self.peer_closed = True
+        if what & ARR_REPOST:
+            self._repost(slot)
+
+    cdef inline credit_t *_credits(self) noexcept nogil:
+        """The send channel's credits; NULL on the write channel."""
+        return NULL if self.ringmode else &self.cw
 
     cdef inline char *_src(self, int i) noexcept nogil:
         """Where the data of queued fragment ``i`` is."""
         if self.ringmode:
-            return self.ring_base + self.rq_val[i]
-        return self.raddr[self.rq_slot[i]]
+            return self.ring_base + self.rq.val[i]
+        return self.raddr[self.rq.slot[i]]
 
     cdef inline void _consumed(self, int slot) noexcept nogil:
         """A received fragment's memory may be used again."""
@@ -816,7 +754,7 @@ cdef class Engine:
         self._check_open()
         if self.err != E_NONE:
             raise self._error()
-        if self.peer_closed and self.rq_count == 0:
+        if self.peer_closed and self.rq.count == 0:
             if self.asm.active:
                 self._proto("the peer closed in the middle of a message")
             raise PeerClosedError("the peer closed the connection; every message it sent "
@@ -1078,9 +1016,8 @@ cdef class Engine:
     # -- receive -------------------------------------------------------------------
 
     cdef inline void _pop(self) noexcept nogil:
-        cdef int slot = self.rq_slot[self.rq_head]
-        self.rq_head = (self.rq_head + 1) % self.nrecv
-        self.rq_count -= 1
+        cdef int slot = self.rq.slot[self.rq.head]
+        rxq_pop(&self.rq)
         self._consumed(slot)
 
     cdef int _rule(self, int rule, uint64_t a, uint64_t b) except -1:
@@ -1109,13 +1046,13 @@ cdef class Engine:
                 msg = len(msg)
             self.held = None
             return msg
-        while self.rq_count > 0:
-            slot = self.rq_slot[self.rq_head]
-            ln = self.rq_len[self.rq_head]
-            kind = self.rq_kind[self.rq_head]
-            src = self._src(self.rq_head)
+        while self.rq.count > 0:
+            slot = self.rq.slot[self.rq.head]
+            ln = self.rq.len[self.rq.head]
+            kind = self.rq.kind[self.rq.head]
+            src = self._src(self.rq.head)
             if not self.asm.active:
-                rc = reasm_length(&self.asm, kind, ln, self.rq_val[self.rq_head], src, &total,
+                rc = reasm_length(&self.asm, kind, ln, self.rq.val[self.rq.head], src, &total,
                                   &a, &b)
                 self._rule(rc, a, b)
                 if kind == K_WHOLE:
@@ -1172,12 +1109,12 @@ cdef class Engine:
         0 once ``deadline`` has passed.  Mutex held, GIL not needed."""
         cdef uint64_t at, a, b
         while True:
-            while self.rq_count > 0:
+            while self.rq.count > 0:
                 # A fragment that breaks a rule changes nothing: _take reports it.
-                if (self.rq_kind[self.rq_head] != K_MIDDLE or
-                        reasm_next(&self.asm, K_MIDDLE, self.rq_len[self.rq_head], &at, &a, &b)):
+                if (self.rq.kind[self.rq.head] != K_MIDDLE or
+                        reasm_next(&self.asm, K_MIDDLE, self.rq.len[self.rq.head], &at, &a, &b)):
                     return 1
-                memcpy(self.asm_ptr + at, self._src(self.rq_head), self.rq_len[self.rq_head])
+                memcpy(self.asm_ptr + at, self._src(self.rq.head), self.rq.len[self.rq.head])
                 self._pop()
             self._maybe_update()
             self._flush()
@@ -1201,7 +1138,7 @@ cdef class Engine:
         return 0
 
     cdef void _delivered(self, size_t n) noexcept nogil:
-        self.whole_ready -= 1
+        self.rq.whole -= 1
         self.st[ST_MSGS_IN] += 1
         self.st[ST_BYTES_IN] += n
         self._maybe_update()
@@ -1280,17 +1217,16 @@ cdef class Engine:
         try:
             self._check_open()
             while True:
-                if (self.held is None and not self.asm.active and self.rq_count > 0
-                        and self.rq_kind[self.rq_head] == K_WHOLE):
-                    slot = self.rq_slot[self.rq_head]
-                    ln = self.rq_len[self.rq_head]
+                if (self.held is None and not self.asm.active and self.rq.count > 0
+                        and self.rq.kind[self.rq.head] == K_WHOLE):
+                    slot = self.rq.slot[self.rq.head]
+                    ln = self.rq.len[self.rq.head]
                     if self.ringmode:
-                        off = self.rq_val[self.rq_head]
+                        off = self.rq.val[self.rq.head]
                         data = self.ring_view[off:off + ln]
                     else:
                         data = self.rviews[slot][:ln]
-                    self.rq_head = (self.rq_head + 1) % self.nrecv
-                    self.rq_count -= 1
+                    rxq_pop(&self.rq)
                     self.lent += 1
                     self._delivered(ln)
                     return MessageView._lend(self, slot, data.toreadonly())
@@ -1333,11 +1269,11 @@ cdef class Engine:
                         and mono() - self.eof_at > EOF_GRACE):
                     self.peer_gone = True
             self._prune()
-            if self.whole_ready or self.held is not None:
-                return self.whole_ready + (self.held is not None)
+            if self.rq.whole or self.held is not None:
+                return self.rq.whole + (self.held is not None)
             # Nothing more can arrive: 1, so that the caller's recv reports it.
             return int(self.err != E_NONE or self.peer_gone
-                       or (self.peer_closed and self.rq_count == 0))
+                       or (self.peer_closed and self.rq.count == 0))
         finally:
             self._unlock()
 
@@ -1347,7 +1283,7 @@ cdef class Engine:
         self._lock()
         try:
             self._check_open()
-            if self.whole_ready or self.held is not None:
+            if self.rq.whole or self.held is not None:
                 return True
             return bool(self._block(deadline))
         finally:
@@ -1364,7 +1300,7 @@ cdef class Engine:
 
     def pending(self):
         """Whole messages ready now, without polling."""
-        return self.whole_ready + (self.held is not None)
+        return self.rq.whole + (self.held is not None)
 
     def interrupt(self):
         """Make the receive waiting in another thread raise InterruptedError,

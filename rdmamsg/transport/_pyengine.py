@@ -33,7 +33,8 @@ import time
 from ..errors import (PeerClosedError, ProtocolError, RdmaError, WorkCompletionError,
                       closed_error, inherited_error)
 from ..protocol import frames, ring
-from ..protocol._core import NUMBERS, check_control, completion_error_wins
+from ..protocol._core import (NUMBERS, PEER_CLOSED, REPOST, Arrivals,
+                              completion_error_wins)
 from ..protocol.credits import CreditWindow
 from ..verbs import _pyverbs as pv
 from ..verbs.regcache import buffer_address, byte_view
@@ -73,8 +74,8 @@ class Engine:
             self._tx = ring.RingSender(config.peer_ring.cells, config.peer_ring.cell)
             self._rx = ring.RingReceiver(config.ring_cells, self._ring.size // config.ring_cells)
             nrecv, largest = config.ring_cells + ring.RESERVED_RECEIVES, self._rx.max_bytes
-        self._ready: collections.deque = collections.deque()   # (slot, length, kind, value)
-        self._whole_ready = 0
+        # What each receive means, and the fragments not yet taken (the C core's rules)
+        self._arr = Arrivals(nrecv, self._credits, self._tx, self._rx)
         self._reasm = frames.Reassembler(config.recv_max, largest)
         self._held: bytes | None = None     # a message taken but not yet delivered
         self._tail: tuple[bytes, int] | None = None  # (message, offset) a timed-out send left
@@ -210,12 +211,9 @@ class Engine:
     def _post_credit_update(self) -> None:
         if not self._sq_room() or self._close_sent:
             return
-        if self._rx is not None:
-            if self._rx.report_due():
-                self._post(frames.CREDIT, -1, 0, self._rx.reported())
-                self._stats["credit_updates_sent"] += 1
-        elif self._credits.update_due():
-            self._post(frames.CREDIT, -1, 0)
+        value = self._arr.update_due()
+        if value is not None:
+            self._post(frames.CREDIT, -1, 0, value)
             self._stats["credit_updates_sent"] += 1
 
     # -- completions -----------------------------------------------------------
@@ -254,48 +252,15 @@ class Engine:
         slot = wc.wr_id & ~RECV_TAG
         if slot >= len(self._recv_wrs) or not wc.wc_flags & e.IBV_WC_WITH_IMM:
             return self._fail(ProtocolError("a receive completed without rdmamsg's immediate"))
-        if self._rx is not None:
-            return self._received_ring(wc, slot)
         try:
-            kind, value = frames.unpack_imm(socket.ntohl(wc.imm_data))
-            if frames.returns_credits(kind):
-                self._credits.returned(value)
+            what = self._arr.arrived(slot, wc.opcode == e.IBV_WC_RECV_RDMA_WITH_IMM,
+                                     wc.byte_len, socket.ntohl(wc.imm_data))
         except ProtocolError as exc:
             return self._fail(exc)
-        if kind in (frames.CREDIT, frames.CLOSE):
-            try:
-                check_control(kind, wc.byte_len)
-            except ProtocolError as exc:
-                return self._fail(exc)
-            if kind == frames.CLOSE:
-                self._peer_closed = True
-            self._repost(slot)
-            return
-        self._ready.append((slot, wc.byte_len, kind, value))
-        if kind in (frames.WHOLE, frames.LAST):
-            self._whole_ready += 1
-
-    def _received_ring(self, wc, slot: int) -> None:
-        """A write into our ring, or a control (a zero-length send)."""
-        imm = socket.ntohl(wc.imm_data)
-        try:
-            if wc.opcode == e.IBV_WC_RECV_RDMA_WITH_IMM:
-                kind, offset, ncells = ring.unpack_imm(imm)
-                entry, at = self._rx.accept(kind, offset, ncells, wc.byte_len)
-            else:
-                kind, value = imm & frames.KIND_MASK, imm >> frames.KIND_BITS
-                check_control(kind, wc.byte_len)
-                if kind == frames.CREDIT:
-                    self._tx.freed(value)
-        except ProtocolError as exc:
-            return self._fail(exc)
-        self._repost(slot)
-        if kind == frames.CLOSE:
+        if what & PEER_CLOSED:
             self._peer_closed = True
-        elif kind != frames.CREDIT:
-            self._ready.append((entry, wc.byte_len, kind, at))
-            if kind in (frames.WHOLE, frames.LAST):
-                self._whole_ready += 1
+        if what & REPOST:
+            self._repost(slot)
 
     def _payload(self, item) -> memoryview:
         """The data of a received fragment, in place."""
@@ -625,17 +590,16 @@ class Engine:
         if self._held is not None:
             msg, self._held = self._held, None
             return msg
-        while self._ready:
-            slot, length, kind, value = self._ready[0]
+        while (item := self._arr.head()) is not None:
             try:
-                msg = self._reasm.feed(kind, self._payload(self._ready[0]), value)
+                msg = self._reasm.feed(item[2], self._payload(item), item[3])
             except ProtocolError as exc:
                 self._fail(exc)
                 raise
-            self._ready.popleft()
-            self._consumed(slot)
+            self._arr.pop()
+            self._consumed(item[0])
             if msg is not None:
-                self._whole_ready -= 1
+                self._arr.delivered()
                 self._stats["messages_received"] += 1
                 self._stats["bytes_received"] += len(msg)
                 self._post_credit_update()
@@ -648,7 +612,7 @@ class Engine:
         self._check_open()
         if self._error is not None:
             raise self._error
-        if self._peer_closed and not self._ready:
+        if self._peer_closed and not self._arr:
             if self._reasm.in_progress:
                 self._fail(ProtocolError("the peer closed in the middle of a message"))
                 raise self._error
@@ -698,10 +662,11 @@ class Engine:
         with self._lock:
             self._check_open()
             while True:
-                if (self._held is None and not self._reasm.in_progress and self._ready
-                        and self._ready[0][2] == frames.WHOLE):
-                    item = self._ready.popleft()
-                    self._whole_ready -= 1
+                item = self._arr.head()
+                if (self._held is None and not self._reasm.in_progress and item is not None
+                        and item[2] == frames.WHOLE):
+                    self._arr.pop()
+                    self._arr.delivered()
                     self._stats["messages_received"] += 1
                     self._stats["bytes_received"] += item[1]
                     return MessageView(self, item[0], self._payload(item).toreadonly())
@@ -721,11 +686,11 @@ class Engine:
     def _next_length(self) -> int | None:
         if self._held is not None:
             return len(self._held)
-        if self._reasm.in_progress or not self._ready:
+        item = self._arr.head()
+        if self._reasm.in_progress or item is None:
             return None
-        kind, value = self._ready[0][2:]
         try:
-            return self._reasm.expected_length(kind, self._payload(self._ready[0]), value)
+            return self._reasm.expected_length(item[2], self._payload(item), item[3])
         except ProtocolError as exc:
             self._fail(exc)
             raise
@@ -745,15 +710,15 @@ class Engine:
             if self._eof_expired():
                 self._peer_gone = True
             self._prune()
-            if self._whole_ready or self._held is not None:
-                return self._whole_ready + (self._held is not None)
+            if self._arr.whole or self._held is not None:
+                return self._arr.whole + (self._held is not None)
             # Nothing more can arrive: 1, so that the caller's recv reports it.
             return int(self._error is not None or self._peer_gone
-                       or (self._peer_closed and not self._ready))
+                       or (self._peer_closed and not self._arr))
 
     def pending(self) -> int:
         """Whole messages ready now, without polling."""
-        return self._whole_ready + (self._held is not None)
+        return self._arr.whole + (self._held is not None)
 
     def interrupt(self) -> None:
         """Make the receive waiting in another thread raise InterruptedError,
@@ -786,7 +751,7 @@ class Engine:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._check_open()
-            if self._whole_ready or self._held is not None:
+            if self._arr.whole or self._held is not None:
                 return True
             return self._wait_locked(deadline)
 
