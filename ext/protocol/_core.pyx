@@ -381,6 +381,76 @@ cdef class RingReceiver:
         return n
 
 
+# -- the send queue --------------------------------------------------------------
+
+cdef class SendQueue:
+    """Post numbers (wr_ids), the send buffers they hold, and which posts
+    are signaled; a completion frees every buffer up to its number."""
+
+    cdef txq_t t
+
+    def __init__(self, int depth, int nbufs):
+        if depth < 1 or nbufs < 0:
+            raise ValueError(f"send queue depth {depth}, {nbufs} buffers")
+        txq_free(&self.t)
+        if txq_init(&self.t, depth, nbufs) < 0:
+            raise MemoryError("send queue arrays")
+
+    def __dealloc__(self):
+        txq_free(&self.t)
+
+    @property
+    def next(self) -> int:
+        """The next post's number."""
+        return self.t.next
+
+    @property
+    def done(self) -> int:
+        """Posts completed (every number below this)."""
+        return self.t.done
+
+    @property
+    def free(self) -> int:
+        """Send buffers not in use."""
+        return self.t.nfree
+
+    def room(self) -> bool:
+        """Whether the send queue takes another post."""
+        return txq_room(&self.t)
+
+    def take(self) -> int:
+        """A free send buffer."""
+        if self.t.nfree == 0:
+            raise IndexError("no send buffer is free")
+        return txq_take(&self.t)
+
+    def post(self, int slot, int kind, bint signal=False) -> tuple:
+        """Record the next post (holding buffer ``slot``, or -1): (its wr_id,
+        whether to signal it)."""
+        if not txq_room(&self.t):
+            raise RuntimeError("the send queue is full")
+        if not -1 <= slot < self.t.nbufs:
+            raise ValueError(f"no send buffer {slot}")
+        cdef uint64_t wr_id = self.t.next
+        return wr_id, txq_post(&self.t, slot, kind, signal)
+
+    def completed(self, uint64_t seq) -> None:
+        """Post ``seq`` completed, and so did every one before it."""
+        txq_done(&self.t, seq)
+
+
+def send_imm(CreditWindow credits, int kind, uint64_t value=0) -> int:
+    """The immediate of a send of ``kind`` (host order), spending a credit
+    of ``credits`` on the send channel (None: the write channel)."""
+    if not 0 <= kind <= K_FIRST_LONG:
+        raise ValueError(f"bad fragment kind {kind}")
+    if value > MAX_IMM_VALUE and (credits is None or kind == K_FIRST):   # (others carry credits)
+        raise ValueError(f"{value} does not fit an immediate's {32 - KIND_BITS} bits")
+    if credits is not None and credits.c.credits < 1:
+        raise RuntimeError("no credit to spend")
+    return tx_imm(NULL if credits is None else &credits.c, kind, <uint32_t>value)
+
+
 # -- arrivals --------------------------------------------------------------------
 
 QUEUED, REPOST, PEER_CLOSED = ARR_QUEUED, ARR_REPOST, ARR_CLOSE   #: Arrivals.arrived's flags

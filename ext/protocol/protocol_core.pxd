@@ -362,6 +362,91 @@ cdef inline void rrx_release(ring_rx_t *r, uint32_t entry) noexcept nogil:
         r.head = r.end[at]
 
 
+# -- the send queue: sequence numbers, send buffers, signalling -----------------
+# Each post's wr_id is the next sequence number.  An RC queue completes in
+# order, so a send completion frees every send buffer up to its number.
+# One post in ``signal_every`` (and every CLOSE) is signaled, so that
+# buffers come back often enough without a completion per post.
+
+cdef struct txq_t:
+    uint64_t next, done         # sequence numbers posted, and completed
+    int depth                   # the send queue's
+    int *slot_of                # [depth]: the send buffer each post holds (-1: none)
+    int *free                   # send buffers not in use (a stack)
+    int nfree, nbufs, unsignaled, signal_every
+
+
+cdef inline int txq_init(txq_t *t, int depth, int nbufs) noexcept nogil:
+    """-1 if its arrays cannot be had; txq_free frees them."""
+    cdef int i
+    t.next = t.done = 0
+    t.depth, t.nfree, t.nbufs, t.unsignaled = depth, nbufs, nbufs, 0
+    t.signal_every = (nbufs if nbufs < depth else depth) // 4
+    if t.signal_every < 1:
+        t.signal_every = 1
+    t.slot_of = <int *>calloc(depth, sizeof(int))
+    t.free = <int *>calloc(nbufs if nbufs > 0 else 1, sizeof(int))
+    if t.slot_of == NULL or t.free == NULL:
+        txq_free(t)
+        return -1
+    for i in range(nbufs):
+        t.free[i] = i
+    return 0
+
+
+cdef inline void txq_free(txq_t *t) noexcept nogil:
+    free(t.slot_of)
+    free(t.free)
+    t.slot_of = t.free = NULL
+    t.nfree = 0
+
+
+cdef inline bint txq_room(const txq_t *t) noexcept nogil:
+    return t.next - t.done < <uint64_t>t.depth
+
+
+cdef inline int txq_take(txq_t *t) noexcept nogil:
+    """A free send buffer (the caller checked ``nfree``)."""
+    t.nfree -= 1
+    return t.free[t.nfree]
+
+
+cdef inline bint txq_post(txq_t *t, int slot, int kind, bint signal) noexcept nogil:
+    """Record post number ``next`` (holding ``slot``, or -1); whether it is
+    to be signaled."""
+    cdef bint signaled = signal or kind == K_CLOSE or t.unsignaled + 1 >= t.signal_every
+    t.unsignaled = 0 if signaled else t.unsignaled + 1
+    t.slot_of[t.next % <uint64_t>t.depth] = slot
+    t.next += 1
+    return signaled
+
+
+cdef inline void txq_done(txq_t *t, uint64_t seq) noexcept nogil:
+    """Post ``seq`` completed: so did every one before it."""
+    cdef int slot
+    if seq < t.done or seq >= t.next:
+        return
+    while t.done <= seq:
+        slot = t.slot_of[t.done % <uint64_t>t.depth]
+        if slot >= 0 and t.nfree < t.nbufs:
+            t.free[t.nfree] = slot
+            t.nfree += 1
+        t.done += 1
+
+
+cdef inline uint32_t tx_imm(credit_t *cw, int kind, uint32_t value) noexcept nogil:
+    """A send's immediate.  On the send channel (``cw``) it spends a
+    credit, and all but FIRST (whose ``value`` is the message's length)
+    carry back the credits we owe; on the write channel a control's
+    ``value`` is the ring cells it reports."""
+    if cw != NULL:
+        if kind == K_FIRST:
+            cw_spend(cw, False)
+        else:
+            value = <uint32_t>cw_spend(cw, True)
+    return imm_pack(kind, value)
+
+
 # -- arrivals: what a receive completion means, and the fragments waiting -----
 # On the send channel (``cw``) a fragment arrives in a receive buffer
 # (``slot``), which stays out until the fragment is taken.  On the write

@@ -193,12 +193,8 @@ cdef class Engine:
     cdef int nsend
     cdef char **saddr
     cdef uint32_t *slkey
-    cdef int *sfree
-    cdef int nfree
     cdef int sq_depth
-    cdef int *sq_slot
-    cdef uint64_t seq_next, seq_done
-    cdef int unsignaled, signal_every
+    cdef txq_t tq                  # post numbers, free send buffers, signalling (protocol_core)
     cdef ibv_send_wr swr[POST_BATCH]
     cdef ibv_sge ssge[POST_BATCH]
     cdef int nbatch
@@ -259,7 +255,6 @@ cdef class Engine:
         self.regcache = regcache if config.zerocopy_min > 0 else None
         self.zc_pending = collections.deque()
         self.spin_s = config.spin_us / 1e6
-        self.signal_every = max(1, min(self.nsend, self.sq_depth) // 4)
         cw_init(&self.cw, config.peer_depth,
                 config.credit_threshold or cw_default_threshold(config.peer_depth))
         if self.nrecv < 1 or self.nsend < 1:
@@ -291,8 +286,6 @@ cdef class Engine:
         for i, b in enumerate(send_bufs):
             self.saddr[i] = <char *><uintptr_t>b.addr
             self.slkey[i] = b.lkey
-            self.sfree[i] = i
-        self.nfree = self.nsend
         self._open_fds()
         cdef pthread_condattr_t ca
         pthread_condattr_init(&ca)
@@ -309,11 +302,9 @@ cdef class Engine:
         self.rsge = <ibv_sge *>calloc(self.nrecv, sizeof(ibv_sge))
         self.saddr = <char **>calloc(self.nsend, sizeof(char *))
         self.slkey = <uint32_t *>calloc(self.nsend, sizeof(uint32_t))
-        self.sfree = <int *>calloc(self.nsend, sizeof(int))
-        self.sq_slot = <int *>calloc(self.sq_depth, sizeof(int))
         if (rxq_init(&self.rq, self.nrecv) < 0 or self.raddr == NULL or self.rwr == NULL
                 or self.rsge == NULL or self.saddr == NULL or self.slkey == NULL
-                or self.sfree == NULL or self.sq_slot == NULL):
+                or txq_init(&self.tq, self.sq_depth, self.nsend) < 0):
             self._free_arrays()
             raise MemoryError("engine arrays")
 
@@ -336,9 +327,10 @@ cdef class Engine:
 
     cdef void _free_arrays(self) noexcept:
         free(self.raddr); free(self.rwr); free(self.rsge)
-        free(self.saddr); free(self.slkey); free(self.sfree); free(self.sq_slot)
+        free(self.saddr); free(self.slkey)
         self.raddr = NULL; self.rwr = NULL; self.rsge = NULL
-        self.saddr = NULL; self.slkey = NULL; self.sfree = NULL; self.sq_slot = NULL
+        self.saddr = NULL; self.slkey = NULL
+        txq_free(&self.tq)
         rrx_free(&self.rrx)
         rxq_free(&self.rq)
 
@@ -393,13 +385,12 @@ cdef class Engine:
         sge.addr = <uintptr_t>addr
         sge.length = length
         sge.lkey = lkey
-        wr.wr_id = self.seq_next
+        wr.wr_id = self.tq.next
         wr.next = NULL
         wr.sg_list = sge
         wr.num_sge = 1 if length else 0
         wr.opcode = IBV_WR_SEND_WITH_IMM
-        cdef bint signaled = signal or kind == K_CLOSE or self.unsignaled + 1 >= self.signal_every
-        self.unsignaled = 0 if signaled else self.unsignaled + 1
+        cdef bint signaled = txq_post(&self.tq, slot, kind, signal)
         wr.send_flags = (IBV_SEND_SIGNALED if signaled else 0) | (IBV_SEND_INLINE if inline else 0)
         if rcells:
             wr.opcode = IBV_WR_RDMA_WRITE_WITH_IMM
@@ -407,17 +398,9 @@ cdef class Engine:
             wr.wr.rdma.rkey = self.rtx.rkey
             wr.imm_data = htonl(ring_imm(kind, roff, rcells))
         else:
-            if self.ringmode:
-                pass                   # a write channel control: ``value`` is cells freed
-            elif kind == K_FIRST:
-                cw_spend(&self.cw, False)
-            else:
-                value = cw_spend(&self.cw, True)
-            wr.imm_data = htonl(imm_pack(kind, value))
+            wr.imm_data = htonl(tx_imm(self._credits(), kind, value))
         if self.nbatch:
             self.swr[self.nbatch - 1].next = wr
-        self.sq_slot[self.seq_next % self.sq_depth] = slot
-        self.seq_next += 1
         self.nbatch += 1
 
     cdef int _flush(self) noexcept nogil:
@@ -432,7 +415,7 @@ cdef class Engine:
         return 0
 
     cdef inline bint _sq_room(self) noexcept nogil:
-        return self.seq_next - self.seq_done < <uint64_t>self.sq_depth
+        return txq_room(&self.tq)
 
     cdef void _maybe_update(self) noexcept nogil:
         cdef uint32_t n
@@ -477,7 +460,7 @@ cdef class Engine:
         cdef uint64_t a = 0, b = 0
         if wc.status != IBV_WC_SUCCESS:
             if not (wc.wr_id & RECV_TAG):
-                self._sent_through(wc.wr_id)
+                txq_done(&self.tq, wc.wr_id)
             if wc_error_wins(WC_NONE if self.err == E_NONE else
                              self.wc_status if self.err == E_WC else WC_OTHER, wc.status):
                 self.err = E_WC
@@ -486,7 +469,7 @@ cdef class Engine:
                 self.wc_recv = (wc.wr_id & RECV_TAG) != 0
             return
         if not (wc.wr_id & RECV_TAG):
-            self._sent_through(wc.wr_id)
+            txq_done(&self.tq, wc.wr_id)
             return
         slot = <int>(wc.wr_id & ~RECV_TAG)
         if slot >= self.nrecv:
@@ -522,17 +505,6 @@ cdef class Engine:
             rrx_release(&self.rrx, <uint32_t>slot)
         else:
             self._repost(slot)
-
-    cdef void _sent_through(self, uint64_t seq) noexcept nogil:
-        cdef int slot
-        if seq < self.seq_done or seq >= self.seq_next:
-            return
-        while self.seq_done <= seq:
-            slot = self.sq_slot[self.seq_done % self.sq_depth]
-            if slot >= 0:
-                self.sfree[self.nfree] = slot
-                self.nfree += 1
-            self.seq_done += 1
 
     # -- waiting ---------------------------------------------------------------
 
@@ -826,20 +798,20 @@ cdef class Engine:
                 if self.tail_obj is not None:
                     tail = self.tail_obj
                     self._send_buf(PyBytes_AS_STRING(tail), len(tail), True, deadline, 0)
-                first_seq = self.seq_next
+                first_seq = self.tq.next
                 try:
                     # A buffer that may change must be waited for: ask for the
                     # completion of its last fragment.  Others complete with the
                     # next signaled send (an RC queue completes in order).
                     self._send_buf(ptr, n, False, deadline, lkey, mutable)
                 finally:
-                    if reg is not None and self.seq_next > first_seq:
+                    if reg is not None and self.tq.next > first_seq:
                         # Posted from the caller's memory: keep it registered
                         # (and exported) until the last of those sends completes.
-                        self.zc_pending.append((self.seq_next - 1, reg))
+                        self.zc_pending.append((self.tq.next - 1, reg))
                         self.st[ST_ZEROCOPY] += 1
                         kept = True
-                        last_seq = self.seq_next - 1
+                        last_seq = self.tq.next - 1
             finally:
                 self._give_send_turn()
                 if kept and mutable:
@@ -890,7 +862,7 @@ cdef class Engine:
 
     cdef int _prune(self) except -1:
         """Let go of registrations whose zero-copy sends have completed."""
-        while self.zc_pending and self.zc_pending[0][0] < self.seq_done:
+        while self.zc_pending and self.zc_pending[0][0] < self.tq.done:
             self.regcache.release(self.zc_pending.popleft()[1])
         return 0
 
@@ -898,7 +870,7 @@ cdef class Engine:
         """Wait until send ``seq`` has completed (its memory is free again).  A
         broken connection flushes it: the QP goes to ERR so that is quick."""
         self._flush()
-        while self.seq_done <= seq:
+        while self.tq.done <= seq:
             if self.err != E_NONE or self.peer_gone:
                 self._abort()
             if self._progress():
@@ -982,8 +954,7 @@ cdef class Engine:
                     self._queue(kind, ptr, <uint32_t>n, 0, -1, n > 0, 0, False, roff, rcells)
                     self.st[ST_INLINE] += 1
             else:
-                self.nfree -= 1
-                slot = self.sfree[self.nfree]
+                slot = txq_take(&self.tq)
                 dst = self.saddr[slot]
                 if kind == K_FIRST_LONG:
                     put_u64le(dst, n)
@@ -1003,7 +974,7 @@ cdef class Engine:
                     uint32_t *rcells) noexcept nogil:
         """Whether a ``wire``-byte fragment may be posted now; on the write
         channel, also where it goes in the peer's ring (whose space it spends)."""
-        if not self._sq_room() or (need_slot and self.nfree == 0):
+        if not self._sq_room() or (need_slot and self.tq.nfree == 0):
             return False
         if self.ringmode:
             if rtx_place(&self.rtx, wire, roff, rcells):
@@ -1352,7 +1323,7 @@ cdef class Engine:
                 self._queue(K_CLOSE, NULL, 0, 0, -1, False)
                 self.close_sent = True
                 self._flush()
-                while self.seq_done < self.seq_next:
+                while self.tq.done < self.tq.next:
                     if self.err != E_NONE or self.peer_gone or self.live_eof:
                         return
                     if not self._progress() and not self._block(deadline):

@@ -33,8 +33,8 @@ import time
 from ..errors import (PeerClosedError, ProtocolError, RdmaError, WorkCompletionError,
                       closed_error, inherited_error)
 from ..protocol import frames, ring
-from ..protocol._core import (NUMBERS, PEER_CLOSED, REPOST, Arrivals,
-                              completion_error_wins)
+from ..protocol._core import (NUMBERS, PEER_CLOSED, REPOST, Arrivals, SendQueue,
+                              completion_error_wins, send_imm)
 from ..protocol.credits import CreditWindow
 from ..verbs import _pyverbs as pv
 from ..verbs.regcache import buffer_address, byte_view
@@ -57,12 +57,7 @@ class Engine:
         self._cfg = config
         self._rbufs = list(recv_bufs)
         self._sbufs = list(send_bufs)
-        self._free = list(range(len(self._sbufs)))
-        self._sq_depth = qp.max_send_wr
-        self._slot_of: dict[int, int] = {}
-        self._seq_next = self._seq_done = 0
-        self._signal_every = max(1, min(len(self._sbufs), self._sq_depth) // 4)
-        self._unsignaled = 0
+        self._sq = SendQueue(qp.max_send_wr, len(self._sbufs))   # post numbers, free buffers
         self._ring = config.ring
         if self._ring is None:
             self._credits = CreditWindow(config.peer_depth, config.credit_threshold)
@@ -156,9 +151,6 @@ class Engine:
         if self._leader:
             os.eventfd_write(self._wake, 1)
 
-    def _sq_room(self) -> bool:
-        return self._seq_next - self._seq_done < self._sq_depth
-
     def _post(self, kind: int, slot: int, length: int, value: int = 0,
               zc: tuple[int, int] | None = None, signal: bool = False,
               at: tuple[int, int] | None = None, inline: bool = False) -> None:
@@ -173,15 +165,8 @@ class Engine:
             imm = ring.pack_imm(kind, *at)
             opcode = e.IBV_WR_RDMA_WRITE_WITH_IMM
         else:
-            if self._credits is None:
-                pass                 # a write channel control: ``value`` is cells freed
-            elif kind == frames.FIRST:
-                self._credits.spend(returning=False)
-            else:
-                value = self._credits.spend()
-            imm = frames.pack_imm(kind, value)
-        signaled = signal or kind == frames.CLOSE or self._unsignaled + 1 >= self._signal_every
-        self._unsignaled = 0 if signaled else self._unsignaled + 1
+            imm = send_imm(self._credits, kind, value)
+        wr_id, signaled = self._sq.post(slot, kind, signal)
         if zc is not None:
             addr, lkey = zc
         elif slot >= 0:
@@ -190,7 +175,7 @@ class Engine:
             addr = lkey = 0
         sge = pv.wr.SGE(addr, length, lkey)
         flags = (e.IBV_SEND_SIGNALED if signaled else 0) | (e.IBV_SEND_INLINE if inline else 0)
-        wr = pv.wr.SendWR(wr_id=self._seq_next, opcode=opcode, num_sge=1,
+        wr = pv.wr.SendWR(wr_id=wr_id, opcode=opcode, num_sge=1,
                           sg=[sge], imm_data=socket.htonl(imm), send_flags=flags)
         if at is not None:
             peer = self._peer_ring
@@ -205,11 +190,9 @@ class Engine:
         finally:
             wr.close()
             sge.close()
-        self._slot_of[self._seq_next] = slot
-        self._seq_next += 1
 
     def _post_credit_update(self) -> None:
-        if not self._sq_room() or self._close_sent:
+        if not self._sq.room() or self._close_sent:
             return
         value = self._arr.update_due()
         if value is not None:
@@ -231,7 +214,7 @@ class Engine:
             elif wc.wr_id & RECV_TAG:
                 self._received(wc)
             else:
-                self._sent_through(wc.wr_id)
+                self._sq.completed(wc.wr_id)
         if n:
             self._changes += 1
             self._post_credit_update()
@@ -241,7 +224,7 @@ class Engine:
 
     def _wc_failed(self, wc) -> None:
         if not wc.wr_id & RECV_TAG:
-            self._sent_through(wc.wr_id)
+            self._sq.completed(wc.wr_id)
         held = (NUMBERS["WC_NONE"] if self._error is None else self._error.status
                 if isinstance(self._error, WorkCompletionError) else NUMBERS["WC_OTHER"])
         if completion_error_wins(held, wc.status):
@@ -275,15 +258,6 @@ class Engine:
             self._repost(slot)
         else:
             self._rx.release(slot)
-
-    def _sent_through(self, seq: int) -> None:
-        if not self._seq_done <= seq < self._seq_next:
-            return
-        while self._seq_done <= seq:
-            slot = self._slot_of.pop(self._seq_done)
-            if slot >= 0:
-                self._free.append(slot)
-            self._seq_done += 1
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
@@ -463,20 +437,20 @@ class Engine:
                     self._prune()
                     if self._tail is not None:
                         self._send_from(*self._tail, continuing=True, deadline=deadline)
-                    first = self._seq_next
+                    first = self._sq.next
                     try:
                         self._send_from(mv, 0, continuing=False, deadline=deadline,
                                         zc=None if reg is None else (addr, reg.lkey),
                                         signal_last=type(data) is not bytes)
                     finally:
-                        if reg is not None and self._seq_next > first:
+                        if reg is not None and self._sq.next > first:
                             # Posted from the caller's memory: keep it registered
                             # until the last of those sends completes.
-                            self._zc_pending.append((self._seq_next - 1, reg))
+                            self._zc_pending.append((self._sq.next - 1, reg))
                             self._stats["zerocopy_sends"] += 1
                             reg = None
                             if type(data) is not bytes:
-                                wait_for = self._seq_next - 1
+                                wait_for = self._sq.next - 1
                 finally:
                     self._give_send_turn()
                     if wait_for is not None:
@@ -510,12 +484,12 @@ class Engine:
             self._cond.notify_all()
 
     def _prune(self) -> None:
-        while self._zc_pending and self._zc_pending[0][0] < self._seq_done:
+        while self._zc_pending and self._zc_pending[0][0] < self._sq.done:
             self._regcache.release(self._zc_pending.popleft()[1])
 
     def _wait_sent(self, seq: int) -> None:
         """Wait until send ``seq`` has completed; a broken connection flushes it."""
-        while self._seq_done <= seq:
+        while self._sq.done <= seq:
             if self._error is not None or self._peer_gone:
                 self._abort()
             if not self._progress():
@@ -561,7 +535,7 @@ class Engine:
                 self._post(kind, -1, length, n, zc=(zc[0] + off, zc[1]),
                            signal=signal_last and kind in (frames.WHOLE, frames.LAST), at=at)
                 continue
-            slot = self._free.pop()
+            slot = self._sq.take()
             view = self._sbufs[slot].view
             if kind == frames.FIRST_LONG:
                 frames.FIRST_HEADER.pack_into(view, 0, n)
@@ -574,7 +548,7 @@ class Engine:
     def _room(self, kind: int, wire: int, need_slot: bool):
         """None while a ``wire``-byte fragment cannot be posted; else where it
         goes in the peer's ring ((offset, cells), which it spends), or ()."""
-        if not self._sq_room() or not (self._free or not need_slot):
+        if not self._sq.room() or not (self._sq.free or not need_slot):
             return None
         if self._tx is not None:
             at = self._tx.place(wire)
@@ -773,7 +747,7 @@ class Engine:
                     return
                 if self._tail is not None:
                     self._send_from(*self._tail, continuing=True, deadline=deadline)
-                while not (self._sq_room() and (self._credits is None
+                while not (self._sq.room() and (self._credits is None
                                                 or self._credits.can_send(True))):
                     if self._error or self._peer_gone or self._live_eof:
                         return
@@ -781,7 +755,7 @@ class Engine:
                         return
                 self._post(frames.CLOSE, -1, 0)
                 self._close_sent = True
-                while self._seq_done < self._seq_next:
+                while self._sq.done < self._sq.next:
                     if self._error or self._peer_gone or self._live_eof:
                         return
                     if not self._wait_locked(deadline):
