@@ -5,9 +5,11 @@ fuzzers.  rdmamsg/protocol/frames.py, credits.py and ring.py re-export it;
 read the models there."""
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
+import enum
+
 from protocol_core cimport *
 
-from rdmamsg.errors import ProtocolError
+from rdmamsg.errors import PeerClosedError, ProtocolError
 
 WHOLE, FIRST, MIDDLE, LAST, CREDIT, CLOSE, FIRST_LONG = range(7)
 KIND_NAMES = ("WHOLE", "FIRST", "MIDDLE", "LAST", "CREDIT", "CLOSE", "FIRST_LONG")
@@ -530,6 +532,85 @@ cdef class Arrivals:
         if not rx_update_due(cw, rrx, &value):
             return None
         return value
+
+
+# -- the end of a connection ------------------------------------------------------
+
+class End(enum.IntEnum):
+    """What ends a connection, for a receive or a send (protocol_core's END_*)."""
+    OPEN = END_OPEN
+    CLOSED = END_CLOSED
+    CLOSED_MID = END_CLOSED_MID
+    GONE = END_GONE
+    PEER_CLOSED = END_PEER_CLOSED
+    SHUT = END_SHUT
+
+
+EOF_GRACE = EOF_GRACE_MS * 1e-3
+
+
+def end_error(int end) -> Exception:
+    """The error a call meets once the connection ends this way (END_*)."""
+    if end == END_CLOSED:
+        return PeerClosedError("the peer closed the connection; every message it sent "
+                               "has been received")
+    if end == END_CLOSED_MID:
+        return ProtocolError("the peer closed in the middle of a message")
+    if end == END_GONE:
+        return ConnectionResetError("the peer is gone: its process ended or its host is "
+                                    "unreachable (the bootstrap TCP connection closed)")
+    if end == END_PEER_CLOSED:
+        return BrokenPipeError("the peer closed the connection")
+    if end == END_SHUT:
+        return BrokenPipeError("this endpoint was shut down for sending")
+    raise ValueError(f"no end {end}")
+
+
+cdef class PeerEnd:
+    """What is known of the peer's end: its CLOSE, the bootstrap
+    connection's EOF, and whether it is gone (protocol_core's end_t)."""
+
+    cdef end_t e
+
+    @property
+    def closed(self) -> bool:
+        """Its CLOSE arrived."""
+        return self.e.peer_closed
+
+    @closed.setter
+    def closed(self, bint v):
+        self.e.peer_closed = v
+
+    @property
+    def eof(self) -> bool:
+        """The bootstrap connection's EOF came."""
+        return self.e.live_eof
+
+    @property
+    def gone(self) -> bool:
+        return self.e.peer_gone
+
+    def saw_eof(self, double now) -> None:
+        if not self.e.live_eof:
+            self.e.live_eof, self.e.eof_at = True, now
+
+    def expired(self, double now) -> bool:
+        """Whether the EOF outlived its grace with no CLOSE (the peer is then gone)."""
+        return end_expired(&self.e, now)
+
+    def receiving(self, int queued, bint assembling) -> int:
+        """What ends receiving (OPEN: nothing), with ``queued`` fragments left."""
+        return end_receiving(&self.e, queued, assembling)
+
+    def sending(self, bint close_sent) -> int:
+        return end_sending(&self.e, close_sent)
+
+    def sleep_limit(self, double timeout) -> float:
+        """How long a sleep may last (seconds, -1: no limit) while an EOF
+        is judged."""
+        if end_sleep_ms(&self.e, -1) < 0:
+            return timeout
+        return EOF_GRACE if timeout < 0 else min(timeout, EOF_GRACE)
 
 
 # -- grant descriptors -----------------------------------------------------------

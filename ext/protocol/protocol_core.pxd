@@ -564,6 +564,61 @@ cdef inline bint rx_update_due(credit_t *cw, ring_rx_t *rrx, uint32_t *value) no
     return True
 
 
+# -- the end of a connection ------------------------------------------------------
+# The bootstrap TCP connection carries nothing after the handshake.  Its EOF
+# means the peer is gone, unless the peer's CLOSE came first (the orderly
+# end) or comes within EOF_GRACE_MS (it may still be in flight).
+
+cdef enum:
+    EOF_GRACE_MS = 200
+    END_OPEN = 0                # nothing ends it
+    END_CLOSED = 1              # the peer closed; every message it sent was received
+    END_CLOSED_MID = 2          # the peer closed in the middle of a message (a broken rule)
+    END_GONE = 3                # the peer is gone: EOF with no CLOSE
+    END_PEER_CLOSED = 4         # (sending) the peer closed
+    END_SHUT = 5                # (sending) we sent our CLOSE
+
+
+cdef struct end_t:
+    bint peer_closed            # its CLOSE arrived
+    bint live_eof               # the bootstrap connection's EOF came, at eof_at
+    bint peer_gone
+    double eof_at
+
+
+cdef inline int end_receiving(const end_t *e, int queued, bint assembling) noexcept nogil:
+    """What ends receiving, with ``queued`` fragments not yet taken."""
+    if e.peer_closed and queued == 0:
+        return END_CLOSED_MID if assembling else END_CLOSED
+    return END_GONE if e.peer_gone else END_OPEN
+
+
+cdef inline int end_sending(const end_t *e, bint close_sent) noexcept nogil:
+    if e.peer_gone:
+        return END_GONE
+    if e.peer_closed:
+        return END_PEER_CLOSED
+    return END_SHUT if close_sent else END_OPEN
+
+
+cdef inline bint end_expired(end_t *e, double now) noexcept nogil:
+    """Whether an EOF has outlived its grace with no CLOSE: then the peer
+    is gone (and ``peer_gone`` says so from now on)."""
+    if (e.live_eof and not e.peer_gone and not e.peer_closed
+            and now - e.eof_at > EOF_GRACE_MS * 1e-3):
+        e.peer_gone = True
+        return True
+    return False
+
+
+cdef inline int end_sleep_ms(const end_t *e, int timeout_ms) noexcept nogil:
+    """How long a sleep may last (-1: no limit): within an EOF's grace, no
+    longer than the grace, to judge it when it ends."""
+    if e.live_eof and not e.peer_gone and (timeout_ms < 0 or timeout_ms > EOF_GRACE_MS):
+        return EOF_GRACE_MS
+    return timeout_ms
+
+
 # -- grant descriptors (remote buffers) ------------------------------------------
 # 32 bytes, little-endian: "RMG1", the access, 3 zero bytes, the buffer's
 # address and length (8 bytes each), its rkey and the grant's id (4 each).

@@ -31,9 +31,9 @@ from libc.string cimport memcpy
 
 import collections
 
-from rdmamsg.errors import PeerClosedError, ProtocolError, RdmaError, WorkCompletionError
+from rdmamsg.errors import ProtocolError, RdmaError, WorkCompletionError
 from rdmamsg.errors import closed_error, inherited_error
-from rdmamsg.protocol._core import describe as describe_rule
+from rdmamsg.protocol._core import describe as describe_rule, end_error
 
 cdef enum:
     WC_BATCH = 32
@@ -74,7 +74,6 @@ if len(STAT_KEYS) != ST_N:
     raise ImportError(f"engine.pxi counts {ST_N} stats; backend.STAT_KEYS names {len(STAT_KEYS)}")
 
 cdef uint64_t RECV_TAG = (<uint64_t>1) << 63
-cdef double EOF_GRACE = 0.2
 cdef double GIL_SPIN = 50e-6     # of the spin, how long with the GIL held
 cdef double IDLE_SPIN = 50e-6    # the spin after an idle stretch
 cdef int gil_waiters = 0         # this module's threads waiting without the GIL
@@ -212,10 +211,11 @@ cdef class Engine:
     cdef char *ring_base
     cdef object ring_view
     # state
-    cdef bint closed, peer_closed, close_sent, live_eof, peer_gone, aborted
+    cdef bint closed, close_sent, aborted
+    cdef end_t pe                  # the peer's CLOSE, EOF, gone (protocol_core)
     cdef int inherited_from        # the parent's pid, in a child after fork()
     cdef object __weakref__        # verbs.inherit keeps engines in a WeakSet
-    cdef double eof_at, spin_s, last_active
+    cdef double spin_s, last_active
     cdef int err, err_arg, wc_status, wc_vendor
     cdef uint64_t err_a, err_b     # E_CORE: the broken rule's details
     cdef bint wc_recv
@@ -485,7 +485,7 @@ cdef class Engine:
             self._broke(rc, a, b)
             return
         if what & ARR_CLOSE:
-            self.peer_closed = True
+            self.pe.peer_closed = True
         if what & ARR_REPOST:
             self._repost(slot)
 
@@ -595,19 +595,16 @@ cdef class Engine:
         if self._progress() or (receiving and rdmamsg_load(&self.intr)):
             return 1
         now = mono()
-        if self.live_eof and not self.peer_gone and not self.peer_closed:
-            if now - self.eof_at > EOF_GRACE:
-                self.peer_gone = True
-                pthread_cond_broadcast(&self.cond)
-                return 1
+        if end_expired(&self.pe, now):
+            pthread_cond_broadcast(&self.cond)
+            return 1
         if deadline < 0:
             timeout_ms = -1
         elif deadline <= now:
             timeout_ms = 0
         else:
             timeout_ms = <int>((deadline - now) * 1000) + 1
-        if self.live_eof and not self.peer_gone and (timeout_ms < 0 or timeout_ms > 200):
-            timeout_ms = <int>(EOF_GRACE * 1000)
+        timeout_ms = end_sleep_ms(&self.pe, timeout_ms)
         self.st[ST_SLEEPS] += 1
         self.leader = True
         pthread_mutex_unlock(&self.mu)
@@ -634,13 +631,12 @@ cdef class Engine:
     cdef void _check_live(self) noexcept nogil:
         cdef char buf[64]
         cdef ssize_t r
-        if self.live_eof:
+        if self.pe.live_eof:
             return
         r = recv(self.live_fd, buf, 64, MSG_DONTWAIT)
         if r > 0 or (r < 0 and (errno == EAGAIN or errno == EINTR)):
             return
-        self.live_eof = True
-        self.eof_at = mono()
+        self.pe.live_eof, self.pe.eof_at = True, mono()
         epoll_ctl(self.ep_fd, EPOLL_CTL_DEL, self.live_fd, NULL)
 
     # -- errors ----------------------------------------------------------------
@@ -685,9 +681,8 @@ cdef class Engine:
     cdef int _raise_broken(self) except -1:
         if self.err != E_NONE:
             raise self._error()
-        if self.peer_gone:
-            raise ConnectionResetError("the peer is gone: its process ended or its host is "
-                                       "unreachable (the bootstrap TCP connection closed)")
+        if self.pe.peer_gone:
+            raise end_error(END_GONE)
         return 0
 
     cdef int _check_open(self) except -1:
@@ -716,24 +711,20 @@ cdef class Engine:
     cdef int _check_send(self) except -1:
         self._check_open()
         self._raise_broken()
-        if self.peer_closed:
-            raise BrokenPipeError("the peer closed the connection")
-        if self.close_sent:
-            raise BrokenPipeError("this endpoint was shut down for sending")
+        cdef int end = end_sending(&self.pe, self.close_sent)
+        if end != END_OPEN:
+            raise end_error(end)
         return 0
 
     cdef int _check_recv(self) except -1:
         self._check_open()
         if self.err != E_NONE:
             raise self._error()
-        if self.peer_closed and self.rq.count == 0:
-            if self.asm.active:
-                self._proto("the peer closed in the middle of a message")
-            raise PeerClosedError("the peer closed the connection; every message it sent "
-                                  "has been received")
-        if self.peer_gone:
-            raise ConnectionResetError("the peer is gone: its process ended or its host is "
-                                       "unreachable (the bootstrap TCP connection closed)")
+        cdef int end = end_receiving(&self.pe, self.rq.count, self.asm.active)
+        if end == END_CLOSED_MID:
+            self._proto(end_error(end).args[0])      # drops the connection
+        if end != END_OPEN:
+            raise end_error(end)
         if rdmamsg_load(&self.intr):
             rdmamsg_store(&self.intr, 0)
             raise InterruptedError("the receive was interrupted (Engine.interrupt)")
@@ -871,7 +862,7 @@ cdef class Engine:
         broken connection flushes it: the QP goes to ERR so that is quick."""
         self._flush()
         while self.tq.done <= seq:
-            if self.err != E_NONE or self.peer_gone:
+            if self.err != E_NONE or self.pe.peer_gone:
                 self._abort()
             if self._progress():
                 continue
@@ -903,7 +894,7 @@ cdef class Engine:
         if st == P_BROKEN:
             self._check_open()
             self._raise_broken()
-            raise BrokenPipeError("the peer closed the connection")
+            raise end_error(END_PEER_CLOSED)
         if st == P_TIMED_OUT:
             if off == 0 and not continuing:
                 raise TimeoutError("send timed out waiting for the peer to take messages")
@@ -938,7 +929,7 @@ cdef class Engine:
             while not self._room(returning, wire, need_slot, &roff, &rcells):
                 if self._progress():
                     continue
-                if self.err != E_NONE or self.peer_gone or self.peer_closed or self.closed:
+                if self.err != E_NONE or self.pe.peer_gone or self.pe.peer_closed or self.closed:
                     return P_BROKEN
                 if not wait:
                     return P_STALLED
@@ -1091,7 +1082,7 @@ cdef class Engine:
             self._flush()
             if self._progress():
                 continue
-            if (self.err != E_NONE or self.peer_gone or self.peer_closed or self.closed
+            if (self.err != E_NONE or self.pe.peer_gone or self.pe.peer_closed or self.closed
                     or rdmamsg_load(&self.intr)):
                 return 1
             if not self._wait(deadline, self.changes, True):
@@ -1236,15 +1227,13 @@ cdef class Engine:
                 ibv_req_notify_cq(self.cq, 0)
                 while self._progress():
                     pass
-                if (self.live_eof and not self.peer_gone and not self.peer_closed
-                        and mono() - self.eof_at > EOF_GRACE):
-                    self.peer_gone = True
+                end_expired(&self.pe, mono())
             self._prune()
             if self.rq.whole or self.held is not None:
                 return self.rq.whole + (self.held is not None)
             # Nothing more can arrive: 1, so that the caller's recv reports it.
-            return int(self.err != E_NONE or self.peer_gone
-                       or (self.peer_closed and self.rq.count == 0))
+            return int(self.err != E_NONE
+                       or end_receiving(&self.pe, self.rq.count, False) != END_OPEN)
         finally:
             self._unlock()
 
@@ -1303,7 +1292,7 @@ cdef class Engine:
         cdef double deadline = _deadline(timeout)
         self._lock()
         try:
-            if (self.closed or self.close_sent or self.err != E_NONE or self.peer_gone):
+            if (self.closed or self.close_sent or self.err != E_NONE or self.pe.peer_gone):
                 return
             try:
                 self._take_send_turn(deadline)
@@ -1316,7 +1305,7 @@ cdef class Engine:
                     tail = self.tail_obj
                     self._send_buf(PyBytes_AS_STRING(tail), len(tail), True, deadline, 0)
                 while not ((self.ringmode or cw_can_send(&self.cw, True)) and self._sq_room()):
-                    if self.err != E_NONE or self.peer_gone or self.live_eof:
+                    if self.err != E_NONE or self.pe.peer_gone or self.pe.live_eof:
                         return
                     if not self._progress() and not self._block(deadline):
                         return
@@ -1324,7 +1313,7 @@ cdef class Engine:
                 self.close_sent = True
                 self._flush()
                 while self.tq.done < self.tq.next:
-                    if self.err != E_NONE or self.peer_gone or self.live_eof:
+                    if self.err != E_NONE or self.pe.peer_gone or self.pe.live_eof:
                         return
                     if not self._progress() and not self._block(deadline):
                         return

@@ -16,6 +16,7 @@
 from libc.errno cimport EBADF
 import socket as _socket
 import weakref
+from rdmamsg.errors import PeerClosedError
 
 cdef int MSG_WAITALL = _socket.MSG_WAITALL
 

@@ -1,4 +1,5 @@
 # Stubs of ext/protocol/_core.pyx: the wire rules' C, for Python.
+import enum
 from collections.abc import Iterator
 from typing import Any
 
@@ -75,6 +76,28 @@ class RingReceiver:
     def release(self, entry: int) -> None: ...
     def report_due(self) -> bool: ...
     def reported(self) -> int: ...
+
+class End(enum.IntEnum):
+    OPEN: int
+    CLOSED: int
+    CLOSED_MID: int
+    GONE: int
+    PEER_CLOSED: int
+    SHUT: int
+
+EOF_GRACE: float
+
+def end_error(end: int) -> Exception: ...
+
+class PeerEnd:
+    closed: bool
+    eof: bool
+    gone: bool
+    def saw_eof(self, now: float) -> None: ...
+    def expired(self, now: float) -> bool: ...
+    def receiving(self, queued: int, assembling: bool) -> int: ...
+    def sending(self, close_sent: bool) -> int: ...
+    def sleep_limit(self, timeout: float) -> float: ...
 
 class SendQueue:
     next: int

@@ -30,11 +30,11 @@ import socket
 import threading
 import time
 
-from ..errors import (PeerClosedError, ProtocolError, RdmaError, WorkCompletionError,
+from ..errors import (ProtocolError, RdmaError, WorkCompletionError,
                       closed_error, inherited_error)
 from ..protocol import frames, ring
-from ..protocol._core import (NUMBERS, PEER_CLOSED, REPOST, Arrivals, SendQueue,
-                              completion_error_wins, send_imm)
+from ..protocol._core import (NUMBERS, PEER_CLOSED, REPOST, Arrivals, End, PeerEnd,
+                              SendQueue, completion_error_wins, end_error, send_imm)
 from ..protocol.credits import CreditWindow
 from ..verbs import _pyverbs as pv
 from ..verbs.regcache import buffer_address, byte_view
@@ -42,7 +42,6 @@ from .backend import STAT_KEYS, EngineConfig
 
 e = pv.enums
 RECV_TAG = 1 << 63
-EOF_GRACE = 0.2        # after the peer's EOF, how long its CLOSE may still be in flight
 IDLE_SPIN = 50e-6      # the spin after an idle stretch (hybrid polling, as in the C engine)
 ACTIVE_WINDOW = 5e-3   # a completion this recent: the connection is busy
 WC_BATCH = 32
@@ -86,10 +85,7 @@ class Engine:
             self._recv_wrs.append(pv.wr.RecvWR(wr_id=RECV_TAG | i, num_sge=1, sg=[sge]))
             sge.close()
         self._live = liveness
-        self._live_eof = False
-        self._eof_at = 0.0
-        self._peer_gone = False
-        self._peer_closed = False
+        self._end = PeerEnd()       # its CLOSE, the liveness socket's EOF, gone (the C rules)
         self._close_sent = False
         self._error: BaseException | None = None
         self._aborted = False
@@ -241,7 +237,7 @@ class Engine:
         except ProtocolError as exc:
             return self._fail(exc)
         if what & PEER_CLOSED:
-            self._peer_closed = True
+            self._end.closed = True
         if what & REPOST:
             self._repost(slot)
 
@@ -309,13 +305,11 @@ class Engine:
         self._cq.cq.req_notify()
         if self._progress() or (receiving and self._interrupted):
             return True
-        if self._eof_expired():
-            self._peer_gone = True
+        if self._end.expired(time.monotonic()):
             self._cond.notify_all()
             return True
         timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-        if self._live_eof and not self._peer_gone:
-            timeout = EOF_GRACE if timeout < 0 else min(timeout, EOF_GRACE)
+        timeout = self._end.sleep_limit(timeout)
         self._stats["sleeps"] += 1
         self._inside += 1
         self._leader = True
@@ -340,12 +334,6 @@ class Engine:
             return True
         return time.monotonic() < deadline
 
-    def _eof_expired(self) -> bool:
-        """The liveness socket's EOF came longer ago than its grace with no
-        CLOSE: the peer is gone.  (After a CLOSE, EOF is the orderly end.)"""
-        return (self._live_eof and not self._peer_gone and not self._peer_closed
-                and time.monotonic() - self._eof_at > EOF_GRACE)
-
     def _leave(self) -> None:
         """A waiter leaves (lock held); the last one out of a closed engine
         wakes close()."""
@@ -364,7 +352,7 @@ class Engine:
             self._cq.cq.ack_events(1)
 
     def _check_live(self) -> None:
-        if self._live_eof:
+        if self._end.eof:
             return
         try:
             data = self._live.recv(64, socket.MSG_DONTWAIT)
@@ -373,8 +361,7 @@ class Engine:
         except OSError:
             data = b""
         if not data:
-            self._live_eof = True
-            self._eof_at = time.monotonic()
+            self._end.saw_eof(time.monotonic())
             self._ep.unregister(self._live.fileno())
 
     # -- state checks ------------------------------------------------------------
@@ -403,17 +390,15 @@ class Engine:
     def _raise_broken(self) -> None:
         if self._error is not None:
             raise self._error
-        if self._peer_gone:
-            raise ConnectionResetError("the peer is gone: its process ended or its host is "
-                                       "unreachable (the bootstrap TCP connection closed)")
+        if self._end.gone:
+            raise end_error(End.GONE)
 
     def _check_send(self) -> None:
         self._check_open()
         self._raise_broken()
-        if self._peer_closed:
-            raise BrokenPipeError("the peer closed the connection")
-        if self._close_sent:
-            raise BrokenPipeError("this endpoint was shut down for sending")
+        end = self._end.sending(self._close_sent)
+        if end != End.OPEN:
+            raise end_error(end)
 
     # -- send --------------------------------------------------------------------
 
@@ -490,7 +475,7 @@ class Engine:
     def _wait_sent(self, seq: int) -> None:
         """Wait until send ``seq`` has completed; a broken connection flushes it."""
         while self._sq.done <= seq:
-            if self._error is not None or self._peer_gone:
+            if self._error is not None or self._end.gone:
                 self._abort()
             if not self._progress():
                 self._wait_locked(None)
@@ -517,8 +502,8 @@ class Engine:
                 if at is not None:
                     break
                 self._raise_broken()
-                if self._peer_closed:
-                    raise BrokenPipeError("the peer closed the connection")
+                if self._end.closed:
+                    raise end_error(End.PEER_CLOSED)
                 if not self._wait_locked(deadline):
                     if kind in (frames.WHOLE, *frames.STARTS):
                         raise TimeoutError("send timed out waiting for the peer to take messages")
@@ -586,15 +571,12 @@ class Engine:
         self._check_open()
         if self._error is not None:
             raise self._error
-        if self._peer_closed and not self._arr:
-            if self._reasm.in_progress:
-                self._fail(ProtocolError("the peer closed in the middle of a message"))
-                raise self._error
-            raise PeerClosedError("the peer closed the connection; every message it sent "
-                                  "has been received")
-        if self._peer_gone:
-            raise ConnectionResetError("the peer is gone: its process ended or its host is "
-                                       "unreachable (the bootstrap TCP connection closed)")
+        end = self._end.receiving(len(self._arr), self._reasm.in_progress)
+        if end == End.CLOSED_MID:
+            self._fail(end_error(end))      # drops the connection
+            raise self._error
+        if end != End.OPEN:
+            raise end_error(end)
         if self._interrupted:
             self._interrupted = False
             raise InterruptedError("the receive was interrupted (Engine.interrupt)")
@@ -681,14 +663,13 @@ class Engine:
             self._cq.cq.req_notify()
             while self._progress():
                 pass
-            if self._eof_expired():
-                self._peer_gone = True
+            self._end.expired(time.monotonic())
             self._prune()
             if self._arr.whole or self._held is not None:
                 return self._arr.whole + (self._held is not None)
             # Nothing more can arrive: 1, so that the caller's recv reports it.
-            return int(self._error is not None or self._peer_gone
-                       or (self._peer_closed and not self._arr))
+            return int(self._error is not None
+                       or self._end.receiving(len(self._arr), False) != End.OPEN)
 
     def pending(self) -> int:
         """Whole messages ready now, without polling."""
@@ -736,7 +717,7 @@ class Engine:
     def shutdown(self, timeout: float | None = 2.0) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            if self._closed or self._close_sent or self._error or self._peer_gone:
+            if self._closed or self._close_sent or self._error or self._end.gone:
                 return
             try:
                 self._take_send_turn(deadline)
@@ -749,14 +730,14 @@ class Engine:
                     self._send_from(*self._tail, continuing=True, deadline=deadline)
                 while not (self._sq.room() and (self._credits is None
                                                 or self._credits.can_send(True))):
-                    if self._error or self._peer_gone or self._live_eof:
+                    if self._error or self._end.gone or self._end.eof:
                         return
                     if not self._wait_locked(deadline):
                         return
                 self._post(frames.CLOSE, -1, 0)
                 self._close_sent = True
                 while self._sq.done < self._sq.next:
-                    if self._error or self._peer_gone or self._live_eof:
+                    if self._error or self._end.gone or self._end.eof:
                         return
                     if not self._wait_locked(deadline):
                         return
