@@ -11,6 +11,7 @@ from protocol_core cimport *
 
 include "lock.pxi"
 include "gate.pxi"
+include "waiting.pxi"
 include "rawptr.pxi"
 include "engine.pxi"
 include "onesided.pxi"

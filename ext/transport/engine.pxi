@@ -9,12 +9,9 @@
 #
 # Locking: a pthread mutex guards the engine's state.  It is only ever taken
 # with the GIL released (or by trylock), so a thread holding the mutex that
-# waits for the GIL cannot deadlock against one holding the GIL.
-#
-# Waiting threads: one at a time (the leader) sleeps in epoll; the others
-# wait on a condition variable.  Whoever processes completions broadcasts it,
-# and so does the leader when it wakes.  Otherwise one thread could take the
-# completion event that another armed for and is about to sleep on.
+# waits for the GIL cannot deadlock against one holding the GIL.  The mutex,
+# and how threads wait (one leader in epoll, the others on a condition),
+# are waiting.pxi's; the wire rules are protocol_core's.
 #
 # The write channel (ringmode) differs only where data goes and what limits
 # a sender, as in the Python engine: fragments are RDMA writes into the
@@ -38,7 +35,6 @@ from rdmamsg.protocol._core import describe as describe_rule, end_error
 cdef enum:
     WC_BATCH = 32
     POST_BATCH = 32
-    ACK_EVERY = 64
 
 cdef enum:            # errors recorded without the GIL, raised with it
     E_NONE
@@ -74,15 +70,6 @@ if len(STAT_KEYS) != ST_N:
     raise ImportError(f"engine.pxi counts {ST_N} stats; backend.STAT_KEYS names {len(STAT_KEYS)}")
 
 cdef uint64_t RECV_TAG = (<uint64_t>1) << 63
-cdef double GIL_SPIN = 50e-6     # of the spin, how long with the GIL held
-cdef double IDLE_SPIN = 50e-6    # the spin after an idle stretch
-cdef int gil_waiters = 0         # this module's threads waiting without the GIL
-cdef double ACTIVE_WINDOW = 5e-3 # a completion this recent: the connection is busy
-cdef enum:
-    CLOCK_EVERY = 64           # polls between clock reads while spinning: a clock
-                               # read can cost more than a poll (HPET, VMs)
-
-
 cdef int _get_buffer(object obj, Py_buffer *view, int flags) except -1:
     try:
         PyObject_GetBuffer(obj, view, flags)
@@ -99,83 +86,15 @@ cdef double _deadline(object timeout) except? -2.0:
     return mono() + timeout
 
 
-cdef inline void lock_mutex(pthread_mutex_t *mu, int *wanted=NULL) noexcept:
-    """Take ``mu`` with the GIL held: by trylock, else with the GIL released,
-    so that a thread holding ``mu`` and waiting for the GIL cannot deadlock
-    against us.  While blocked it joins ``wanted`` (if given: a spinner then
-    lets it in, Engine._let_in) and, with it, the GIL waiters."""
-    if pthread_mutex_trylock(mu) == 0:
-        return
-    if wanted == NULL:
-        with nogil:
-            pthread_mutex_lock(mu)
-        return
-    rdmamsg_add(wanted, 1)
-    rdmamsg_add(&gil_waiters, 1)
-    with nogil:
-        pthread_mutex_lock(mu)
-        rdmamsg_add(wanted, -1)
-    rdmamsg_add(&gil_waiters, -1)
-
-
-cdef void fresh_lock(pthread_mutex_t *mu, pthread_cond_t *cond) noexcept nogil:
-    """A new mutex and condition (on CLOCK_MONOTONIC) in place of the old:
-    in a child after fork(), where a thread that held them does not exist."""
-    cdef pthread_condattr_t ca
-    pthread_condattr_init(&ca)
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)
-    pthread_mutex_init(mu, NULL)
-    pthread_cond_init(cond, &ca)
-    pthread_condattr_destroy(&ca)
-
-
-cdef inline double gil_spin(double spin) noexcept nogil:
-    """Of a wait's ``spin``, how long with the GIL held: none while another
-    of our threads waits without it, since that one wants the GIL the moment
-    its completion arrives (a client and a server in one process)."""
-    if rdmamsg_load(&gil_waiters):
-        return 0
-    return GIL_SPIN if spin > GIL_SPIN else spin
-
-
-cdef inline double spin_budget(double spin_s, double last_active, double now) noexcept nogil:
-    """Hybrid polling: spin up to ``spin_s`` while completions keep coming,
-    briefly after an idle stretch (no CPU burnt on idle connections)."""
-    if now - last_active < ACTIVE_WINDOW:
-        return spin_s
-    return IDLE_SPIN if spin_s > IDLE_SPIN else spin_s
-
-
-cdef inline int drain_cq_events(ibv_comp_channel *ch, ibv_cq *cq, int unacked) noexcept nogil:
-    """Read every completion event waiting on ``ch`` (non-blocking) and ack
-    them in batches; the count still unacked."""
-    cdef ibv_cq *ev_cq
-    cdef void *ev_ctx
-    while ibv_get_cq_event(ch, &ev_cq, &ev_ctx) == 0:
-        unacked += 1
-    if unacked >= ACK_EVERY:
-        ibv_ack_cq_events(cq, unacked)
-        unacked = 0
-    return unacked
-
-
 cdef class Engine:
     cdef ibv_qp *qp
     cdef ibv_cq *cq
-    cdef ibv_comp_channel *ch
-    cdef int cc_fd, live_fd, ep_fd, wake_fd
-    cdef int sig_fd, sel_fd         # fileno(): ep_fd or the level signal() holds
+    cdef waiter_t w                # the lock, the fds, who waits (waiting.pxi)
+    cdef int live_fd               # the bootstrap TCP connection (its EOF: gone)
     cdef object keep
     cdef list rviews               # each receive buffer's memoryview (for recv_view)
     cdef int lent                  # receive buffers lent out as MessageViews
-    cdef pthread_mutex_t mu
-    cdef pthread_cond_t cond
-    cdef bint mu_ok, leader
-    cdef gate_t gate               # threads waiting inside, for close()
-    cdef int mu_wanted             # threads blocked taking mu (atomic): spinners let them in
     cdef int intr                  # interrupt() asked a receiver to step aside (atomic)
-    cdef uint64_t changes          # completions handled or kicks: a waiter that sees it
-                                   # move returns, whichever thread made the change
     # receive side
     cdef int nrecv
     cdef char **raddr
@@ -215,12 +134,10 @@ cdef class Engine:
     cdef end_t pe                  # the peer's CLOSE, EOF, gone (protocol_core)
     cdef int inherited_from        # the parent's pid, in a child after fork()
     cdef object __weakref__        # verbs.inherit keeps engines in a WeakSet
-    cdef double spin_s, last_active
     cdef int err, err_arg, wc_status, wc_vendor
     cdef uint64_t err_a, err_b     # E_CORE: the broken rule's details
     cdef bint wc_recv
     cdef object err_msg
-    cdef int unacked
     cdef ibv_wc wcs[WC_BATCH]
     cdef uint64_t st[ST_N]
 
@@ -230,16 +147,15 @@ cdef class Engine:
         dctx = qp.dctx
         cdef ibv_context *c = context_ptr(dctx.ctx)
         cdef ibv_pd *p = pd_ptr(dctx.pd, c)
-        self.ch = channel_ptr(cq.channel, c)
-        self.cq = cq_ptr(cq.cq, c, self.ch)
+        cdef ibv_comp_channel *ch = channel_ptr(cq.channel, c)
+        self.cq = cq_ptr(cq.cq, c, ch)
         self.qp = qp_ptr(qp.qp, p, self.cq)
-        if self.ch.fd != cq.fd:
+        if ch.fd != cq.fd:
             raise PollerUnavailableError(
-                f"the completion channel's fd is {self.ch.fd}, not {cq.fd} as found from /proc")
+                f"the completion channel's fd is {ch.fd}, not {cq.fd} as found from /proc")
         recv_bufs, send_bufs = list(recv_bufs), list(send_bufs)
         self.keep = (cq, qp, recv_bufs, send_bufs, liveness, config.ring)
         self.rviews = [b.view for b in recv_bufs]
-        self.cc_fd = cq.fd
         self.live_fd = liveness.fileno()
         self.nrecv, self.nsend = len(recv_bufs), len(send_bufs)
         self.ringmode = config.ring is not None
@@ -254,7 +170,6 @@ cdef class Engine:
         self.zc_fragment, self.zc_min = config.zc_fragment, config.zerocopy_min
         self.regcache = regcache if config.zerocopy_min > 0 else None
         self.zc_pending = collections.deque()
-        self.spin_s = config.spin_us / 1e6
         cw_init(&self.cw, config.peer_depth,
                 config.credit_threshold or cw_default_threshold(config.peer_depth))
         if self.nrecv < 1 or self.nsend < 1:
@@ -286,15 +201,7 @@ cdef class Engine:
         for i, b in enumerate(send_bufs):
             self.saddr[i] = <char *><uintptr_t>b.addr
             self.slkey[i] = b.lkey
-        self._open_fds()
-        cdef pthread_condattr_t ca
-        pthread_condattr_init(&ca)
-        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)
-        if pthread_mutex_init(&self.mu, NULL) != 0 or pthread_cond_init(&self.cond, &ca) != 0:
-            pthread_condattr_destroy(&ca)
-            raise MemoryError("pthread_mutex_init/pthread_cond_init failed")
-        pthread_condattr_destroy(&ca)
-        self.mu_ok = True
+        waiter_open(&self.w, ch, self.cq, cq.fd, self.live_fd, config.spin_us / 1e6)
 
     cdef _alloc(self):
         self.raddr = <char **>calloc(self.nrecv, sizeof(char *))
@@ -308,23 +215,6 @@ cdef class Engine:
             self._free_arrays()
             raise MemoryError("engine arrays")
 
-    cdef _open_fds(self):
-        cdef epoll_event ev
-        self.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
-        self.ep_fd = epoll_create1(EPOLL_CLOEXEC)
-        # A separate fd for signal(), so that no wait of ours can take it away.
-        self.sig_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
-        self.sel_fd = epoll_create1(EPOLL_CLOEXEC)
-        if self.wake_fd < 0 or self.ep_fd < 0 or self.sig_fd < 0 or self.sel_fd < 0:
-            raise RdmaError("epoll_create1/eventfd", errno)
-        for epfd, fd in ((self.ep_fd, self.cc_fd), (self.ep_fd, self.live_fd),
-                         (self.ep_fd, self.wake_fd), (self.sel_fd, self.ep_fd),
-                         (self.sel_fd, self.sig_fd)):
-            ev.events = EPOLLIN
-            ev.data.fd = fd
-            if epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
-                raise RdmaError("epoll_ctl", errno)
-
     cdef void _free_arrays(self) noexcept:
         free(self.raddr); free(self.rwr); free(self.rsge)
         free(self.saddr); free(self.slkey)
@@ -336,17 +226,15 @@ cdef class Engine:
 
     def __dealloc__(self):
         self._free_arrays()
-        if self.mu_ok:
-            pthread_cond_destroy(&self.cond)
-            pthread_mutex_destroy(&self.mu)
+        waiter_free(&self.w, False)
 
     # -- the lock --------------------------------------------------------------
 
     cdef inline void _lock(self) noexcept:
-        lock_mutex(&self.mu, &self.mu_wanted)
+        waiter_lock(&self.w)
 
     cdef inline void _unlock(self) noexcept:
-        pthread_mutex_unlock(&self.mu)
+        pthread_mutex_unlock(&self.w.mu)
 
     # -- posting (mutex held; no GIL needed) --------------------------------------
 
@@ -361,16 +249,8 @@ cdef class Engine:
             return 0
         self.cw.unreturned += 1
         if self.cw.unreturned == 1 and self.cw.credits == 1:
-            self._kick()     # a sender stalled on the last credit may now use it
+            waiter_kick(&self.w)     # a sender stalled on the last credit may now use it
         return 0
-
-    cdef void _kick(self) noexcept nogil:
-        """Wake waiters after a change that no completion will announce."""
-        cdef uint64_t one = 1
-        self.changes += 1
-        pthread_cond_broadcast(&self.cond)
-        if self.leader:
-            write(self.wake_fd, &one, 8)
 
     cdef void _queue(self, int kind, char *addr, uint32_t length, uint32_t lkey, int slot,
                      bint inline, uint32_t value=0, bint signal=False, uint32_t roff=0,
@@ -448,11 +328,9 @@ cdef class Engine:
         for i in range(n):
             self._handle(&self.wcs[i])
         if n:
-            self.changes += 1
             self._maybe_update()
             self._flush()
-            pthread_cond_broadcast(&self.cond)
-            self.last_active = mono()
+            waiter_progressed(&self.w)
         return n
 
     cdef void _handle(self, ibv_wc *wc) noexcept nogil:
@@ -508,9 +386,6 @@ cdef class Engine:
 
     # -- waiting ---------------------------------------------------------------
 
-    cdef inline double _spin_budget(self, double now) noexcept nogil:
-        return spin_budget(self.spin_s, self.last_active, now)
-
     cdef int _block(self, double deadline, bint receiving=False,
                     bint assembling=False) except -1:
         """Wait for progress (GIL and mutex held on entry and exit).  0 once
@@ -528,7 +403,7 @@ cdef class Engine:
         cdef int r, i
         cdef uint64_t seen
         cdef double now = mono()
-        cdef double end = now + gil_spin(self._spin_budget(now))
+        cdef double end = now + gil_spin(waiter_spin_budget(&self.w, now))
         if deadline >= 0 and end > deadline:
             end = deadline                     # a short timeout is not a spin licence
         while not assembling:
@@ -537,8 +412,8 @@ cdef class Engine:
                     return 1
             if mono() >= end or (receiving and rdmamsg_load(&self.intr)):
                 break
-        seen = self.changes
-        self.gate.inside += 1
+        seen = self.w.changes
+        self.w.gate.inside += 1
         rdmamsg_add(&gil_waiters, 1)
         with nogil:
             if assembling:
@@ -546,36 +421,21 @@ cdef class Engine:
             else:
                 r = self._wait(deadline, seen, receiving)
             if r:
-                await_gil(self._spin_budget(mono()))
+                await_gil(waiter_spin_budget(&self.w, mono()))
         rdmamsg_add(&gil_waiters, -1)
-        gate_leave(&self.gate, &self.cond, self.closed)
+        gate_leave(&self.w.gate, &self.w.cond, self.closed)
         if self.closed:
             raise self._closed_error()
         return r
 
-    cdef void _let_in(self, double until) noexcept nogil:
-        """Between spins: let go of mu and of the CPU (another process may
-        want it), then take mu back, after any thread blocked on it has had
-        it (mu_wanted): taking it straight back would send that thread to
-        sleep in the kernel again, a futex wait and wake each time.  Past
-        ``until`` (the spin's end) it takes its turn at mu as anyone does."""
-        pthread_mutex_unlock(&self.mu)
-        sched_yield()
-        while rdmamsg_load(&self.mu_wanted) or pthread_mutex_trylock(&self.mu) != 0:
-            if mono() >= until:
-                pthread_mutex_lock(&self.mu)
-                return
-            sched_yield()
-
     cdef int _wait(self, double deadline, uint64_t seen, bint receiving) noexcept nogil:
         cdef double spin_end = mono()
-        spin_end += self._spin_budget(spin_end)
+        spin_end += waiter_spin_budget(&self.w, spin_end)
         if deadline >= 0 and spin_end > deadline:
             spin_end = deadline
         cdef double now
         cdef int timeout_ms, nev, i
-        cdef epoll_event evs[4]
-        cdef uint64_t one
+        cdef bint live_ready
         while True:
             for i in range(CLOCK_EVERY):
                 if self._progress():
@@ -584,49 +444,30 @@ cdef class Engine:
                 break
             if receiving and rdmamsg_load(&self.intr):
                 return 1
-            self._let_in(spin_end)
+            waiter_let_in(&self.w, spin_end)
             # Only here can another thread have run: its progress may be ours.
-            if self.changes != seen:
+            if self.w.changes != seen:
                 return 1
-        if self.leader:
+        if self.w.leader:
             # Another thread sleeps in epoll; it broadcasts when it wakes.
-            return self._sleep(deadline)
+            return waiter_sleep(&self.w, deadline)
         ibv_req_notify_cq(self.cq, 0)
         if self._progress() or (receiving and rdmamsg_load(&self.intr)):
             return 1
         now = mono()
         if end_expired(&self.pe, now):
-            pthread_cond_broadcast(&self.cond)
+            pthread_cond_broadcast(&self.w.cond)
             return 1
-        if deadline < 0:
-            timeout_ms = -1
-        elif deadline <= now:
-            timeout_ms = 0
-        else:
-            timeout_ms = <int>((deadline - now) * 1000) + 1
-        timeout_ms = end_sleep_ms(&self.pe, timeout_ms)
+        timeout_ms = end_sleep_ms(&self.pe, timeout_ms_until(deadline, now))
         self.st[ST_SLEEPS] += 1
-        self.leader = True
-        pthread_mutex_unlock(&self.mu)
-        nev = epoll_wait(self.ep_fd, evs, 4, timeout_ms)
-        pthread_mutex_lock(&self.mu)
-        self.leader = False
-        pthread_cond_broadcast(&self.cond)
+        nev = waiter_epoll(&self.w, timeout_ms, &live_ready)
         if self.closed:
             return 1
-        for i in range(nev if nev > 0 else 0):
-            if evs[i].data.fd == self.cc_fd:
-                self._drain_events()
-            elif evs[i].data.fd == self.live_fd:
-                self._check_live()
-            elif evs[i].data.fd == self.wake_fd:
-                read(self.wake_fd, &one, 8)
+        if live_ready:
+            self._check_live()
         if nev > 0 or deadline < 0:
             return 1
         return mono() < deadline
-
-    cdef void _drain_events(self) noexcept nogil:
-        self.unacked = drain_cq_events(self.ch, self.cq, self.unacked)
 
     cdef void _check_live(self) noexcept nogil:
         cdef char buf[64]
@@ -637,7 +478,7 @@ cdef class Engine:
         if r > 0 or (r < 0 and (errno == EAGAIN or errno == EINTR)):
             return
         self.pe.live_eof, self.pe.eof_at = True, mono()
-        epoll_ctl(self.ep_fd, EPOLL_CTL_DEL, self.live_fd, NULL)
+        epoll_ctl(self.w.ep_fd, EPOLL_CTL_DEL, self.live_fd, NULL)
 
     # -- errors ----------------------------------------------------------------
 
@@ -700,10 +541,9 @@ cdef class Engine:
         nothing is posted, polled or freed (the QP is the parent's).  The
         mutex and condition are new: a thread that held them does not exist
         here."""
-        if not self.mu_ok:
+        if not self.w.mu_ok:
             return
-        fresh_lock(&self.mu, &self.cond)
-        self.gate.inside = self.gate.closing = self.gate.poking = self.mu_wanted = 0
+        waiter_disown(&self.w)
         self.sending = False
         self.closed = True
         self.inherited_from = getppid()
@@ -820,13 +660,13 @@ cdef class Engine:
         message (the mutex let go), another's message waits too."""
         cdef int r
         while self.sending:
-            self.gate.inside += 1
+            self.w.gate.inside += 1
             rdmamsg_add(&gil_waiters, 1)
             with nogil:
-                r = self._sleep(deadline)
+                r = waiter_sleep(&self.w, deadline)
                 await_gil(WOKEN_SPIN)
             rdmamsg_add(&gil_waiters, -1)
-            gate_leave(&self.gate, &self.cond, self.closed)
+            gate_leave(&self.w.gate, &self.w.cond, self.closed)
             if self.closed:
                 raise self._closed_error()
             if not r:
@@ -836,20 +676,8 @@ cdef class Engine:
 
     cdef void _give_send_turn(self) noexcept nogil:
         self.sending = False
-        if self.gate.inside > 0:
-            pthread_cond_broadcast(&self.cond)
-
-    cdef int _sleep(self, double deadline) noexcept nogil:
-        """Sleep on the condition (the mutex let go meanwhile) until it is
-        broadcast or ``deadline`` (-1: none); 0 once that has passed."""
-        cdef timespec ts
-        if deadline < 0:
-            pthread_cond_wait(&self.cond, &self.mu)
-            return 1
-        ts.tv_sec = <long>deadline
-        ts.tv_nsec = <long>((deadline - ts.tv_sec) * 1e9)
-        pthread_cond_timedwait(&self.cond, &self.mu, &ts)
-        return mono() < deadline
+        if self.w.gate.inside > 0:
+            pthread_cond_broadcast(&self.w.cond)
 
     cdef int _prune(self) except -1:
         """Let go of registrations whose zero-copy sends have completed."""
@@ -883,14 +711,14 @@ cdef class Engine:
         st = self._post_fragments(ptr, n, &off, continuing, zc_lkey, signal_last, False,
                                   deadline)
         if st == P_STALLED:
-            self.gate.inside += 1
+            self.w.gate.inside += 1
             rdmamsg_add(&gil_waiters, 1)
             with nogil:
                 st = self._post_fragments(ptr, n, &off, continuing, zc_lkey, signal_last,
                                           True, deadline)
-                await_gil(self._spin_budget(mono()))
+                await_gil(waiter_spin_budget(&self.w, mono()))
             rdmamsg_add(&gil_waiters, -1)
-            gate_leave(&self.gate, &self.cond, self.closed)
+            gate_leave(&self.w.gate, &self.w.cond, self.closed)
         if st == P_BROKEN:
             self._check_open()
             self._raise_broken()
@@ -933,7 +761,7 @@ cdef class Engine:
                     return P_BROKEN
                 if not wait:
                     return P_STALLED
-                if not self._wait(deadline, self.changes, False):
+                if not self._wait(deadline, self.w.changes, False):
                     return P_TIMED_OUT
                 if self.closed:
                     return P_BROKEN
@@ -1085,7 +913,7 @@ cdef class Engine:
             if (self.err != E_NONE or self.pe.peer_gone or self.pe.peer_closed or self.closed
                     or rdmamsg_load(&self.intr)):
                 return 1
-            if not self._wait(deadline, self.changes, True):
+            if not self._wait(deadline, self.w.changes, True):
                 return 0
             if self.closed:
                 return 1
@@ -1124,8 +952,8 @@ cdef class Engine:
     cdef inline void _free_for_others(self) noexcept nogil:
         # Fragments other receivers left to a caller's buffer are anyone's
         # now, and no completion will say so: wake them.
-        if self.gate.inside > 0:
-            self._kick()
+        if self.w.gate.inside > 0:
+            waiter_kick(&self.w)
 
     def recv(self, timeout=None):
         """The next whole message, as bytes."""
@@ -1220,7 +1048,7 @@ cdef class Engine:
         try:
             self._check_open()
             with nogil:
-                self._drain_events()
+                waiter_drain(&self.w)
                 self._check_live()
                 while self._progress():
                     pass
@@ -1251,12 +1079,12 @@ cdef class Engine:
 
     def fileno(self):
         self._check_open()
-        return self.sel_fd
+        return self.w.sel_fd
 
     def progress_count(self):
         """A counter that moves whenever completions are handled: a layer that
         gave up on a non-blocking call compares it to learn whether to retry."""
-        return self.changes
+        return self.w.changes
 
     def pending(self):
         """Whole messages ready now, without polling."""
@@ -1267,22 +1095,18 @@ cdef class Engine:
         or, if none waits, the next one that would: how a thread that wants
         to receive itself asks the one receiving now to step aside.  Takes
         no lock, so a spinning receiver cannot hold it up."""
-        if self.closed or not self.mu_ok:
+        if self.closed or not self.w.mu_ok:
             return
         rdmamsg_store(&self.intr, 1)
-        gate_poke(&self.gate, self.wake_fd)     # a receiver asleep in epoll wakes
+        gate_poke(&self.w.gate, self.w.wake_fd)     # a receiver asleep in epoll wakes
 
     def signal(self, bint on):
         """Hold fileno() readable (``on``) or stop holding it: data waits above
         the engine, where a selector cannot see it."""
-        cdef uint64_t one = 1
         self._lock()
         try:
             self._check_open()
-            if on:
-                write(self.sig_fd, &one, 8)
-            else:
-                read(self.sig_fd, &one, 8)
+            waiter_signal(&self.w, on)
         finally:
             self._unlock()
 
@@ -1340,23 +1164,12 @@ cdef class Engine:
 
     def close(self):
         """Stop: wake any waiter, ack CQ events, free our state.  Idempotent."""
-        cdef uint64_t one = 1
-        if self.closed or not self.mu_ok:
+        if self.closed or not self.w.mu_ok:
             return
         self._lock()
         self.closed = True
-        write(self.wake_fd, &one, 8)
-        pthread_cond_broadcast(&self.cond)
-        with nogil:
-            gate_drain(&self.gate, &self.mu, &self.cond)
+        waiter_stop(&self.w)
         try:
-            if self.unacked:
-                ibv_ack_cq_events(self.cq, self.unacked)
-                self.unacked = 0
-            close(self.sel_fd)
-            close(self.sig_fd)
-            close(self.ep_fd)
-            close(self.wake_fd)
             self._free_arrays()
             self.keep = None
             while self.zc_pending:

@@ -67,8 +67,8 @@ cdef class RsCore:
     RECV_WR_ID = RECV_TAG           # the wr_id of receives posted before the core exists
     cdef ibv_qp *qp
     cdef ibv_cq *cq
-    cdef ibv_comp_channel *ch
-    cdef int cc_fd, cm_fd, ep_fd, wake_fd, sig_fd, sel_fd
+    cdef waiter_t w                # the lock, the fds, who waits (waiting.pxi)
+    cdef int cm_fd                 # the rdma_cm channel's
     cdef object keep, cm_handler
     cdef rs_send_t tx
     cdef rs_recv_t rx
@@ -81,16 +81,10 @@ cdef class RsCore:
     cdef bint peer_shut            # the peer will send no more
     cdef bint peer_bye             # ... nor read (CTRL DISCONNECT)
     cdef bint peer_gone            # its QP is gone (rdma_cm said so, or a flush)
-    cdef bint closed, cm_ready, mu_ok, leader, aborted
+    cdef bint closed, cm_ready, aborted
     cdef int inherited_from        # in a child after fork(): the parent's pid
-    cdef gate_t gate
     cdef int err, err_arg, err_arg2, wc_status, wc_vendor
     cdef bint wc_recv
-    cdef pthread_mutex_t mu
-    cdef pthread_cond_t cond
-    cdef uint64_t changes
-    cdef double spin_s, last_active
-    cdef int unacked
     cdef ibv_recv_wr rwr
     cdef ibv_sge rsge
     cdef ibv_wc wcs[WC_BATCH]
@@ -102,14 +96,14 @@ cdef class RsCore:
         dctx = res.dctx
         cdef ibv_context *c = context_ptr(dctx.ctx)
         cdef ibv_pd *p = pd_ptr(dctx.pd, c)
-        self.ch = channel_ptr(res.cq.channel, c)
-        self.cq = cq_ptr(res.cq.cq, c, self.ch)
+        cdef ibv_comp_channel *ch = channel_ptr(res.cq.channel, c)
+        self.cq = cq_ptr(res.cq.cq, c, ch)
         self.qp = qp_ptr(res.qp, p, self.cq)
-        if self.ch.fd != res.cq.fd:
+        if ch.fd != res.cq.fd:
             raise PollerUnavailableError(
-                f"the completion channel's fd is {self.ch.fd}, not {res.cq.fd}")
+                f"the completion channel's fd is {ch.fd}, not {res.cq.fd}")
         self.keep, self.cm_handler = res, cm_handler
-        self.cc_fd, self.cm_fd = res.cq.fd, cm_fd
+        self.cm_fd = cm_fd
         self.depth = res.depth
         self.max_inline = res.max_inline
         self.ring = <char *><uintptr_t>res.ring.addr
@@ -126,52 +120,20 @@ cdef class RsCore:
         self.sq_free = self.depth - RS_CTRL_SLOTS
         self.sbuf_free = self.send_ring
         self.sent_ctrl = RS_NO_CTRL
-        self.spin_s = spin_us / 1e6
         self.rsge.addr, self.rsge.length, self.rsge.lkey = res.ring.addr, 0, res.ring.lkey
         self.rwr.wr_id = RECV_TAG
         self.rwr.sg_list = &self.rsge
         self.rwr.num_sge = 1
-        self._open_fds()
-        cdef pthread_condattr_t ca
-        pthread_condattr_init(&ca)
-        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)
-        if pthread_mutex_init(&self.mu, NULL) != 0 or pthread_cond_init(&self.cond, &ca) != 0:
-            pthread_condattr_destroy(&ca)
-            raise MemoryError("pthread_mutex_init/pthread_cond_init failed")
-        pthread_condattr_destroy(&ca)
-        self.mu_ok = True
-
-    cdef _open_fds(self):
-        cdef epoll_event ev
-        self.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
-        self.ep_fd = epoll_create1(EPOLL_CLOEXEC)
-        self.sig_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)    # signal()'s, never waited on
-        self.sel_fd = epoll_create1(EPOLL_CLOEXEC)
-        if self.wake_fd < 0 or self.ep_fd < 0 or self.sig_fd < 0 or self.sel_fd < 0:
-            raise RdmaError("epoll_create1/eventfd", errno)
-        for epfd, fd in ((self.ep_fd, self.cc_fd), (self.ep_fd, self.cm_fd),
-                         (self.ep_fd, self.wake_fd), (self.sel_fd, self.ep_fd),
-                         (self.sel_fd, self.sig_fd)):
-            ev.events = EPOLLIN
-            ev.data.fd = fd
-            if epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
-                raise RdmaError("epoll_ctl", errno)
+        waiter_open(&self.w, ch, self.cq, res.cq.fd, cm_fd, spin_us / 1e6)
 
     def __dealloc__(self):
-        if self.mu_ok and not self.closed:      # never closed: ibv_destroy_cq waits for acks
-            if self.unacked:
-                ibv_ack_cq_events(self.cq, self.unacked)
-            for fd in (self.sel_fd, self.sig_fd, self.ep_fd, self.wake_fd):
-                close(fd)
-        if self.mu_ok:
-            pthread_cond_destroy(&self.cond)
-            pthread_mutex_destroy(&self.mu)
+        waiter_free(&self.w, not self.closed)    # never closed: ibv_destroy_cq waits for acks
 
     cdef inline void _lock(self) noexcept:
-        lock_mutex(&self.mu)
+        waiter_lock(&self.w)
 
     cdef inline void _unlock(self) noexcept:
-        pthread_mutex_unlock(&self.mu)
+        pthread_mutex_unlock(&self.w.mu)
 
     # -- posting (mutex held) -----------------------------------------------------
 
@@ -280,7 +242,7 @@ cdef class RsCore:
             self.aborted = True
             attr.qp_state = IBV_QPS_ERR
             ibv_modify_qp(self.qp, &attr, IBV_QP_STATE)
-        pthread_cond_broadcast(&self.cond)
+        pthread_cond_broadcast(&self.w.cond)
 
     cdef int _progress(self) noexcept nogil:
         """Handle one batch of completions: how many (an error counts)."""
@@ -308,9 +270,7 @@ cdef class RsCore:
                         self._fail(RE_POST_RECV, rc)
                         break
                 self._give_credits()
-            self.changes += 1
-            self.last_active = mono()
-            pthread_cond_broadcast(&self.cond)
+            waiter_progressed(&self.w)
         return n
 
     cdef void _arrived(self, ibv_wc *wc) noexcept nogil:
@@ -363,15 +323,12 @@ cdef class RsCore:
 
     # -- waiting ---------------------------------------------------------------------
 
-    cdef inline double _spin_budget(self, double now) noexcept nogil:
-        return spin_budget(self.spin_s, self.last_active, now)
-
     cdef int _block(self, double deadline) except -1:
         """Wait for progress (GIL and mutex held on entry and exit); 0 once
         ``deadline`` has passed with nothing happening."""
         cdef int r, i
         cdef double now = mono()
-        cdef double end = now + gil_spin(self._spin_budget(now))
+        cdef double end = now + gil_spin(waiter_spin_budget(&self.w, now))
         if deadline >= 0 and end > deadline:
             end = deadline
         while True:
@@ -380,15 +337,15 @@ cdef class RsCore:
                     return 1
             if mono() >= end:
                 break
-        cdef uint64_t seen = self.changes
-        self.gate.inside += 1
+        cdef uint64_t seen = self.w.changes
+        self.w.gate.inside += 1
         rdmamsg_add(&gil_waiters, 1)
         with nogil:
             r = self._wait(deadline, seen)
             if r:
-                await_gil(self._spin_budget(mono()))
+                await_gil(waiter_spin_budget(&self.w, mono()))
         rdmamsg_add(&gil_waiters, -1)
-        gate_leave(&self.gate, &self.cond, self.closed)
+        gate_leave(&self.w.gate, &self.w.cond, self.closed)
         if self.closed:
             raise self._closed_error()
         if self.cm_ready:
@@ -397,64 +354,36 @@ cdef class RsCore:
         return r
 
     cdef int _wait(self, double deadline, uint64_t seen) noexcept nogil:
-        cdef double now, spin_end = mono()
-        spin_end += self._spin_budget(spin_end)
+        cdef double spin_end = mono()
+        spin_end += waiter_spin_budget(&self.w, spin_end)
         if deadline >= 0 and spin_end > deadline:
             spin_end = deadline
-        cdef int timeout_ms, nev, i
-        cdef epoll_event evs[4]
-        cdef timespec ts
-        cdef uint64_t one
+        cdef int nev, i
+        cdef bint cm_ready
         while True:
             for i in range(CLOCK_EVERY):
                 if self._progress():
                     return 1
             if mono() >= spin_end:
                 break
-            pthread_mutex_unlock(&self.mu)     # let another thread in between spins
-            sched_yield()                      # and another process, on a full CPU
-            pthread_mutex_lock(&self.mu)
-            if self.changes != seen:
+            waiter_let_in(&self.w, spin_end)
+            # Only here can another thread have run: its progress may be ours.
+            if self.w.changes != seen:
                 return 1
-        if self.leader:
-            if deadline < 0:
-                pthread_cond_wait(&self.cond, &self.mu)
-            else:
-                ts.tv_sec = <long>deadline
-                ts.tv_nsec = <long>((deadline - ts.tv_sec) * 1e9)
-                pthread_cond_timedwait(&self.cond, &self.mu, &ts)
-            return 1 if deadline < 0 else mono() < deadline
+        if self.w.leader:
+            # Another thread sleeps in epoll; it broadcasts when it wakes.
+            return waiter_sleep(&self.w, deadline)
         ibv_req_notify_cq(self.cq, 0)
         if self._progress():
             return 1
-        now = mono()
-        if deadline < 0:
-            timeout_ms = -1
-        elif deadline <= now:
-            timeout_ms = 0
-        else:
-            timeout_ms = <int>((deadline - now) * 1000) + 1
-        self.leader = True
-        pthread_mutex_unlock(&self.mu)
-        nev = epoll_wait(self.ep_fd, evs, 4, timeout_ms)
-        pthread_mutex_lock(&self.mu)
-        self.leader = False
-        pthread_cond_broadcast(&self.cond)
+        nev = waiter_epoll(&self.w, timeout_ms_until(deadline, mono()), &cm_ready)
         if self.closed:
             return 1
-        for i in range(nev if nev > 0 else 0):
-            if evs[i].data.fd == self.cc_fd:
-                self._drain_events()
-            elif evs[i].data.fd == self.cm_fd:
-                self.cm_ready = True
-            elif evs[i].data.fd == self.wake_fd:
-                read(self.wake_fd, &one, 8)
+        if cm_ready:
+            self.cm_ready = True
         if nev > 0 or deadline < 0:
             return 1
         return mono() < deadline
-
-    cdef void _drain_events(self) noexcept nogil:
-        self.unacked = drain_cq_events(self.ch, self.cq, self.unacked)
 
     cdef int _cm(self) except -1:
         """The rdma_cm channel is readable (GIL and mutex held)."""
@@ -464,8 +393,7 @@ cdef class RsCore:
         while self._progress():            # what arrived before the goodbye counts
             pass
         self.peer_gone = True
-        self.changes += 1
-        pthread_cond_broadcast(&self.cond)
+        waiter_kick(&self.w)
         return 0
 
     cdef bint _cm_readable(self) noexcept nogil:
@@ -681,7 +609,7 @@ cdef class RsCore:
         try:
             self._check_open()
             with nogil:
-                self._drain_events()
+                waiter_drain(&self.w)
                 self.cm_ready = self._cm_readable()
             if self.cm_ready:
                 self._cm()
@@ -712,27 +640,23 @@ cdef class RsCore:
 
     def signal(self, bint on):
         """Hold fileno() readable (``on``) or stop holding it."""
-        cdef uint64_t one = 1
         self._lock()
         try:
             self._check_open()
-            if on:
-                write(self.sig_fd, &one, 8)
-            else:
-                read(self.sig_fd, &one, 8)
+            waiter_signal(&self.w, on)
         finally:
             self._unlock()
 
     def progress_count(self):
-        return self.changes
+        return self.w.changes
 
     def fileno(self):
         self._check_open()
-        return self.sel_fd
+        return self.w.sel_fd
 
     def interrupt(self):
-        if not self.closed and self.mu_ok:
-            gate_poke(&self.gate, self.wake_fd)
+        if not self.closed and self.w.mu_ok:
+            gate_poke(&self.w.gate, self.w.wake_fd)
 
     def stats(self):
         return {k: self.st[i] for i, k in enumerate(RS_STAT_KEYS)}
@@ -745,10 +669,9 @@ cdef class RsCore:
         """In a child after fork(): every use raises InheritedError, and
         nothing is posted, polled or freed (the QP is the parent's); the
         mutex and condition are new."""
-        if not self.mu_ok:
+        if not self.w.mu_ok:
             return
-        fresh_lock(&self.mu, &self.cond)
-        self.gate.inside = self.gate.closing = self.gate.poking = 0
+        waiter_disown(&self.w)
         self.closed = True
         self.inherited_from = getppid()
 
@@ -761,9 +684,8 @@ cdef class RsCore:
         """Say goodbye (CTRL DISCONNECT), wait up to ``linger`` seconds (2 by
         default) for what we sent to be taken, then stop: wake any waiter,
         ack the CQ events, close our fds.  Idempotent."""
-        cdef uint64_t one = 1
         cdef double deadline = mono() + (2.0 if linger is None else linger)
-        if self.closed or not self.mu_ok:
+        if self.closed or not self.w.mu_ok:
             return
         self._lock()
         try:
@@ -772,15 +694,7 @@ cdef class RsCore:
             except OSError:
                 pass
             self.closed = True
-            write(self.wake_fd, &one, 8)
-            pthread_cond_broadcast(&self.cond)
-            with nogil:
-                gate_drain(&self.gate, &self.mu, &self.cond)
-            if self.unacked:
-                ibv_ack_cq_events(self.cq, self.unacked)
-                self.unacked = 0
-            for fd in (self.sel_fd, self.sig_fd, self.ep_fd, self.wake_fd):
-                close(fd)
+            waiter_stop(&self.w)
             self.keep = self.cm_handler = None
         finally:
             self._unlock()
