@@ -15,7 +15,8 @@ WHOLE, FIRST, MIDDLE, LAST, CREDIT, CLOSE, FIRST_LONG = range(7)
 KIND_NAMES = ("WHOLE", "FIRST", "MIDDLE", "LAST", "CREDIT", "CLOSE", "FIRST_LONG")
 NUMBERS = {"GRANT_LEN": GRANT_LEN, "KIND_BITS": KIND_BITS, "MAX_CREDITS": MAX_IMM_VALUE, "FIRST_HEADER": FIRST_HDR,
            "MIN_DEPTH": MIN_DEPTH, "RING_FIELD_BITS": RING_FIELD_BITS,
-           "RING_RESERVED": RING_RESERVED, "WC_FLUSH": WC_FLUSH, "WC_NONE": WC_NONE,
+           "RING_RESERVED": RING_RESERVED, "RING_MIN_CELLS": RING_MIN_CELLS,
+           "RING_MAX_CELLS": RING_MAX_CELLS, "RING_MIN_CELL": RING_MIN_CELL, "WC_FLUSH": WC_FLUSH, "WC_NONE": WC_NONE,
            "WC_OTHER": WC_OTHER}
 
 
@@ -251,13 +252,24 @@ cdef class CreditWindow:
 
 # -- the ring --------------------------------------------------------------------
 
+def check_geometry(size, cells) -> int:
+    """The cell size of a ring of ``size`` bytes in ``cells`` cells;
+    ValueError if unusable."""
+    if cells & (cells - 1) or not RING_MIN_CELLS <= cells <= RING_MAX_CELLS:
+        raise ValueError(f"ring cells must be a power of two in {RING_MIN_CELLS}.."
+                         f"{RING_MAX_CELLS}")
+    if size & (size - 1) or size < cells * RING_MIN_CELL:
+        raise ValueError(f"ring size must be a power of two of at least {RING_MIN_CELL} bytes "
+                         f"per cell ({cells * RING_MIN_CELL} for {cells} cells)")
+    return size // cells
+
+
 cdef class RingSender:
     """The sender's view of the peer's ring (ring.py has the model)."""
 
     cdef ring_tx_t t
 
     def __init__(self, uint32_t cells, uint32_t cell):
-        from rdmamsg.protocol.ring import check_geometry
         check_geometry(cells * cell, cells)
         rtx_init(&self.t, cells, cell)
 
@@ -316,7 +328,6 @@ cdef class RingReceiver:
     cdef ring_rx_t r
 
     def __init__(self, uint32_t cells, uint32_t cell):
-        from rdmamsg.protocol.ring import check_geometry
         check_geometry(cells * cell, cells)
         if rrx_init(&self.r, cells, cell) < 0:
             raise MemoryError("ring arrays")

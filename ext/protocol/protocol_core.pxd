@@ -27,6 +27,9 @@ cdef enum:                      # fragment kinds: the immediate's low 4 bits
     RING_FIELD_BITS = 14        # a ring write's offset and cells, each
     RING_FIELD_MASK = (1 << 14) - 1
     RING_RESERVED = 4           # receives beyond the ring's cells (ring.py says why)
+    RING_MIN_CELLS = 4          # a ring's cells: a power of two in MIN..MAX
+    RING_MAX_CELLS = 8192       # (receives must cover them; rxe allows 16384 per QP)
+    RING_MIN_CELL = 64          # bytes per cell, at least
     WC_FLUSH = 5                # IBV_WC_WR_FLUSH_ERR
     WC_NONE = -1                # wc_error_wins: no error is held
     WC_OTHER = -2               # wc_error_wins: an error that is not a completion's

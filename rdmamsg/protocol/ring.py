@@ -32,7 +32,7 @@ this module adds the geometry check and names them for Python.
 
 from __future__ import annotations
 
-from ._core import NUMBERS, RingReceiver, RingSender
+from ._core import NUMBERS, RingReceiver, RingSender, check_geometry
 from ._core import pack_ring_imm as pack_imm, unpack_ring_imm as unpack_imm
 from .frames import FIRST_LONG, LAST, MIDDLE, WHOLE
 
@@ -42,18 +42,8 @@ __all__ = ["FIELD_BITS", "FIELD_MASK", "MAX_CELLS", "MIN_CELLS", "MIN_CELL", "RE
 
 FIELD_BITS = NUMBERS["RING_FIELD_BITS"]
 FIELD_MASK = (1 << FIELD_BITS) - 1
-MAX_CELLS = 8192           #: receives must cover them, and rxe allows 16384 per QP
-MIN_CELLS = 4
-MIN_CELL = 64
+MAX_CELLS = NUMBERS["RING_MAX_CELLS"]     #: receives must cover them, and rxe allows 16384 per QP
+MIN_CELLS = NUMBERS["RING_MIN_CELLS"]
+MIN_CELL = NUMBERS["RING_MIN_CELL"]
 RESERVED_RECEIVES = NUMBERS["RING_RESERVED"]
 DATA_KINDS = (WHOLE, FIRST_LONG, MIDDLE, LAST)
-
-
-def check_geometry(size: int, cells: int) -> int:
-    """The cell size of a ring of ``size`` bytes in ``cells`` cells; ValueError if unusable."""
-    if cells & (cells - 1) or not MIN_CELLS <= cells <= MAX_CELLS:
-        raise ValueError(f"ring cells must be a power of two in {MIN_CELLS}..{MAX_CELLS}")
-    if size & (size - 1) or size < cells * MIN_CELL:
-        raise ValueError(f"ring size must be a power of two of at least {MIN_CELL} bytes per "
-                         f"cell ({cells * MIN_CELL} for {cells} cells)")
-    return size // cells
