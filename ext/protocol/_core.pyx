@@ -447,6 +447,11 @@ cdef class SendQueue:
         cdef uint64_t wr_id = self.t.next
         return wr_id, txq_post(&self.t, slot, kind, signal)
 
+    def unpost(self, int n=1) -> None:
+        """The last ``n`` posts recorded never reached the device: forget
+        them (their send buffers are free again)."""
+        txq_unpost(&self.t, n)
+
     def completed(self, uint64_t seq) -> None:
         """Post ``seq`` completed, and so did every one before it."""
         txq_done(&self.t, seq)

@@ -424,6 +424,19 @@ cdef inline bint txq_post(txq_t *t, int slot, int kind, bint signal) noexcept no
     return signaled
 
 
+cdef inline void txq_unpost(txq_t *t, int n) noexcept nogil:
+    """The last ``n`` posts recorded never reached the device (posting
+    failed): forget them, and their send buffers are free again."""
+    cdef int slot
+    while n > 0 and t.next > t.done:
+        t.next -= 1
+        n -= 1
+        slot = t.slot_of[t.next % <uint64_t>t.depth]
+        if slot >= 0 and t.nfree < t.nbufs:
+            t.free[t.nfree] = slot
+            t.nfree += 1
+
+
 cdef inline void txq_done(txq_t *t, uint64_t seq) noexcept nogil:
     """Post ``seq`` completed: so did every one before it."""
     cdef int slot

@@ -287,9 +287,13 @@ cdef class Engine:
         cdef ibv_send_wr *bad
         if self.nbatch == 0:
             return 0
+        cdef int n = self.nbatch
+        bad = NULL
         cdef int rc = ibv_post_send(self.qp, &self.swr[0], &bad)
         self.nbatch = 0
         if rc:
+            # From ``bad`` on, nothing reached the device: no completion will come.
+            txq_unpost(&self.tq, n - <int>(bad - &self.swr[0]) if bad != NULL else n)
             self._set_err(E_POST_SEND, rc)
             return -1
         return 0
@@ -689,7 +693,7 @@ cdef class Engine:
         """Wait until send ``seq`` has completed (its memory is free again).  A
         broken connection flushes it: the QP goes to ERR so that is quick."""
         self._flush()
-        while self.tq.done <= seq:
+        while self.tq.done <= seq and self.tq.done < self.tq.next:   # (a failed post never will)
             if self.err != E_NONE or self.pe.peer_gone:
                 self._abort()
             if self._progress():

@@ -181,6 +181,7 @@ class Engine:
         try:
             self._qp.qp.post_send(wr)
         except pv.PyverbsRDMAError as exc:
+            self._sq.unpost()              # never posted: no completion will come
             self._fail(RdmaError("ibv_post_send", exc.error_code or 0))
             raise self._error from exc
         finally:
@@ -474,7 +475,7 @@ class Engine:
 
     def _wait_sent(self, seq: int) -> None:
         """Wait until send ``seq`` has completed; a broken connection flushes it."""
-        while self._sq.done <= seq:
+        while self._sq.done <= seq and self._sq.done < self._sq.next:   # (a failed post never will)
             if self._error is not None or self._end.gone:
                 self._abort()
             if not self._progress():

@@ -76,3 +76,17 @@ def test_no_credit_no_send():
         send_imm(cw, frames.WHOLE)
     with pytest.raises(RuntimeError):
         send_imm(cw, frames.WHOLE)
+
+
+def test_posts_that_never_reached_the_device_are_forgotten():
+    sq = SendQueue(16, 2)
+    a, b = sq.take(), sq.take()
+    sq.post(a, frames.WHOLE)
+    sq.post(b, frames.WHOLE)
+    sq.post(-1, frames.CREDIT)
+    sq.unpost(2)                                 # the last two failed to post
+    assert (sq.next, sq.free) == (1, 1)
+    sq.completed(0)
+    assert (sq.done, sq.free) == (1, 2)
+    sq.unpost(5)                                 # nothing outstanding: nothing to forget
+    assert (sq.next, sq.done, sq.free) == (1, 1, 2)
