@@ -40,9 +40,9 @@ include "engine_api.pxi"
 
 
 cdef int _api_send(PyObject *engine, const char *ptr, size_t n) except -1:
-    cdef uint64_t before = (<Engine>engine).changes
+    cdef uint64_t before = (<Engine>engine).w.changes
     (<Engine>engine)._send_mem(<char *>ptr, n, -1.0, None, False)
-    return (<Engine>engine).changes != before
+    return (<Engine>engine).w.changes != before
 
 
 cdef Py_ssize_t _api_recv_into(PyObject *engine, char *buf, size_t cap,

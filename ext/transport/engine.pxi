@@ -566,7 +566,7 @@ cdef class Engine:
             raise self._error()
         cdef int end = end_receiving(&self.pe, self.rq.count, self.asm.active)
         if end == END_CLOSED_MID:
-            self._proto(end_error(end).args[0])      # drops the connection
+            self._proto(str(end_error(end)))      # drops the connection
         if end != END_OPEN:
             raise end_error(end)
         if rdmamsg_load(&self.intr):
