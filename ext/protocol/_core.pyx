@@ -16,7 +16,8 @@ KIND_NAMES = ("WHOLE", "FIRST", "MIDDLE", "LAST", "CREDIT", "CLOSE", "FIRST_LONG
 NUMBERS = {"GRANT_LEN": GRANT_LEN, "KIND_BITS": KIND_BITS, "MAX_CREDITS": MAX_IMM_VALUE, "FIRST_HEADER": FIRST_HDR,
            "MIN_DEPTH": MIN_DEPTH, "RING_FIELD_BITS": RING_FIELD_BITS,
            "RING_RESERVED": RING_RESERVED, "RING_MIN_CELLS": RING_MIN_CELLS,
-           "RING_MAX_CELLS": RING_MAX_CELLS, "RING_MIN_CELL": RING_MIN_CELL, "WC_FLUSH": WC_FLUSH, "WC_NONE": WC_NONE,
+           "RING_MAX_CELLS": RING_MAX_CELLS, "RING_MIN_CELL": RING_MIN_CELL,
+           "WC_FLUSH": WC_FLUSH, "WC_NONE": WC_NONE,
            "WC_OTHER": WC_OTHER}
 
 
@@ -501,7 +502,8 @@ cdef class Arrivals:
 
     def arrived(self, uint32_t slot, bint written, uint64_t nbytes, uint32_t imm) -> int:
         """A receive into ``slot`` completed (``written``: it announces a
-        write into our ring): QUEUED, REPOST and PEER_CLOSED flags.  ProtocolError for a broken rule."""
+        write into our ring): QUEUED, REPOST and PEER_CLOSED flags.
+        ProtocolError for a broken rule."""
         cdef int what = 0
         cdef uint64_t a = 0, b = 0
         cdef int rc
