@@ -45,7 +45,6 @@ cdef int waiter_open(waiter_t *w, ibv_comp_channel *ch, ibv_cq *cq, int cc_fd, i
                      double spin_s) except -1:
     """The fds and the lock (GIL held)."""
     cdef epoll_event ev
-    cdef pthread_condattr_t ca
     w.ch, w.cq, w.cc_fd, w.own_fd, w.spin_s = ch, cq, cc_fd, own_fd, spin_s
     w.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
     w.ep_fd = epoll_create1(EPOLL_CLOEXEC)
@@ -60,12 +59,8 @@ cdef int waiter_open(waiter_t *w, ibv_comp_channel *ch, ibv_cq *cq, int cc_fd, i
         ev.data.fd = fd
         if epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
             raise RdmaError("epoll_ctl", errno)
-    pthread_condattr_init(&ca)
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)
-    if pthread_mutex_init(&w.mu, NULL) != 0 or pthread_cond_init(&w.cond, &ca) != 0:
-        pthread_condattr_destroy(&ca)
+    if fresh_lock(&w.mu, &w.cond) != 0:
         raise MemoryError("pthread_mutex_init/pthread_cond_init failed")
-    pthread_condattr_destroy(&ca)
     w.mu_ok = True
     return 0
 
@@ -229,15 +224,17 @@ cdef inline void lock_mutex(pthread_mutex_t *mu, int *wanted=NULL) noexcept:
     rdmamsg_add(&gil_waiters, -1)
 
 
-cdef void fresh_lock(pthread_mutex_t *mu, pthread_cond_t *cond) noexcept nogil:
-    """A new mutex and condition (on CLOCK_MONOTONIC) in place of the old:
-    in a child after fork(), where a thread that held them does not exist."""
+cdef int fresh_lock(pthread_mutex_t *mu, pthread_cond_t *cond) noexcept nogil:
+    """A new mutex and condition (on CLOCK_MONOTONIC): at set-up, and in a
+    child after fork() in place of the old, which a thread that no longer
+    exists may have held.  Not 0 if either could not be made."""
     cdef pthread_condattr_t ca
+    cdef int rc
     pthread_condattr_init(&ca)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)
-    pthread_mutex_init(mu, NULL)
-    pthread_cond_init(cond, &ca)
+    rc = pthread_mutex_init(mu, NULL) or pthread_cond_init(cond, &ca)
     pthread_condattr_destroy(&ca)
+    return rc
 
 
 cdef inline double gil_spin(double spin) noexcept nogil:
